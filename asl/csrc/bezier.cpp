@@ -1,0 +1,70 @@
+// Fused evaluation of a monotone piecewise quadratic Bezier curve on CPU.
+//
+// For each element x the kernel selects the piece holding x (the last piece whose
+// start is <= x), solves x(t) = x with the cancellation-free root
+// t = 2d / (b + sqrt(b^2 + 4ad)), d = x - x0, and returns y(t) and, optionally,
+// dy/dx = y'(t) / x'(t) with x'(t) = sqrt(b^2 + 4ad) clamped below by min_slope.
+// Inputs >= 1 map to exactly 1 (truth table g(1) = 1).
+//
+// coef is a (K, 8) float64 table per piece: x0, b^2, 4a, b, y0, by, ay, 2ay.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+template <typename scalar_t>
+void bezier_kernel(const scalar_t* x, scalar_t* y, scalar_t* dydx, int64_t n,
+                   const std::vector<double>& coef_d, int64_t K, double min_slope) {
+  std::vector<scalar_t> coef(coef_d.begin(), coef_d.end());
+  const scalar_t* c = coef.data();
+  const scalar_t ms = static_cast<scalar_t>(min_slope);
+  at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const scalar_t xi = x[i];
+      int64_t k = 0;
+      for (int64_t j = 1; j < K; ++j) k += (xi >= c[j * 8]) ? 1 : 0;
+      const scalar_t* p = c + k * 8;
+      const scalar_t d = xi - p[0];
+      scalar_t disc = p[1] + p[2] * d;
+      disc = disc > scalar_t(0) ? disc : scalar_t(0);
+      const scalar_t s = std::sqrt(disc);
+      const scalar_t den = s + p[3];
+      scalar_t t = den > scalar_t(0) ? (d + d) / den : scalar_t(0);
+      t = t < scalar_t(0) ? scalar_t(0) : (t > scalar_t(1) ? scalar_t(1) : t);
+      scalar_t yi = (p[6] * t + p[5]) * t + p[4];
+      if (xi >= scalar_t(1)) yi = scalar_t(1);
+      y[i] = yi;
+      if (dydx != nullptr) {
+        const scalar_t sl = s > ms ? s : ms;
+        dydx[i] = (p[7] * t + p[5]) / sl;
+      }
+    }
+  });
+}
+
+std::vector<torch::Tensor> bezier_forward(torch::Tensor x, torch::Tensor coef, bool need_grad,
+                                          double min_slope) {
+  TORCH_CHECK(x.device().is_cpu(), "bezier_forward: x must be a CPU tensor");
+  TORCH_CHECK(coef.dim() == 2 && coef.size(1) == 8, "bezier_forward: coef must be (K, 8)");
+  auto xc = x.contiguous();
+  auto cd = coef.to(torch::kDouble).contiguous();
+  std::vector<double> cv(cd.data_ptr<double>(), cd.data_ptr<double>() + cd.numel());
+  auto y = torch::empty_like(xc);
+  torch::Tensor g;
+  if (need_grad) g = torch::empty_like(xc);
+  AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "bezier_forward", [&] {
+    bezier_kernel<scalar_t>(xc.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
+                            need_grad ? g.data_ptr<scalar_t>() : nullptr, xc.numel(), cv,
+                            coef.size(0), min_slope);
+  });
+  if (need_grad) return {y, g};
+  return {y};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("bezier_forward", &bezier_forward, "Piecewise quadratic Bezier curve (value, dy/dx)");
+}

@@ -1,0 +1,95 @@
+"""The compiled differentiable surrogate of a metric (plain PyTorch, no MMSeg)."""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Union
+
+import torch
+
+from .curves import PARAMETERIZATIONS, Curve, build_curves, params_per_curve
+from .formula.compiler import CompiledMetric, compile_formula
+from .functional import surrogate_value
+from .presets import paper_preset
+
+__all__ = ['Surrogate']
+
+
+class Surrogate:
+    """A metric formula compiled into a differentiable surrogate with parameterized curves.
+
+    Args:
+        target_metric (str): built-in metric name or formula. Default: ``'mIoU'``.
+        theta (list[float] | str, optional): control-point coordinates of all curves
+            (the form of the published parameters), or ``'paper'`` for the published
+            parameters of a built-in metric. Default: identity curves.
+        raw_theta (list[float], optional): search parameters in (0, 1) instead of
+            coordinates (what the search samples).
+        parameterization (str): ``'bezier'``, ``'linear'`` or ``'identity'``.
+            Default: ``'bezier'``.
+        num_pieces (int, optional): pieces per curve. Default: 2 for Bezier, 5 for
+            linear, or the preset's with ``theta='paper'``.
+        tol (int, optional): boundary tolerance in pixels. Default: 5.
+        drop_bg (bool, optional): the metric's ``drop_bg`` option. Default: False, or
+            the preset's with ``theta='paper'``.
+    """
+
+    def __init__(self, target_metric: str = 'mIoU', theta: Union[Sequence[float], str,
+                                                                  None] = None,
+                 raw_theta: Optional[Sequence[float]] = None, parameterization: str = 'bezier',
+                 num_pieces: Optional[int] = None, tol: Optional[int] = None,
+                 drop_bg: Optional[bool] = None):
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f'unknown parameterization {parameterization!r}; choose from '
+                             f'{", ".join(PARAMETERIZATIONS)}')
+        if isinstance(theta, str):
+            if theta != 'paper':
+                raise ValueError(f"theta must be a list of numbers or 'paper', got {theta!r}")
+            preset = paper_preset(target_metric)
+            for key, given in (('parameterization', parameterization), ('num_pieces', num_pieces),
+                               ('tol', tol), ('drop_bg', drop_bg)):
+                if given is not None and key != 'parameterization' and given != preset[key]:
+                    raise ValueError(f"theta='paper' for {target_metric} was searched with "
+                                     f"{key}={preset[key]!r}, got {key}={given!r}")
+            if parameterization != preset['parameterization']:
+                raise ValueError(f"theta='paper' is a {preset['parameterization']} curve, got "
+                                 f'parameterization={parameterization!r}')
+            theta, num_pieces = preset['theta'], preset['num_pieces']
+            tol, drop_bg = preset['tol'], preset['drop_bg']
+        if num_pieces is None:
+            num_pieces = PARAMETERIZATIONS[parameterization][3]
+        self.parameterization = parameterization
+        self.num_pieces = num_pieces
+        params_per_curve(parameterization, num_pieces, raw=True)  # validates num_pieces
+        self.compiled: CompiledMetric = compile_formula(
+            target_metric, tol=5 if tol is None else tol,
+            drop_bg=False if drop_bg is None else drop_bg)
+        self.curves: List[Curve] = build_curves(parameterization, self.compiled.num_curves,
+                                                num_pieces, theta=theta, raw_theta=raw_theta,
+                                                layout='\n' + self.layout())
+
+    @property
+    def name(self) -> str:
+        return self.compiled.name
+
+    def num_params(self, raw: bool = False) -> int:
+        """Number of curve parameters (coordinates, or raw search parameters)."""
+        return self.compiled.num_curves * params_per_curve(self.parameterization,
+                                                           self.num_pieces, raw)
+
+    def layout(self) -> str:
+        """Readable layout: which curve belongs to which logical operation."""
+        per = params_per_curve(self.parameterization, self.num_pieces, raw=False)
+        lines = [f'{self.compiled.name}: {self.compiled.num_curves} curve(s) x {per} '
+                 f'number(s) ({self.parameterization}, num_pieces={self.num_pieces})']
+        for slot in self.compiled.slots:
+            lo = slot.index * per
+            lines.append(f'  theta[{lo}:{lo + per}] -> {slot.describe()}')
+        return '\n'.join(lines)
+
+    def describe_curves(self) -> str:
+        return '\n'.join(f'  curve {i}: {c.describe()}' for i, c in enumerate(
+            getattr(self, 'curves', [])))
+
+    def __call__(self, logits: torch.Tensor, label: torch.Tensor,
+                 ignore_index: int = 255) -> torch.Tensor:
+        """Surrogate metric value of a batch: a differentiable scalar (higher is better)."""
+        return surrogate_value(self.compiled, self.curves, logits, label, ignore_index)

@@ -1,0 +1,50 @@
+"""Install asl: ``pip install --no-build-isolation -e .`` (torch must be installed first).
+
+The package ships a small C++ CPU kernel for the Bezier curves (``asl._C``). It is
+built when a C++ compiler is present; without one asl falls back to a pure PyTorch
+implementation of the same function (set ``ASL_NO_EXT=1`` to skip the build).
+"""
+import os
+
+from setuptools import find_packages, setup
+
+
+def read_version():
+    scope = {}
+    with open(os.path.join('asl', 'version.py')) as f:
+        for line in f:
+            if line.startswith('__version__'):
+                scope['__version__'] = line.split('=')[1].strip().strip('\'"')
+    return scope['__version__']
+
+
+def extensions():
+    if os.environ.get('ASL_NO_EXT') == '1':
+        return {}, []
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:
+        return {}, []
+    ext = CppExtension('asl._C', ['asl/csrc/bezier.cpp'],
+                       extra_compile_args=['-O3', '-fopenmp'], extra_link_args=['-fopenmp'])
+    return {'build_ext': BuildExtension}, [ext]
+
+
+cmdclass, ext_modules = extensions()
+
+setup(
+    name='asl',
+    version=read_version(),
+    description='Auto Seg-Loss for MMSegmentation 1.x: searched metric surrogate losses',
+    long_description=open('README.md').read() if os.path.exists('README.md') else '',
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    packages=find_packages(include=['asl', 'asl.*']),
+    package_data={'asl': ['csrc/*.cpp']},
+    python_requires='>=3.8',
+    install_requires=['numpy', 'scipy'],
+    extras_require={'test': ['pytest', 'hypothesis', 'matplotlib']},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    zip_safe=False,
+)
