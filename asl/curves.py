@@ -196,10 +196,10 @@ class BezierCurve(Curve):
         s = (d * a4).add_(bb).clamp_(min=0).sqrt_()  # sqrt(b^2 + 4 a d) = x'(t)
         t = (d + d).div_(s + b).nan_to_num_(0.0, 0.0, 0.0).clamp_(0.0, 1.0)
         y = (t * ay).add_(by).mul_(t).add_(y0)
-        y.masked_fill_(x >= 1, 1.0)
+        y.masked_fill_(x >= 1, 1.0).masked_fill_(x <= 0, 0.0)
         dydx = None
         if need_grad:
-            dydx = (t * ay2).add_(by).div_(s.clamp_(min=MIN_SLOPE_DENOMINATOR))
+            dydx = (t * ay2).add_(by).clamp_(min=0).div_(s.clamp_(min=MIN_SLOPE_DENOMINATOR))
         return y, dydx
 
     def __call__(self, x):

@@ -54,11 +54,34 @@ def prepare_targets(label: torch.Tensor, num_classes: int, ignore_index: int = 2
     return g, m
 
 
+def _window_max(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
+    """Max over the window [i - r, i + r] along ``dim`` (same size, border ignored).
+
+    Uses log-step doubling of elementwise maxima on shifted views (a handful of
+    ``torch.maximum`` calls) instead of a max pool, which is several times slower on
+    CPU for the large windows of boundary tolerances.
+    """
+    if r == 0:
+        return x
+    k = 2 * r + 1
+    pad = [0, 0] * (x.dim() - 1 - dim) + [r, r]
+    m = F.pad(x, pad, value=float('-inf'))
+    n = m.shape[dim]
+    w = 1
+    while 2 * w <= k:  # m[i] = max(x_pad[i : i + 2w])
+        m = torch.maximum(m.narrow(dim, 0, n - w), m.narrow(dim, w, n - w))
+        n -= w
+        w *= 2
+    size = x.shape[dim]
+    if w == k:
+        return m.narrow(dim, 0, size)
+    # two overlapping windows of width w cover [i, i + k)
+    return torch.maximum(m.narrow(dim, 0, size), m.narrow(dim, k - w, size))
+
+
 def _max_pool(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Square k x k max pool, stride 1, same size (separable; border ignored)."""
-    r = k // 2
-    x = F.max_pool2d(x, (k, 1), stride=1, padding=(r, 0))
-    return F.max_pool2d(x, (1, k), stride=1, padding=(0, r))
+    """Square k x k max pool, stride 1, same size, image border ignored."""
+    return _window_max(_window_max(x, k // 2, 2), k // 2, 3)
 
 
 def _eval_map(node: MapNode, env: Dict[str, torch.Tensor], curves: Optional[Sequence[Curve]],

@@ -4,7 +4,8 @@
 // start is <= x), solves x(t) = x with the cancellation-free root
 // t = 2d / (b + sqrt(b^2 + 4ad)), d = x - x0, and returns y(t) and, optionally,
 // dy/dx = y'(t) / x'(t) with x'(t) = sqrt(b^2 + 4ad) clamped below by min_slope.
-// Inputs >= 1 map to exactly 1 (truth table g(1) = 1).
+// Inputs >= 1 map to exactly 1 and inputs <= 0 to exactly 0 (truth table), also where
+// coincident control points put a jump at 0 or 1.
 //
 // coef is a (K, 8) float64 table per piece: x0, b^2, 4a, b, y0, by, ay, 2ay.
 #include <torch/extension.h>
@@ -35,10 +36,12 @@ void bezier_kernel(const scalar_t* x, scalar_t* y, scalar_t* dydx, int64_t n,
       t = t < scalar_t(0) ? scalar_t(0) : (t > scalar_t(1) ? scalar_t(1) : t);
       scalar_t yi = (p[6] * t + p[5]) * t + p[4];
       if (xi >= scalar_t(1)) yi = scalar_t(1);
+      if (xi <= scalar_t(0)) yi = scalar_t(0);
       y[i] = yi;
       if (dydx != nullptr) {
         const scalar_t sl = s > ms ? s : ms;
-        dydx[i] = (p[7] * t + p[5]) / sl;
+        const scalar_t dy = p[7] * t + p[5];  // y'(t) >= 0; clamp rounding below 0
+        dydx[i] = dy > scalar_t(0) ? dy / sl : scalar_t(0);
       }
     }
   });

@@ -175,7 +175,8 @@ class _Parser:
                             args.append(self.expr())
                         if self.accept(')'):
                             break
-                        self.expect(',')
+                        if not self.accept(','):
+                            self.error("expected ',' or ')' in the arguments of " + repr(text))
                 return Call(text, args, kwargs, pos=pos)
             return Name(text, pos=pos)
         if self.accept('('):
