@@ -1,6 +1,6 @@
 """Install asl: ``pip install --no-build-isolation -e .`` (torch must be installed first).
 
-The package ships a small C++ CPU kernel for the Bezier curves (``asl._C``). It is
+The package ships a small C++ CPU kernel for the Bezier curves and windowed max pooling (``asl._C``). It is
 built when a C++ compiler is present; without one asl falls back to a pure PyTorch
 implementation of the same function (set ``ASL_NO_EXT=1`` to skip the build).
 """
@@ -25,7 +25,7 @@ def extensions():
         from torch.utils.cpp_extension import BuildExtension, CppExtension
     except ImportError:
         return {}, []
-    ext = CppExtension('asl._C', ['asl/csrc/bezier.cpp'],
+    ext = CppExtension('asl._C', ['asl/csrc/kernels.cpp'],
                        extra_compile_args=['-O3', '-fopenmp'], extra_link_args=['-fopenmp'])
     return {'build_ext': BuildExtension}, [ext]
 

@@ -31,10 +31,7 @@ from typing import List, Sequence
 
 import torch
 
-try:  # fused CPU kernel built by setup.py; the pure PyTorch path below computes the same
-    from asl import _C as _ext
-except ImportError:  # pragma: no cover - depends on the build
-    _ext = None
+from ._ext import ext as _ext
 
 __all__ = [
     'Curve', 'BezierCurve', 'LinearCurve', 'IdentityCurve', 'PARAMETERIZATIONS',

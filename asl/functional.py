@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ._ext import ext as _ext
 from .curves import Curve
 from .formula.compiler import CompiledMetric, MapNode, StatNode
 
@@ -54,29 +55,34 @@ def prepare_targets(label: torch.Tensor, num_classes: int, ignore_index: int = 2
     return g, m
 
 
-def _window_max(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
-    """Max over the window [i - r, i + r] along ``dim`` (same size, border ignored).
+class _WindowMax(torch.autograd.Function):
+    """C++ window max (CPU); the backward finds each window's first maximum again."""
 
-    Uses log-step doubling of elementwise maxima on shifted views (a handful of
-    ``torch.maximum`` calls) instead of a max pool, which is several times slower on
-    CPU for the large windows of boundary tolerances.
-    """
+    @staticmethod
+    def forward(ctx, x, r, dim):
+        y = _ext.window_max_forward(x, dim, r)
+        ctx.save_for_backward(x, y)
+        ctx.r, ctx.dim = r, dim
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, y = ctx.saved_tensors
+        return _ext.window_max_backward(grad_y, x, y, ctx.dim, ctx.r), None, None
+
+
+def _window_max(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
+    """Max over the window [i - r, i + r] along ``dim`` (same size, border ignored)."""
     if r == 0:
         return x
+    if _ext is not None and x.device.type == 'cpu' and x.dtype in (torch.float32,
+                                                                   torch.float64):
+        if x.requires_grad and torch.is_grad_enabled():
+            return _WindowMax.apply(x, r, dim)
+        return _ext.window_max_forward(x, dim, r)
     k = 2 * r + 1
-    pad = [0, 0] * (x.dim() - 1 - dim) + [r, r]
-    m = F.pad(x, pad, value=float('-inf'))
-    n = m.shape[dim]
-    w = 1
-    while 2 * w <= k:  # m[i] = max(x_pad[i : i + 2w])
-        m = torch.maximum(m.narrow(dim, 0, n - w), m.narrow(dim, w, n - w))
-        n -= w
-        w *= 2
-    size = x.shape[dim]
-    if w == k:
-        return m.narrow(dim, 0, size)
-    # two overlapping windows of width w cover [i, i + k)
-    return torch.maximum(m.narrow(dim, 0, size), m.narrow(dim, k - w, size))
+    kernel, pad = ((k, 1), (r, 0)) if dim == 2 else ((1, k), (0, r))
+    return F.max_pool2d(x, kernel, stride=1, padding=pad)
 
 
 def _max_pool(x: torch.Tensor, k: int) -> torch.Tensor:

@@ -1,0 +1,11 @@
+"""The optional C++ CPU kernels (``asl._C``, built by setup.py).
+
+Every kernel has a pure PyTorch twin that computes the same function; the twin is used
+on other devices and when the extension is not built.
+"""
+try:
+    from asl import _C as ext
+except ImportError:  # pragma: no cover - depends on the build
+    ext = None
+
+__all__ = ['ext']

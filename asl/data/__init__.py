@@ -1,0 +1,11 @@
+from .demo import (DEFAULT_ROOT, DEFAULT_SIZES, DEMO_CLASSES, DEMO_PALETTE, GENERATOR_VERSION,
+                   IGNORE_INDEX, DemoDataError, build_demo_data, dataset_stats,
+                   demo_data_status, demo_names, ensure_demo_data, format_stats,
+                   generate_sample, holdout_names, label_stats, read_meta)
+
+__all__ = [
+    'DEFAULT_ROOT', 'DEFAULT_SIZES', 'DEMO_CLASSES', 'DEMO_PALETTE', 'GENERATOR_VERSION',
+    'IGNORE_INDEX', 'DemoDataError', 'build_demo_data', 'dataset_stats', 'demo_data_status',
+    'demo_names', 'ensure_demo_data', 'format_stats', 'generate_sample', 'holdout_names',
+    'label_stats', 'read_meta'
+]
