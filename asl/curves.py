@@ -65,6 +65,11 @@ class IdentityCurve(Curve):
 
     name = 'identity'
 
+    def bezier_table(self) -> torch.Tensor:
+        """(K, 8) float64 piece coefficients (the fused kernels' curve format)."""
+        return _piece_table(torch.tensor([[0.0, 0.0], [0.5, 0.5], [1.0, 1.0]],
+                                         dtype=torch.float64))
+
     def __call__(self, x):
         return x
 
@@ -98,6 +103,18 @@ def theta_to_points(theta: Sequence[float], num_pieces: int) -> torch.Tensor:
     """
     t = torch.as_tensor(theta, dtype=torch.float64).reshape(2 * num_pieces - 1, 2)
     return _cumulative(t.t()).t().contiguous()
+
+
+def _piece_table(full: torch.Tensor) -> torch.Tensor:
+    """Coefficients of the quadratic pieces through ``full`` = (P_0, P_1, ..., P_2K):
+    per piece ``x0, b^2, 4a, b, y0, by, ay, 2ay`` with ``x(t) = x0 + b t + a t^2`` and
+    ``y(t) = y0 + by t + ay t^2``."""
+    p0, p1, p2 = full[0:-1:2], full[1::2], full[2::2]
+    b = 2 * (p1[:, 0] - p0[:, 0])
+    a = p0[:, 0] - 2 * p1[:, 0] + p2[:, 0]
+    ay = p0[:, 1] - 2 * p1[:, 1] + p2[:, 1]
+    return torch.stack([p0[:, 0], b * b, 4 * a, b, p0[:, 1], 2 * (p1[:, 1] - p0[:, 1]), ay,
+                        2 * ay], dim=1).contiguous()
 
 
 class _BezierFunction(torch.autograd.Function):
@@ -142,17 +159,11 @@ class BezierCurve(Curve):
         self.points = pts
         self.num_pieces = (pts.shape[0] + 1) // 2
         full = torch.cat([pts.new_zeros(1, 2), pts, pts.new_ones(1, 2)])
-        p0, p1, p2 = full[0:-1:2], full[1::2], full[2::2]
-        # x(t) = x0 + b t + a t^2 ; y(t) = y0 + by t + ay t^2
-        self._x0 = p0[:, 0]
-        self._b = 2 * (p1[:, 0] - p0[:, 0])
-        self._a = p0[:, 0] - 2 * p1[:, 0] + p2[:, 0]
-        self._y0 = p0[:, 1]
-        self._by = 2 * (p1[:, 1] - p0[:, 1])
-        self._ay = p0[:, 1] - 2 * p1[:, 1] + p2[:, 1]
-        self._coef = torch.stack(
-            [self._x0, self._b * self._b, 4 * self._a, self._b, self._y0, self._by, self._ay,
-             2 * self._ay], dim=1)
+        self._coef = _piece_table(full)
+
+    def bezier_table(self) -> torch.Tensor:
+        """(K, 8) float64 piece coefficients (the fused kernels' curve format)."""
+        return self._coef
 
     @classmethod
     def from_theta(cls, theta, num_pieces: int = 2) -> 'BezierCurve':
@@ -192,7 +203,7 @@ class BezierCurve(Curve):
         d = x - x0
         s = (d * a4).add_(bb).clamp_(min=0).sqrt_()  # sqrt(b^2 + 4 a d) = x'(t)
         t = (d + d).div_(s + b).nan_to_num_(0.0, 0.0, 0.0).clamp_(0.0, 1.0)
-        y = (t * ay).add_(by).mul_(t).add_(y0)
+        y = (t * ay).add_(by).mul_(t).add_(y0).clamp_(0.0, 1.0)
         y.masked_fill_(x >= 1, 1.0).masked_fill_(x <= 0, 0.0)
         dydx = None
         if need_grad:
@@ -261,6 +272,17 @@ class LinearCurve(Curve):
     @classmethod
     def from_points(cls, points) -> 'LinearCurve':
         return cls(points)
+
+    def bezier_table(self) -> torch.Tensor:
+        """(K, 8) float64 piece coefficients: each segment as a quadratic Bezier piece
+        whose middle control point is the segment's midpoint."""
+        k = self.num_pieces
+        xs = torch.linspace(0, 1, k + 1, dtype=torch.float64)
+        ends = torch.stack([xs, self._ys], dim=1)
+        full = torch.empty(2 * k + 1, 2, dtype=torch.float64)
+        full[0::2] = ends
+        full[1::2] = 0.5 * (ends[:-1] + ends[1:])
+        return _piece_table(full)
 
     def describe(self):
         return f'linear K={self.num_pieces}: y = ' + ', '.join(f'{v:.4g}'

@@ -19,14 +19,26 @@ import torch.nn.functional as F
 from ._ext import ext as _ext
 from .curves import Curve
 from .formula.compiler import CompiledMetric, MapNode, StatNode
+from .fused import fused_available, fused_stat_sums, plan_fused
 
 __all__ = [
-    'SURROGATE_EPS', 'prepare_targets', 'evaluate_stats', 'evaluate_result', 'per_class_values',
+    'SURROGATE_EPS', 'check_labels', 'prepare_targets', 'evaluate_stats', 'evaluate_result', 'per_class_values',
     'surrogate_value', 'exact_stats'
 ]
 
 #: Added to every denominator of the surrogate.
 SURROGATE_EPS = 1e-8
+
+
+def check_labels(label: torch.Tensor, num_classes: int, ignore_index: int = 255) -> None:
+    """Raise ValueError unless ``label`` is (N, H, W) of class indices or ``ignore_index``."""
+    if label.dim() != 3:
+        raise ValueError(f'label must have shape (N, H, W), got {tuple(label.shape)}')
+    bad = (label != ignore_index) & ((label < 0) | (label >= num_classes))
+    if bad.any():
+        values = torch.unique(label[bad])[:10].tolist()
+        raise ValueError(f'label values {values} are neither a class index in '
+                         f'[0, {num_classes}) nor ignore_index={ignore_index}')
 
 
 def prepare_targets(label: torch.Tensor, num_classes: int, ignore_index: int = 255,
@@ -39,15 +51,9 @@ def prepare_targets(label: torch.Tensor, num_classes: int, ignore_index: int = 2
         ValueError: a label value is neither a class index in ``[0, num_classes)`` nor
             ``ignore_index``, or the label is not 3-dimensional.
     """
-    if label.dim() != 3:
-        raise ValueError(f'label must have shape (N, H, W), got {tuple(label.shape)}')
+    check_labels(label, num_classes, ignore_index)
     label = label.long()
     valid = label != ignore_index
-    bad = valid & ((label < 0) | (label >= num_classes))
-    if bad.any():
-        values = torch.unique(label[bad])[:10].tolist()
-        raise ValueError(f'label values {values} are neither a class index in '
-                         f'[0, {num_classes}) nor ignore_index={ignore_index}')
     m = valid.unsqueeze(1).to(dtype)
     g = torch.zeros((label.shape[0], num_classes) + tuple(label.shape[1:]), dtype=dtype,
                     device=label.device)
@@ -149,7 +155,7 @@ def _eval_map(node: MapNode, env: Dict[str, torch.Tensor], curves: Optional[Sequ
 def evaluate_stats(compiled: CompiledMetric, p: torch.Tensor, g: torch.Tensor, m: torch.Tensor,
                    curves: Optional[Sequence[Curve]] = None,
                    sum_dtype: Optional[torch.dtype] = None) -> List[torch.Tensor]:
-    """Per-class sums over (N, H, W) of each ``sum(...)`` in the formula.
+    """Per-class sums over (N, H, W) of each ``sum(...)`` in the formula (PyTorch path).
 
     Args:
         compiled: the compiled formula.
@@ -161,6 +167,27 @@ def evaluate_stats(compiled: CompiledMetric, p: torch.Tensor, g: torch.Tensor, m
     memo: Dict[int, torch.Tensor] = {}
     return [_eval_map(node, env, curves, memo).sum((0, 2, 3), dtype=sum_dtype)
             for node in compiled.stats]
+
+
+def _surrogate_stats_fused(compiled: CompiledMetric, curves: Sequence[Curve], p: torch.Tensor,
+                           label: torch.Tensor, ignore_index: int) -> List[torch.Tensor]:
+    """Same sums as :func:`evaluate_stats`, fusable ones through the C++ kernel."""
+    plan = plan_fused(compiled)
+    check_labels(label, p.shape[1], ignore_index)
+    rest = [i for i in range(len(compiled.stats)) if i not in plan.fused]
+    memo: Dict[int, torch.Tensor] = {}
+    env: Dict[str, torch.Tensor] = {}
+    if rest or plan.extras:
+        g, m = prepare_targets(label, p.shape[1], ignore_index, dtype=p.dtype)
+        env = {'P': p, 'G': g, 'M': m}
+    extras = [_eval_map(node, env, curves, memo) for node in plan.extras]
+    fused = fused_stat_sums(plan, curves, p, label, ignore_index, extras)
+    sums: List[Optional[torch.Tensor]] = [None] * len(compiled.stats)
+    for row, i in enumerate(plan.fused):
+        sums[i] = fused[row]
+    for i in rest:
+        sums[i] = _eval_map(compiled.stats[i], env, curves, memo).sum((0, 2, 3))
+    return sums
 
 
 def evaluate_result(node: StatNode, sums: Sequence[torch.Tensor], exact: bool) -> torch.Tensor:
@@ -228,16 +255,23 @@ def per_class_values(compiled: CompiledMetric, sums: Sequence[torch.Tensor],
 
 
 def surrogate_value(compiled: CompiledMetric, curves: Sequence[Curve], logits: torch.Tensor,
-                    label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
-    """Differentiable surrogate metric of one batch (float32, sums pooled over the batch)."""
+                    label: torch.Tensor, ignore_index: int = 255,
+                    fused: bool = True) -> torch.Tensor:
+    """Differentiable surrogate metric of one batch (float32, sums pooled over the batch).
+
+    ``fused=False`` forces the plain PyTorch path (the reference for the fused kernel).
+    """
     if logits.dim() != 4:
         raise ValueError(f'logits must have shape (N, C, H, W), got {tuple(logits.shape)}')
     if label.shape != logits.shape[:1] + logits.shape[2:]:
         raise ValueError(f'label shape {tuple(label.shape)} does not match logits shape '
                          f'{tuple(logits.shape)}; expected {tuple(logits.shape[:1] + logits.shape[2:])}')
     p = logits.float().softmax(1)
-    g, m = prepare_targets(label, logits.shape[1], ignore_index, dtype=p.dtype)
-    sums = evaluate_stats(compiled, p, g, m, curves)
+    if fused and fused_available(p) and plan_fused(compiled).fused:
+        sums = _surrogate_stats_fused(compiled, curves, p, label, ignore_index)
+    else:
+        g, m = prepare_targets(label, logits.shape[1], ignore_index, dtype=p.dtype)
+        sums = evaluate_stats(compiled, p, g, m, curves)
     return evaluate_result(compiled.result, sums, exact=False)
 
 

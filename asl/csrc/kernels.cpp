@@ -35,6 +35,7 @@ void bezier_kernel(const scalar_t* x, scalar_t* y, scalar_t* dydx, int64_t n,
       scalar_t t = den > scalar_t(0) ? (d + d) / den : scalar_t(0);
       t = t < scalar_t(0) ? scalar_t(0) : (t > scalar_t(1) ? scalar_t(1) : t);
       scalar_t yi = (p[6] * t + p[5]) * t + p[4];
+      yi = yi > scalar_t(1) ? scalar_t(1) : (yi < scalar_t(0) ? scalar_t(0) : yi);  // rounding
       if (xi >= scalar_t(1)) yi = scalar_t(1);
       if (xi <= scalar_t(0)) yi = scalar_t(0);
       y[i] = yi;
@@ -161,10 +162,205 @@ torch::Tensor window_max_backward(torch::Tensor grad_y, torch::Tensor x, torch::
   return dx;
 }
 
+// ---------------------------------------------------------------------------------
+// Fused per-class statistics: a small register machine evaluates an elementwise
+// expression of P (softmax probabilities), G (one-hot of the label), M (valid mask)
+// and precomputed maps, block by block inside one (image, class) plane, and sums it
+// per class. The backward pass re-evaluates the program with forward-mode derivatives
+// (d/dP of each expression is elementwise) and writes dL/dP in one pass.
+//
+// code: (I, 4) int64 rows (op, dst, a, b); ops below. consts: float64 values.
+// curves: (num_curves, Kmax, 8) float64 Bezier piece tables (see bezier_forward),
+// curve_k: pieces per curve. outs: register of each statistic.
+enum Op : int64_t {
+  OP_P = 0, OP_G = 1, OP_M = 2, OP_X = 3, OP_CONST = 4, OP_CURVE = 5, OP_MUL = 6,
+  OP_ADD = 7, OP_SUB = 8, OP_ONE_MINUS = 9
+};
+
+constexpr int64_t kBlock = 256;
+
+template <typename scalar_t>
+inline void curve_eval(const double* table, int64_t K, const scalar_t* x, scalar_t* y,
+                       scalar_t* dydx, int64_t n, double min_slope) {
+  const scalar_t ms = static_cast<scalar_t>(min_slope);
+  for (int64_t i = 0; i < n; ++i) {
+    const scalar_t xi = x[i];
+    int64_t k = 0;
+    for (int64_t j = 1; j < K; ++j) k += (xi >= scalar_t(table[j * 8])) ? 1 : 0;
+    const double* p = table + k * 8;
+    const scalar_t d = xi - scalar_t(p[0]);
+    scalar_t disc = scalar_t(p[1]) + scalar_t(p[2]) * d;
+    disc = disc > scalar_t(0) ? disc : scalar_t(0);
+    const scalar_t s = std::sqrt(disc);
+    const scalar_t den = s + scalar_t(p[3]);
+    scalar_t t = den > scalar_t(0) ? (d + d) / den : scalar_t(0);
+    t = t < scalar_t(0) ? scalar_t(0) : (t > scalar_t(1) ? scalar_t(1) : t);
+    scalar_t yi = (scalar_t(p[6]) * t + scalar_t(p[5])) * t + scalar_t(p[4]);
+    yi = yi > scalar_t(1) ? scalar_t(1) : (yi < scalar_t(0) ? scalar_t(0) : yi);  // rounding
+    yi = xi >= scalar_t(1) ? scalar_t(1) : (xi <= scalar_t(0) ? scalar_t(0) : yi);
+    y[i] = yi;
+    if (dydx) {
+      const scalar_t sl = s > ms ? s : ms;
+      const scalar_t dy = scalar_t(p[7]) * t + scalar_t(p[5]);
+      dydx[i] = dy > scalar_t(0) ? dy / sl : scalar_t(0);
+    }
+  }
+}
+
+template <typename scalar_t>
+void run_program(const int64_t* code, int64_t ni, const double* consts, const double* curves,
+                 const int64_t* curve_k, int64_t kmax, double min_slope, const scalar_t* p,
+                 const int64_t* label, int64_t c, int64_t ignore_index,
+                 const std::vector<const scalar_t*>& xs, const std::vector<bool>& x_per_class,
+                 int64_t n_off, int64_t c_off, int64_t n, bool deriv, scalar_t* val,
+                 scalar_t* der) {
+  // val/der: (R, kBlock) registers; element offsets: pc (per class), pl (per pixel).
+  std::vector<scalar_t> tmp(n);
+  for (int64_t ii = 0; ii < ni; ++ii) {
+    const int64_t* in = code + ii * 4;
+    scalar_t* v = val + in[1] * kBlock;
+    scalar_t* d = der + in[1] * kBlock;
+    const scalar_t* va = in[2] >= 0 ? val + in[2] * kBlock : nullptr;
+    const scalar_t* da = in[2] >= 0 ? der + in[2] * kBlock : nullptr;
+    const scalar_t* vb = in[3] >= 0 ? val + in[3] * kBlock : nullptr;
+    const scalar_t* db = in[3] >= 0 ? der + in[3] * kBlock : nullptr;
+    switch (in[0]) {
+      case OP_P:
+        for (int64_t i = 0; i < n; ++i) v[i] = p[c_off + i];
+        if (deriv) std::fill(d, d + n, scalar_t(1));
+        break;
+      case OP_G:
+        for (int64_t i = 0; i < n; ++i) v[i] = label[n_off + i] == c ? scalar_t(1) : scalar_t(0);
+        if (deriv) std::fill(d, d + n, scalar_t(0));
+        break;
+      case OP_M:
+        for (int64_t i = 0; i < n; ++i)
+          v[i] = label[n_off + i] != ignore_index ? scalar_t(1) : scalar_t(0);
+        if (deriv) std::fill(d, d + n, scalar_t(0));
+        break;
+      case OP_X: {
+        const scalar_t* x = xs[in[2]] + (x_per_class[in[2]] ? c_off : n_off);
+        std::copy(x, x + n, v);
+        if (deriv) std::fill(d, d + n, scalar_t(0));
+        break;
+      }
+      case OP_CONST:
+        std::fill(v, v + n, scalar_t(consts[in[2]]));
+        if (deriv) std::fill(d, d + n, scalar_t(0));
+        break;
+      case OP_CURVE: {
+        const double* table = curves + in[3] * kmax * 8;
+        if (deriv) {
+          curve_eval<scalar_t>(table, curve_k[in[3]], va, v, tmp.data(), n, min_slope);
+          for (int64_t i = 0; i < n; ++i) d[i] = tmp[i] * da[i];
+        } else {
+          curve_eval<scalar_t>(table, curve_k[in[3]], va, v, nullptr, n, min_slope);
+        }
+        break;
+      }
+      case OP_MUL:
+        if (deriv)
+          for (int64_t i = 0; i < n; ++i) d[i] = da[i] * vb[i] + va[i] * db[i];
+        for (int64_t i = 0; i < n; ++i) v[i] = va[i] * vb[i];
+        break;
+      case OP_ADD:
+        if (deriv)
+          for (int64_t i = 0; i < n; ++i) d[i] = da[i] + db[i];
+        for (int64_t i = 0; i < n; ++i) v[i] = va[i] + vb[i];
+        break;
+      case OP_SUB:
+        if (deriv)
+          for (int64_t i = 0; i < n; ++i) d[i] = da[i] - db[i];
+        for (int64_t i = 0; i < n; ++i) v[i] = va[i] - vb[i];
+        break;
+      case OP_ONE_MINUS:
+        if (deriv)
+          for (int64_t i = 0; i < n; ++i) d[i] = -da[i];
+        for (int64_t i = 0; i < n; ++i) v[i] = scalar_t(1) - va[i];
+        break;
+      default:
+        TORCH_CHECK(false, "fused_stats: unknown op ", in[0]);
+    }
+  }
+}
+
+// Returns (N * C, S) float64 per-plane sums, or dL/dP when grad_sums is defined.
+torch::Tensor fused_stats(torch::Tensor code, torch::Tensor consts, torch::Tensor curves,
+                          torch::Tensor curve_k, int64_t num_regs, torch::Tensor outs,
+                          torch::Tensor p, torch::Tensor label, std::vector<torch::Tensor> xs,
+                          int64_t ignore_index, double min_slope,
+                          c10::optional<torch::Tensor> grad_sums) {
+  TORCH_CHECK(p.device().is_cpu() && p.dim() == 4, "fused_stats: p must be (N, C, H, W) on CPU");
+  auto pc = p.contiguous();
+  auto lc = label.to(torch::kLong).contiguous();
+  auto cc = code.to(torch::kLong).contiguous();
+  auto kc = consts.to(torch::kDouble).contiguous();
+  auto cv = curves.to(torch::kDouble).contiguous();
+  auto ck = curve_k.to(torch::kLong).contiguous();
+  auto oc = outs.to(torch::kLong).contiguous();
+  const int64_t N = pc.size(0), C = pc.size(1), HW = pc.size(2) * pc.size(3);
+  const int64_t S = oc.numel(), ni = cc.size(0);
+  const int64_t kmax = cv.dim() == 3 ? cv.size(1) : 1;
+  const bool backward = grad_sums.has_value();
+  torch::Tensor gs;
+  if (backward) gs = grad_sums->to(torch::kDouble).contiguous();  // (S, C)
+  std::vector<torch::Tensor> xcs;
+  std::vector<bool> x_per_class;
+  for (auto& x : xs) {
+    xcs.push_back(x.to(pc.scalar_type()).contiguous());
+    x_per_class.push_back(x.size(1) == C && C > 1);
+  }
+  auto result = backward ? torch::empty_like(pc)
+                         : torch::zeros({N * C, S}, pc.options().dtype(torch::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(pc.scalar_type(), "fused_stats", [&] {
+    std::vector<const scalar_t*> xp;
+    for (auto& x : xcs) xp.push_back(x.data_ptr<scalar_t>());
+    const scalar_t* pp = pc.data_ptr<scalar_t>();
+    const int64_t* lp = lc.data_ptr<int64_t>();
+    const int64_t* op = oc.data_ptr<int64_t>();
+    at::parallel_for(0, N * C, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<scalar_t> val(num_regs * kBlock), der(num_regs * kBlock);
+      for (int64_t plane = b0; plane < b1; ++plane) {
+        const int64_t n = plane / C, c = plane % C;
+        std::vector<double> acc(S, 0.0);
+        for (int64_t start = 0; start < HW; start += kBlock) {
+          const int64_t len = std::min(kBlock, HW - start);
+          run_program<scalar_t>(cc.data_ptr<int64_t>(), ni, kc.data_ptr<double>(),
+                                cv.data_ptr<double>(), ck.data_ptr<int64_t>(), kmax, min_slope,
+                                pp, lp, c, ignore_index, xp, x_per_class, n * HW + start,
+                                plane * HW + start, len, backward, val.data(), der.data());
+          if (backward) {
+            scalar_t* out = result.data_ptr<scalar_t>() + plane * HW + start;
+            std::fill(out, out + len, scalar_t(0));
+            for (int64_t s = 0; s < S; ++s) {
+              const scalar_t w = scalar_t(gs.data_ptr<double>()[s * C + c]);
+              const scalar_t* d = der.data() + op[s] * kBlock;
+              for (int64_t i = 0; i < len; ++i) out[i] += w * d[i];
+            }
+          } else {
+            for (int64_t s = 0; s < S; ++s) {
+              const scalar_t* v = val.data() + op[s] * kBlock;
+              double a = 0.0;
+              for (int64_t i = 0; i < len; ++i) a += v[i];
+              acc[s] += a;
+            }
+          }
+        }
+        if (!backward) {
+          double* r = result.data_ptr<double>() + plane * S;
+          for (int64_t s = 0; s < S; ++s) r[s] = acc[s];
+        }
+      }
+    });
+  });
+  return result;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bezier_forward", &bezier_forward, "Piecewise quadratic Bezier curve (value, dy/dx)");
   m.def("window_max_forward", &window_max_forward, "Window max along one dim");
   m.def("window_max_backward", &window_max_backward, "Gradient of window_max_forward");
+  m.def("fused_stats", &fused_stats, "Fused per-class sums of elementwise expressions (or dL/dP)");
 }
