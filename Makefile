@@ -11,6 +11,10 @@ install:
 test: install
 	$(PYTHON_VENV) -m pytest -q tests
 
+demo: install
+	$(PYTHON_VENV) tools/make_demo_data.py
+	$(PYTHON_VENV) tools/benchmark_loss.py
+
 benchmark: install
 	$(PYTHON_VENV) tools/benchmark_loss.py
 
