@@ -16,35 +16,41 @@
 namespace {
 
 template <typename scalar_t>
+inline void curve_eval(const scalar_t* table, int64_t K, const scalar_t* x, scalar_t* y,
+                       scalar_t* dydx, int64_t n, scalar_t ms) {
+  // Branch-free per element (selects only), so that the compiler can vectorize it.
+  for (int64_t i = 0; i < n; ++i) {
+    const scalar_t xi = x[i];
+    const scalar_t* p = table;
+    for (int64_t j = 1; j < K; ++j) p = xi >= table[j * 8] ? table + j * 8 : p;
+    const scalar_t d = xi - p[0];
+    scalar_t disc = p[1] + p[2] * d;
+    disc = disc > scalar_t(0) ? disc : scalar_t(0);
+    const scalar_t s = std::sqrt(disc);
+    const scalar_t den = s + p[3];
+    const scalar_t safe = den > scalar_t(0) ? den : scalar_t(1);
+    scalar_t t = den > scalar_t(0) ? (d + d) / safe : scalar_t(0);
+    t = t < scalar_t(0) ? scalar_t(0) : (t > scalar_t(1) ? scalar_t(1) : t);
+    scalar_t yi = (p[6] * t + p[5]) * t + p[4];
+    yi = yi > scalar_t(1) ? scalar_t(1) : (yi < scalar_t(0) ? scalar_t(0) : yi);  // rounding
+    y[i] = xi >= scalar_t(1) ? scalar_t(1) : (xi <= scalar_t(0) ? scalar_t(0) : yi);
+    if (dydx) {
+      const scalar_t sl = s > ms ? s : ms;
+      const scalar_t dy = p[7] * t + p[5];
+      dydx[i] = dy > scalar_t(0) ? dy / sl : scalar_t(0);
+    }
+  }
+}
+
+template <typename scalar_t>
 void bezier_kernel(const scalar_t* x, scalar_t* y, scalar_t* dydx, int64_t n,
                    const std::vector<double>& coef_d, int64_t K, double min_slope) {
   std::vector<scalar_t> coef(coef_d.begin(), coef_d.end());
   const scalar_t* c = coef.data();
   const scalar_t ms = static_cast<scalar_t>(min_slope);
   at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const scalar_t xi = x[i];
-      int64_t k = 0;
-      for (int64_t j = 1; j < K; ++j) k += (xi >= c[j * 8]) ? 1 : 0;
-      const scalar_t* p = c + k * 8;
-      const scalar_t d = xi - p[0];
-      scalar_t disc = p[1] + p[2] * d;
-      disc = disc > scalar_t(0) ? disc : scalar_t(0);
-      const scalar_t s = std::sqrt(disc);
-      const scalar_t den = s + p[3];
-      scalar_t t = den > scalar_t(0) ? (d + d) / den : scalar_t(0);
-      t = t < scalar_t(0) ? scalar_t(0) : (t > scalar_t(1) ? scalar_t(1) : t);
-      scalar_t yi = (p[6] * t + p[5]) * t + p[4];
-      yi = yi > scalar_t(1) ? scalar_t(1) : (yi < scalar_t(0) ? scalar_t(0) : yi);  // rounding
-      if (xi >= scalar_t(1)) yi = scalar_t(1);
-      if (xi <= scalar_t(0)) yi = scalar_t(0);
-      y[i] = yi;
-      if (dydx != nullptr) {
-        const scalar_t sl = s > ms ? s : ms;
-        const scalar_t dy = p[7] * t + p[5];  // y'(t) >= 0; clamp rounding below 0
-        dydx[i] = dy > scalar_t(0) ? dy / sl : scalar_t(0);
-      }
-    }
+    curve_eval<scalar_t>(c, K, x + begin, y + begin, dydx ? dydx + begin : nullptr,
+                         end - begin, ms);
   });
 }
 
@@ -180,42 +186,14 @@ enum Op : int64_t {
 constexpr int64_t kBlock = 256;
 
 template <typename scalar_t>
-inline void curve_eval(const double* table, int64_t K, const scalar_t* x, scalar_t* y,
-                       scalar_t* dydx, int64_t n, double min_slope) {
-  const scalar_t ms = static_cast<scalar_t>(min_slope);
-  for (int64_t i = 0; i < n; ++i) {
-    const scalar_t xi = x[i];
-    int64_t k = 0;
-    for (int64_t j = 1; j < K; ++j) k += (xi >= scalar_t(table[j * 8])) ? 1 : 0;
-    const double* p = table + k * 8;
-    const scalar_t d = xi - scalar_t(p[0]);
-    scalar_t disc = scalar_t(p[1]) + scalar_t(p[2]) * d;
-    disc = disc > scalar_t(0) ? disc : scalar_t(0);
-    const scalar_t s = std::sqrt(disc);
-    const scalar_t den = s + scalar_t(p[3]);
-    scalar_t t = den > scalar_t(0) ? (d + d) / den : scalar_t(0);
-    t = t < scalar_t(0) ? scalar_t(0) : (t > scalar_t(1) ? scalar_t(1) : t);
-    scalar_t yi = (scalar_t(p[6]) * t + scalar_t(p[5])) * t + scalar_t(p[4]);
-    yi = yi > scalar_t(1) ? scalar_t(1) : (yi < scalar_t(0) ? scalar_t(0) : yi);  // rounding
-    yi = xi >= scalar_t(1) ? scalar_t(1) : (xi <= scalar_t(0) ? scalar_t(0) : yi);
-    y[i] = yi;
-    if (dydx) {
-      const scalar_t sl = s > ms ? s : ms;
-      const scalar_t dy = scalar_t(p[7]) * t + scalar_t(p[5]);
-      dydx[i] = dy > scalar_t(0) ? dy / sl : scalar_t(0);
-    }
-  }
-}
-
-template <typename scalar_t>
-void run_program(const int64_t* code, int64_t ni, const double* consts, const double* curves,
-                 const int64_t* curve_k, int64_t kmax, double min_slope, const scalar_t* p,
+void run_program(const int64_t* code, int64_t ni, const double* consts, const scalar_t* curves,
+                 const int64_t* curve_k, int64_t kmax, scalar_t min_slope, const scalar_t* p,
                  const int64_t* label, int64_t c, int64_t ignore_index,
                  const std::vector<const scalar_t*>& xs, const std::vector<bool>& x_per_class,
                  int64_t n_off, int64_t c_off, int64_t n, bool deriv, scalar_t* val,
-                 scalar_t* der) {
-  // val/der: (R, kBlock) registers; element offsets: pc (per class), pl (per pixel).
-  std::vector<scalar_t> tmp(n);
+                 scalar_t* der, scalar_t* tmp) {
+  // val/der: (R, kBlock) registers; tmp: kBlock scratch. Offsets: c_off (this class's
+  // plane), n_off (this image's pixels).
   for (int64_t ii = 0; ii < ni; ++ii) {
     const int64_t* in = code + ii * 4;
     scalar_t* v = val + in[1] * kBlock;
@@ -249,9 +227,9 @@ void run_program(const int64_t* code, int64_t ni, const double* consts, const do
         if (deriv) std::fill(d, d + n, scalar_t(0));
         break;
       case OP_CURVE: {
-        const double* table = curves + in[3] * kmax * 8;
+        const scalar_t* table = curves + in[3] * kmax * 8;
         if (deriv) {
-          curve_eval<scalar_t>(table, curve_k[in[3]], va, v, tmp.data(), n, min_slope);
+          curve_eval<scalar_t>(table, curve_k[in[3]], va, v, tmp, n, min_slope);
           for (int64_t i = 0; i < n; ++i) d[i] = tmp[i] * da[i];
         } else {
           curve_eval<scalar_t>(table, curve_k[in[3]], va, v, nullptr, n, min_slope);
@@ -318,17 +296,20 @@ torch::Tensor fused_stats(torch::Tensor code, torch::Tensor consts, torch::Tenso
     const scalar_t* pp = pc.data_ptr<scalar_t>();
     const int64_t* lp = lc.data_ptr<int64_t>();
     const int64_t* op = oc.data_ptr<int64_t>();
+    std::vector<scalar_t> table(cv.data_ptr<double>(), cv.data_ptr<double>() + cv.numel());
+    const scalar_t ms = static_cast<scalar_t>(min_slope);
     at::parallel_for(0, N * C, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<scalar_t> val(num_regs * kBlock), der(num_regs * kBlock);
+      std::vector<scalar_t> val(num_regs * kBlock), der(num_regs * kBlock), tmp(kBlock);
       for (int64_t plane = b0; plane < b1; ++plane) {
         const int64_t n = plane / C, c = plane % C;
         std::vector<double> acc(S, 0.0);
         for (int64_t start = 0; start < HW; start += kBlock) {
           const int64_t len = std::min(kBlock, HW - start);
           run_program<scalar_t>(cc.data_ptr<int64_t>(), ni, kc.data_ptr<double>(),
-                                cv.data_ptr<double>(), ck.data_ptr<int64_t>(), kmax, min_slope,
-                                pp, lp, c, ignore_index, xp, x_per_class, n * HW + start,
-                                plane * HW + start, len, backward, val.data(), der.data());
+                                table.data(), ck.data_ptr<int64_t>(), kmax, ms, pp, lp, c,
+                                ignore_index, xp, x_per_class, n * HW + start,
+                                plane * HW + start, len, backward, val.data(), der.data(),
+                                tmp.data());
           if (backward) {
             scalar_t* out = result.data_ptr<scalar_t>() + plane * HW + start;
             std::fill(out, out + len, scalar_t(0));
@@ -340,8 +321,13 @@ torch::Tensor fused_stats(torch::Tensor code, torch::Tensor consts, torch::Tenso
           } else {
             for (int64_t s = 0; s < S; ++s) {
               const scalar_t* v = val.data() + op[s] * kBlock;
+              scalar_t part[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // vectorizable partial sums
+              int64_t i = 0;
+              for (; i + 8 <= len; i += 8)
+                for (int64_t q = 0; q < 8; ++q) part[q] += v[i + q];
               double a = 0.0;
-              for (int64_t i = 0; i < len; ++i) a += v[i];
+              for (; i < len; ++i) a += v[i];
+              for (int64_t q = 0; q < 8; ++q) a += part[q];
               acc[s] += a;
             }
           }

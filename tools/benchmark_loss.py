@@ -1,0 +1,567 @@
+#!/usr/bin/env python
+"""Benchmark the Auto Seg-Loss surrogates against MMSeg's built-in losses.
+
+Measures the forward + backward time and the peak memory of every published
+surrogate (``AutoSegLoss`` with ``theta='paper'`` for mIoU, FWIoU, mAcc, gAcc, BIoU
+and BF1) next to MMSeg's ``CrossEntropyLoss``, ``DiceLoss`` and ``LovaszLoss`` on the
+same logits and labels, in one run, and prints a Markdown table with the ratios to
+cross-entropy, followed by a PASS/FAIL check against the cost targets:
+
+* region surrogates (mIoU, FWIoU, mAcc, gAcc): at most 3x cross-entropy's time and
+  3x its peak memory;
+* boundary surrogates (BIoU, BF1): at most 6x;
+* every surrogate faster than ``LovaszLoss``.
+
+It also checks the float32 evaluation of every published curve against its float64
+definition (``--accuracy``, on by default; target: max abs error <= 1e-5).
+
+Timing: median (``--stat min``: minimum) over ``--repeat`` runs, interleaved across
+the losses, after ``--warmup`` runs, of
+``loss(x, label, ignore_index=255).backward()`` on a fresh
+``x = logits.detach().clone().requires_grad_()`` (the clone itself is not timed).
+
+Peak memory: bytes allocated by torch during one forward + backward, above what was
+allocated before it (the input gradient included). On CUDA:
+``torch.cuda.max_memory_allocated`` minus the baseline. On CPU: the maximum of the
+running sum of the allocation/free events recorded by
+``torch.profiler.profile(profile_memory=True)``; ``--selfcheck`` verifies this
+method on known allocations.
+
+Examples::
+
+    python tools/benchmark_loss.py                       # CPU: N=2, C=21, 256x256
+    python tools/benchmark_loss.py --device cuda         # GPU: N=8, C=21, 512x512
+    python tools/benchmark_loss.py --selfcheck
+    python tools/benchmark_loss.py --profile mIoU BF1    # top ops by self time
+
+The exit code is 0 whether or not the targets are met; read the PASS/FAIL lines.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+METRICS = ('mIoU', 'FWIoU', 'mAcc', 'gAcc', 'BIoU', 'BF1')
+REGION_METRICS = ('mIoU', 'FWIoU', 'mAcc', 'gAcc')
+BOUNDARY_METRICS = ('BIoU', 'BF1')
+REGION_LIMIT = 3.0
+BOUNDARY_LIMIT = 6.0
+ACCURACY_TARGET = 1e-5
+IGNORE_INDEX = 255
+CE = 'CrossEntropyLoss'
+LOVASZ = 'LovaszLoss'
+
+
+def loss_configs() -> List[Tuple[str, dict]]:
+    """(row name, MMSeg config) of every compared loss, cross-entropy first."""
+    cfgs = [
+        (CE, dict(type='CrossEntropyLoss')),
+        ('DiceLoss', dict(type='DiceLoss')),
+        # per_image=False requires reduction='none' in MMSeg 1.x (the loss is one number).
+        (LOVASZ, dict(type='LovaszLoss', reduction='none', loss_type='multi_class',
+                      per_image=False)),
+    ]
+    cfgs += [(f'AutoSegLoss {m}', dict(type='AutoSegLoss', target_metric=m, theta='paper'))
+             for m in METRICS]
+    return cfgs
+
+
+# ----------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------
+def make_inputs(n: int, c: int, size: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Random logits (N, C, S, S) and labels (N, S, S), generated on the CPU.
+
+    Logits are standard normal noise scaled by 3. Labels are spatially coherent: the
+    argmax over classes of a smooth random field (low-resolution noise upsampled
+    bicubically), so regions are blobs with curved boundaries rather than every pixel
+    being a boundary. As in PASCAL VOC, region borders are labelled ``ignore_index``
+    (a one-pixel line), plus one random rectangle per image.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, c, size, size, generator=gen) * 3.0
+    cells = max(2, size // 64)
+    field = torch.randn(n, c, cells, cells, generator=gen)
+    field = F.interpolate(field, size=(size, size), mode='bicubic', align_corners=False)
+    label = field.argmax(1)
+    border = torch.zeros_like(label, dtype=torch.bool)
+    border[:, :-1, :] |= label[:, :-1, :] != label[:, 1:, :]
+    border[:, :, :-1] |= label[:, :, :-1] != label[:, :, 1:]
+    label[border] = IGNORE_INDEX
+    for i in range(n):
+        hh, ww = torch.randint(size // 16, size // 10 + 1, (2, ), generator=gen).tolist()
+        y0, x0 = torch.randint(0, size - max(hh, ww), (2, ), generator=gen).tolist()
+        label[i, y0:y0 + hh, x0:x0 + ww] = IGNORE_INDEX
+    return logits, label
+
+
+# ----------------------------------------------------------------------------------
+# Memory
+# ----------------------------------------------------------------------------------
+def _profiler_memory_events(prof) -> Tuple[List[Tuple[float, int]], str]:
+    """(time, bytes) of every CPU allocation (> 0) and free (< 0) the profiler saw."""
+    try:
+        events = prof.profiler.kineto_results.events()
+        out = [(e.start_ns(), int(e.nbytes())) for e in events
+               if e.name() == '[memory]' and str(e.device_type()).endswith('CPU')]
+        if out:
+            return out, 'kineto_results.events() nbytes'
+    except (AttributeError, RuntimeError):
+        pass
+    out = [(e.time_range.start, int(e.cpu_memory_usage)) for e in prof.events()
+           if e.name == '[memory]']
+    return out, 'prof.events() cpu_memory_usage'
+
+
+def cpu_peak_bytes(fn: Callable[[], object]) -> Tuple[int, str]:
+    """Peak of the bytes allocated by torch on the CPU while ``fn()`` runs, above the
+    amount allocated when it starts. Returns (bytes, method)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True,
+                 record_shapes=False) as prof:
+        fn()
+    events, method = _profiler_memory_events(prof)
+    events.sort(key=lambda e: e[0])  # stable: ties keep the recorded order
+    current = peak = 0
+    for _, nbytes in events:
+        current += nbytes
+        peak = max(peak, current)
+    return peak, method
+
+
+def cuda_peak_bytes(fn: Callable[[], object], device: torch.device) -> Tuple[int, str]:
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base, 'torch.cuda.max_memory_allocated'
+
+
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> Tuple[int, str]:
+    if device.type == 'cuda':
+        return cuda_peak_bytes(fn, device)
+    return cpu_peak_bytes(fn)
+
+
+def selfcheck(device: torch.device) -> bool:
+    """Check the peak-memory method on allocations of known size. Returns True if OK."""
+    mb = 1e6
+    ok = True
+    print(f'## Peak-memory self-check ({device.type})\n')
+
+    def one_tensor():
+        x = torch.empty(1_000_000, dtype=torch.float32, device=device)
+        x.fill_(1.0)
+        return x
+
+    def two_live_one_freed():
+        a = torch.ones(1_000_000, dtype=torch.float32, device=device)  # 4 MB
+        b = torch.ones(1_000_000, dtype=torch.float32, device=device)  # 8 MB live
+        del a
+        c = torch.ones(1_000_000, dtype=torch.float32, device=device)  # 8 MB live again
+        return b, c
+
+    def temporaries():
+        a = torch.ones(2_000_000, dtype=torch.float32, device=device)  # 8 MB
+        s = (a * 2).sum()  # +8 MB temporary -> 16 MB peak
+        del a
+        return s
+
+    def backward():
+        x = torch.ones(1_000_000, dtype=torch.float32, device=device, requires_grad=True)
+        (x * x).sum().backward()  # input held by x (not counted), product 4 MB, grad 4 MB...
+        return x
+
+    cases = [('one float32 tensor of 1M elements', one_tensor, 4.0, 0.02),
+             ('three 4 MB tensors, one freed before the third', two_live_one_freed, 8.0, 0.02),
+             ('8 MB tensor and an 8 MB temporary', temporaries, 16.0, 0.02)]
+    for name, fn, expect, tol in cases:
+        got, method = peak_bytes(fn, device)
+        good = abs(got / mb - expect) <= tol * expect
+        ok &= good
+        print(f'- {name}: {got / mb:.3f} MB (expected {expect:.1f} MB) '
+              f'{"PASS" if good else "FAIL"}  [{method}]')
+    got, method = peak_bytes(backward, device)
+    # x (4 MB) is allocated inside; x * x (4 MB); grads 2 x 4 MB transient at most.
+    good = 8.0 <= got / mb <= 20.0
+    ok &= good
+    print(f'- forward + backward of (x * x).sum() with 1M elements: {got / mb:.3f} MB '
+          f'(expected 8 to 20 MB) {"PASS" if good else "FAIL"}')
+    print()
+    return ok
+
+
+# ----------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def forward_backward(loss: torch.nn.Module, x: torch.Tensor, label: torch.Tensor) -> float:
+    out = loss(x, label, ignore_index=IGNORE_INDEX)
+    if out.numel() != 1:
+        out = out.sum()
+    out.backward()
+    return float(out.detach())
+
+
+def _timed_run(loss: torch.nn.Module, logits: torch.Tensor, label: torch.Tensor,
+               device: torch.device) -> Tuple[float, float]:
+    """(seconds, loss value) of one forward + backward on a fresh copy of the logits."""
+    x = logits.detach().clone().requires_grad_()
+    _sync(device)
+    t0 = time.perf_counter()
+    out = loss(x, label, ignore_index=IGNORE_INDEX)
+    if out.numel() != 1:
+        out = out.sum()
+    out.backward()
+    _sync(device)
+    return time.perf_counter() - t0, float(out.detach())
+
+
+def measure_all(losses: Dict[str, torch.nn.Module], logits: torch.Tensor,
+                label: torch.Tensor, device: torch.device, repeat: int, warmup: int,
+                stat: str = 'median') -> List[Tuple[str, Dict[str, object]]]:
+    """Time (s; median or min of the runs), peak memory (bytes) and loss value of
+    every loss.
+
+    The timed runs are interleaved (one run of each loss per round), so that a change
+    of machine load during the benchmark affects every loss alike and the ratios stay
+    meaningful on a shared machine.
+    """
+    times: Dict[str, List[float]] = {name: [] for name in losses}
+    values: Dict[str, float] = {}
+    for name, loss in losses.items():
+        for _ in range(warmup):
+            _, values[name] = _timed_run(loss, logits, label, device)
+    for _ in range(repeat):
+        for name, loss in losses.items():
+            t, values[name] = _timed_run(loss, logits, label, device)
+            times[name].append(t)
+    rows = []
+    for name, loss in losses.items():
+        x = logits.detach().clone().requires_grad_()
+        peak, method = peak_bytes(lambda: forward_backward(loss, x, label), device)
+        del x
+        ts = sorted(times[name])
+        rows.append((name, dict(time=statistics.median(ts) if stat == 'median' else ts[0],
+                                times=ts, peak=peak,
+                                method=method, value=values.get(name, float('nan')))))
+    return rows
+
+
+# ----------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------
+def machine_description(device: torch.device) -> str:
+    if device.type == 'cuda':
+        props = torch.cuda.get_device_properties(device)
+        return (f'GPU {torch.cuda.get_device_name(device)} '
+                f'({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}')
+    model = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.lower().startswith('model name'):
+                    model = line.split(':', 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (f'CPU {model}, {os.cpu_count()} logical core(s), '
+            f'torch threads {torch.get_num_threads()}')
+
+
+def markdown_table(rows: List[Tuple[str, Dict[str, object]]]) -> str:
+    ce = dict(rows)[CE]
+    lines = ['| loss | time ms | x CE | peak MB | x CE |', '|---|---:|---:|---:|---:|']
+    for name, r in rows:
+        t, m = r['time'], r['peak']
+        mem_ratio = m / ce['peak'] if ce['peak'] > 0 else float('nan')
+        lines.append(f'| {name} | {t * 1e3:.1f} | {t / ce["time"]:.2f} | {m / 1e6:.1f} | '
+                     f'{mem_ratio:.2f} |')
+    return '\n'.join(lines)
+
+
+def target_checks(rows: List[Tuple[str, Dict[str, object]]]) -> List[str]:
+    res = dict(rows)
+    ce, lov = res[CE], res[LOVASZ]
+    lines = []
+    for m in METRICS:
+        r = res.get(f'AutoSegLoss {m}')
+        if r is None:
+            continue
+        limit = REGION_LIMIT if m in REGION_METRICS else BOUNDARY_LIMIT
+        tr, mr = r['time'] / ce['time'], r['peak'] / max(ce['peak'], 1)
+        lines.append(f'- {"PASS" if tr <= limit else "FAIL"} {m}: time {tr:.2f}x CE '
+                     f'(target <= {limit:g}x)')
+        lines.append(f'- {"PASS" if mr <= limit else "FAIL"} {m}: peak memory {mr:.2f}x CE '
+                     f'(target <= {limit:g}x)')
+        lines.append(f'- {"PASS" if r["time"] < lov["time"] else "FAIL"} {m}: '
+                     f'{r["time"] * 1e3:.1f} ms vs LovaszLoss {lov["time"] * 1e3:.1f} ms '
+                     f'(target: faster)')
+    return lines
+
+
+# ----------------------------------------------------------------------------------
+# Curve accuracy
+# ----------------------------------------------------------------------------------
+def accuracy_points(curve, dense: int, ref_points: int,
+                    seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Float32 points dense near 0 (``u**4``), and the subset checked against the
+    float64 reference: special values, both sides of every piece junction, and a
+    random sample of the dense points."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.rand(dense, generator=gen, dtype=torch.float64)
+    special = [0.0, 1.0, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.5, 0.999999, 1 - 2**-24]
+    for p in getattr(curve, 'points', torch.zeros(0, 2)).tolist():
+        special.append(p[0])  # piece junctions (even points) and control x coordinates
+    xs = torch.tensor(special, dtype=torch.float32)
+    tiny = torch.finfo(torch.float32).eps
+    xs = torch.cat([xs, torch.nextafter(xs, xs + 1), torch.nextafter(xs, xs - 1),
+                    xs * (1 + tiny)]).clamp(0, 1)
+    dense_x = torch.cat([xs, (u**4).float()])
+    pick = torch.randperm(dense, generator=gen)[:max(0, ref_points - xs.numel())]
+    ref_x = torch.cat([xs, dense_x[xs.numel():][pick]])
+    return dense_x, ref_x
+
+
+def curve_accuracy(device: torch.device, dense: int, ref_points: int) -> List[str]:
+    """Max abs error of every metric's published curves, float32 vs float64 definition:
+    ``curve(x)`` on ``device`` (the fused C++ kernel on the CPU when built) and, for
+    Bezier curves, the pure PyTorch evaluation (what runs on a GPU)."""
+    from asl.surrogate import Surrogate
+    lines = ['| metric | curves | max abs error | worst x | pure PyTorch path | '
+             'float32 range ok | target |', '|---|---:|---:|---:|---:|---|---|']
+    cache: Dict[str, Tuple[float, float, float, bool]] = {}
+    for m in METRICS:
+        curves = Surrogate(m, theta='paper').curves
+        worst_err, worst_x, worst_torch, range_ok = 0.0, float('nan'), 0.0, True
+        for curve in curves:
+            key = curve.describe()
+            if key not in cache:
+                dense_x, ref_x = accuracy_points(curve, dense, ref_points)
+                with torch.no_grad():
+                    y_all = curve(dense_x.to(device)).cpu()
+                    y = curve(ref_x.to(device)).cpu().double()
+                    y_torch = (curve._evaluate_torch(ref_x, need_grad=False)[0].double()
+                               if hasattr(curve, '_evaluate_torch') else y)
+                ok = bool(torch.isfinite(y_all).all() and (y_all >= 0).all() and
+                          (y_all <= 1).all())
+                ref = curve.reference(ref_x)
+                err = (y - ref).abs()
+                i = int(err.argmax())
+                cache[key] = (float(err[i]), float(ref_x[i]),
+                              float((y_torch - ref).abs().max()), ok)
+            e, x, et, ok = cache[key]
+            range_ok &= ok
+            worst_torch = max(worst_torch, et)
+            if e >= worst_err:
+                worst_err, worst_x = e, x
+        good = max(worst_err, worst_torch) <= ACCURACY_TARGET and range_ok
+        lines.append(f'| {m} | {len(curves)} | {worst_err:.2e} | {worst_x:.3g} | '
+                     f'{worst_torch:.2e} | {"yes" if range_ok else "NO"} | '
+                     f'{"PASS" if good else "FAIL"} (<= {ACCURACY_TARGET:g}) |')
+    return lines
+
+
+# ----------------------------------------------------------------------------------
+# Profile
+# ----------------------------------------------------------------------------------
+def profile_losses(names: Sequence[str], losses: Dict[str, torch.nn.Module],
+                   logits: torch.Tensor, label: torch.Tensor, device: torch.device,
+                   top: int) -> None:
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU]
+    if device.type == 'cuda':
+        activities.append(ProfilerActivity.CUDA)
+    sort = 'self_cuda_time_total' if device.type == 'cuda' else 'self_cpu_time_total'
+    for name in names:
+        key = name if name in losses else f'AutoSegLoss {name}'
+        if key not in losses:
+            print(f'--profile: unknown loss {name!r}; choose from '
+                  f'{", ".join(losses)} or a metric name\n')
+            continue
+        loss = losses[key]
+        for _ in range(2):  # the first profiled run pays the profiler's own start-up
+            x = logits.detach().clone().requires_grad_()
+            forward_backward(loss, x, label)
+            x = logits.detach().clone().requires_grad_()
+            with profile(activities=activities, record_shapes=False) as prof:
+                forward_backward(loss, x, label)
+                _sync(device)
+        print(f'## Profile: {key} (forward + backward, top {top} ops by self time)\n')
+        print(prof.key_averages().table(sort_by=sort, row_limit=top))
+        print()
+
+
+# ----------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--device', default='cpu', help="'cpu' or 'cuda[:i]'. Default: cpu")
+    p.add_argument('--n', type=int, help='batch size (default: 2 on CPU, 8 on GPU)')
+    p.add_argument('--c', type=int, default=21, help='number of classes (default: 21)')
+    p.add_argument('--size', type=int, help='height = width (default: 256 on CPU, 512 on GPU)')
+    p.add_argument('--repeat', type=int, help='timed runs per loss (default: 10 CPU, 20 GPU)')
+    p.add_argument('--warmup', type=int, help='untimed runs first (default: 2 CPU, 5 GPU)')
+    p.add_argument('--stat', choices=('median', 'min'), default='median',
+                   help='time statistic over the runs (default: median; min is more robust '
+                   'on a machine shared with other work)')
+    p.add_argument('--threads', type=int, help='torch CPU threads (default: torch default)')
+    p.add_argument('--seed', type=int, default=0, help='input seed (default: 0)')
+    p.add_argument('--out', help='also write the report (Markdown) to this file')
+    p.add_argument('--only', nargs='+', metavar='NAME',
+                   help='benchmark only these losses (row names or metric names; '
+                   'CrossEntropyLoss and LovaszLoss are always included)')
+    p.add_argument('--accuracy', dest='accuracy', action='store_true', default=True,
+                   help='check the float32 curves against their float64 definition (default)')
+    p.add_argument('--no-accuracy', dest='accuracy', action='store_false',
+                   help='skip the curve accuracy check')
+    p.add_argument('--accuracy-points', type=int, default=20000,
+                   help='float32 points per curve (default: 20000)')
+    p.add_argument('--ref-points', type=int, default=2000,
+                   help='of those, points checked against the slow float64 reference '
+                   '(default: 2000)')
+    p.add_argument('--no-bench', action='store_true', help='skip the timing/memory table')
+    p.add_argument('--selfcheck', action='store_true',
+                   help='verify the peak-memory method on known allocations first')
+    p.add_argument('--profile', nargs='+', metavar='NAME', default=[],
+                   help='also profile these losses (e.g. mIoU BF1) and print the top ops '
+                   'by self time')
+    p.add_argument('--top', type=int, default=15, help='rows of each --profile table')
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        print('CUDA is not available', file=sys.stderr)
+        return 2
+    gpu = device.type == 'cuda'
+    if gpu and device.index is None:
+        device = torch.device('cuda', torch.cuda.current_device())
+    n = args.n or (8 if gpu else 2)
+    size = args.size or (512 if gpu else 256)
+    repeat = args.repeat or (20 if gpu else 10)
+    warmup = args.warmup if args.warmup is not None else (5 if gpu else 2)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    report: List[str] = []
+
+    def emit(text: str = '') -> None:
+        print(text, flush=True)
+        report.append(text)
+
+    if args.selfcheck:
+        selfcheck(device)
+
+    import asl  # noqa: F401  (registers AutoSegLoss when MMSeg is installed)
+    shape = f'logits ({n}, {args.c}, {size}, {size}) float32, labels ({n}, {size}, {size})'
+    emit('# Loss benchmark\n')
+    emit(f'- machine: {machine_description(device)}')
+    emit(f'- torch {torch.__version__}, asl {asl.__version__}{_git_state()}'
+         + (f', mmseg {__import__("mmseg").__version__}' if _has_mmseg() else ''))
+    if not args.no_bench:
+        emit(f'- shape: {shape}; forward + backward; {args.stat} of {repeat} '
+             f'interleaved runs after {warmup} warm-up runs')
+
+    if not args.no_bench or args.profile:
+        if not _has_mmseg():
+            print('mmseg is not installed: cannot build the losses', file=sys.stderr)
+            return 2
+        import warnings
+        warnings.filterwarnings('ignore', message='Default ``avg_non_ignore`` is False')
+        import mmseg.models  # noqa: F401  (registers MMSeg's losses)
+        from mmseg.registry import MODELS
+
+        logits, label = make_inputs(n, args.c, size, args.seed)
+        ignored = float((label == IGNORE_INDEX).float().mean())
+        emit(f'- labels: {label[label != IGNORE_INDEX].unique().numel()} classes present, '
+             f'{ignored:.1%} pixels ignore_index={IGNORE_INDEX}')
+        logits, label = logits.to(device), label.to(device)
+        cfgs = loss_configs()
+        if args.only:
+            want = set(args.only)
+            cfgs = [(name, cfg) for name, cfg in cfgs
+                    if name in (CE, LOVASZ) or name in want or name.split(' ')[-1] in want]
+        losses = {name: MODELS.build(cfg).to(device) for name, cfg in cfgs}
+
+    if not args.no_bench:
+        rows = measure_all(losses, logits, label, device, repeat, warmup, args.stat)
+        method = rows[0][1]['method']
+        for name, r in rows:
+            ts = r['times']
+            print(f'  {name}: median {r["time"] * 1e3:.1f} ms (min {ts[0] * 1e3:.1f}, max '
+                  f'{ts[-1] * 1e3:.1f}), {r["peak"] / 1e6:.1f} MB, loss {r["value"]:.4f}',
+                  file=sys.stderr, flush=True)
+        emit(f'- peak memory: {method}' + ('' if gpu else ' (torch.profiler memory events)'))
+        emit()
+        emit(markdown_table(rows))
+        emit()
+        emit('## Targets\n')
+        for line in target_checks(rows):
+            emit(line)
+        emit()
+
+    if args.accuracy:
+        if args.no_bench:
+            emit()
+        emit(f'## Curve accuracy (float32 on {device.type} vs float64 definition; '
+             f'{args.accuracy_points} points per curve dense near 0, '
+             f'{args.ref_points} of them against the reference)\n')
+        for line in curve_accuracy(device, args.accuracy_points, args.ref_points):
+            emit(line)
+        emit()
+
+    if args.profile:
+        profile_losses(args.profile, losses, logits, label, device, args.top)
+
+    if args.out:
+        with open(args.out, 'w') as f:
+            f.write('\n'.join(report) + '\n')
+        print(f'report written to {args.out}')
+    return 0
+
+
+def _git_state() -> str:
+    """' (git <commit>[, asl/ modified])' when run from a git checkout, else ''."""
+    import subprocess
+    try:
+        head = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT,
+                              capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--', 'asl', 'setup.py'],
+                               cwd=ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ''
+    if head.returncode != 0:
+        return ''
+    return f' (git {head.stdout.strip()}' + (', asl/ modified' if dirty.stdout.strip() else
+                                             '') + ')'
+
+
+def _has_mmseg() -> bool:
+    import importlib.util
+    return importlib.util.find_spec('mmseg') is not None
+
+
+if __name__ == '__main__':
+    sys.exit(main())
