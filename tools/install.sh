@@ -22,7 +22,8 @@ STAMP="$VENV/.asl-installed"
 
 log() { printf '[install] %s\n' "$*"; }
 
-if [ -f "$STAMP" ] && [ "$STAMP" -nt "$ROOT/tools/install.sh" ] && [ "$STAMP" -nt "$ROOT/setup.py" ]; then
+if [ -f "$STAMP" ] && [ "$STAMP" -nt "$ROOT/tools/install.sh" ] && [ "$STAMP" -nt "$ROOT/setup.py" ] \
+        && [ "$STAMP" -nt "$ROOT/asl/csrc/kernels.cpp" ]; then
     log "environment in $VENV is up to date"
     exit 0
 fi
