@@ -86,8 +86,8 @@ class Surrogate:
         return '\n'.join(lines)
 
     def describe_curves(self) -> str:
-        return '\n'.join(f'  curve {i}: {c.describe()}' for i, c in enumerate(
-            getattr(self, 'curves', [])))
+        """The curves' control points, one line per curve."""
+        return '\n'.join(f'  curve {i}: {c.describe()}' for i, c in enumerate(self.curves))
 
     def __call__(self, logits: torch.Tensor, label: torch.Tensor,
                  ignore_index: int = 255) -> torch.Tensor:

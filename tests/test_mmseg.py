@@ -218,3 +218,18 @@ def test_asl_metric_multi_process(tmp_path):
     for out in outs:
         for k, v in expected.items():
             assert out[k] == pytest.approx(v, abs=1e-9), k
+
+
+def test_mmengine_checkpoint_contents_load_with_weights_only(tmp_path):
+    """Resume on torch >= 2.6 loads MMEngine's message hub (HistoryBuffer, numpy)."""
+    from mmengine.logging import MessageHub
+    hub = MessageHub.get_instance('asl_ckpt_test')
+    hub.update_scalar('train/loss', 0.5)
+    hub.update_scalar('train/loss', 0.25)
+    hub.update_info('iter', np.int64(7))
+    path = tmp_path / 'ckpt.pth'
+    torch.save({'message_hub': hub.state_dict(), 'meta': {'seed': np.float64(1.0)}}, path)
+    loaded = torch.load(path, weights_only=True)
+    buf = loaded['message_hub']['log_scalars']['train/loss']
+    assert buf.current() == 0.25 and buf.mean() == pytest.approx(0.375)
+    assert loaded['meta']['seed'] == 1.0
