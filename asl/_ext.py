@@ -8,4 +8,11 @@ try:
 except ImportError:  # pragma: no cover - depends on the build
     ext = None
 
-__all__ = ['ext']
+__all__ = ['ext', 'use_cpu_kernels']
+
+
+def use_cpu_kernels(x) -> bool:
+    """Whether the C++ kernels take tensor ``x`` (built, on CPU, float32 or float64)."""
+    import torch
+    return ext is not None and x.device.type == 'cpu' and x.dtype in (torch.float32,
+                                                                       torch.float64)

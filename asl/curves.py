@@ -32,6 +32,7 @@ from typing import List, Sequence
 import torch
 
 from ._ext import ext as _ext
+from ._ext import use_cpu_kernels
 
 __all__ = [
     'Curve', 'BezierCurve', 'LinearCurve', 'IdentityCurve', 'PARAMETERIZATIONS',
@@ -179,8 +180,7 @@ class BezierCurve(Curve):
 
     def _evaluate(self, x: torch.Tensor, need_grad: bool):
         """Return ``(y, dy/dx or None)`` for ``x`` (values in [0, 1])."""
-        if _ext is not None and x.device.type == 'cpu' and x.dtype in (torch.float32,
-                                                                       torch.float64):
+        if use_cpu_kernels(x):
             out = _ext.bezier_forward(x, self._coef, need_grad, MIN_SLOPE_DENOMINATOR)
             return out[0], (out[1] if need_grad else None)
         return self._evaluate_torch(x, need_grad)

@@ -17,13 +17,14 @@ import torch
 import torch.nn.functional as F
 
 from ._ext import ext as _ext
+from ._ext import use_cpu_kernels
 from .curves import Curve
 from .formula.compiler import CompiledMetric, MapNode, StatNode
-from .fused import fused_available, fused_stat_sums, plan_fused
+from .fused import fused_stat_sums, plan_fused
 
 __all__ = [
-    'SURROGATE_EPS', 'check_labels', 'prepare_targets', 'evaluate_stats', 'evaluate_result', 'per_class_values',
-    'surrogate_value', 'exact_stats'
+    'SURROGATE_EPS', 'check_labels', 'prepare_targets', 'evaluate_stats', 'evaluate_result',
+    'per_class_values', 'surrogate_value', 'exact_stats'
 ]
 
 #: Added to every denominator of the surrogate.
@@ -81,8 +82,7 @@ def _window_max(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
     """Max over the window [i - r, i + r] along ``dim`` (same size, border ignored)."""
     if r == 0:
         return x
-    if _ext is not None and x.device.type == 'cpu' and x.dtype in (torch.float32,
-                                                                   torch.float64):
+    if use_cpu_kernels(x):
         if x.requires_grad and torch.is_grad_enabled():
             return _WindowMax.apply(x, r, dim)
         return _ext.window_max_forward(x, dim, r)
@@ -267,7 +267,7 @@ def surrogate_value(compiled: CompiledMetric, curves: Sequence[Curve], logits: t
         raise ValueError(f'label shape {tuple(label.shape)} does not match logits shape '
                          f'{tuple(logits.shape)}; expected {tuple(logits.shape[:1] + logits.shape[2:])}')
     p = logits.float().softmax(1)
-    if fused and fused_available(p) and plan_fused(compiled).fused:
+    if fused and use_cpu_kernels(p) and plan_fused(compiled).fused:
         sums = _surrogate_stats_fused(compiled, curves, p, label, ignore_index)
     else:
         g, m = prepare_targets(label, logits.shape[1], ignore_index, dtype=p.dtype)

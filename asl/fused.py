@@ -18,17 +18,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ._ext import ext as _ext
-from .curves import MIN_SLOPE_DENOMINATOR, Curve, IdentityCurve
+from .curves import MIN_SLOPE_DENOMINATOR, Curve
 from .formula.compiler import CompiledMetric, MapNode
 
-__all__ = ['FusedPlan', 'plan_fused', 'fused_available']
+__all__ = ['FusedPlan', 'plan_fused', 'fused_stat_sums']
 
 OP_P, OP_G, OP_M, OP_X, OP_CONST, OP_CURVE, OP_MUL, OP_ADD, OP_SUB, OP_ONE_MINUS = range(10)
-
-
-def fused_available(p: torch.Tensor) -> bool:
-    return _ext is not None and p.device.type == 'cpu' and p.dtype in (torch.float32,
-                                                                        torch.float64)
 
 
 def _depends_on_p(node: MapNode, memo: Dict[int, bool]) -> bool:
@@ -121,9 +116,12 @@ class FusedPlan:
         return out
 
     def tensors(self, curves: Sequence[Curve]):
-        """Program tensors for the given curves (identity curves included)."""
-        tables = [c.bezier_table() if not isinstance(c, IdentityCurve) else
-                  IdentityCurve().bezier_table() for c in curves]
+        """Program tensors for the given curves, built once per curve list (the
+        surrogate passes the same list on every call)."""
+        cached = getattr(self, '_tensors', None)
+        if cached is not None and cached[0] == tuple(curves):  # curves compare by identity
+            return cached[1]
+        tables = [c.bezier_table() for c in curves]
         kmax = max([t.shape[0] for t in tables] + [1])
         table = torch.zeros(max(len(tables), 1), kmax, 8, dtype=torch.float64)
         ks = torch.ones(max(len(tables), 1), dtype=torch.long)
@@ -131,8 +129,10 @@ class FusedPlan:
             table[i, :t.shape[0]] = t
             ks[i] = t.shape[0]
         code = torch.tensor(self.code, dtype=torch.long).reshape(-1, 4)
-        return (code, torch.tensor(self.consts + [0.0], dtype=torch.float64), table, ks,
-                torch.tensor(self.outs, dtype=torch.long))
+        program = (code, torch.tensor(self.consts + [0.0], dtype=torch.float64), table, ks,
+                   torch.tensor(self.outs, dtype=torch.long))
+        self._tensors = (tuple(curves), program)
+        return program
 
 
 class _FusedStats(torch.autograd.Function):

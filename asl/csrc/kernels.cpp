@@ -73,15 +73,25 @@ std::vector<torch::Tensor> bezier_forward(torch::Tensor x, torch::Tensor coef, b
   return {y};
 }
 
+// A contiguous tensor viewed as (outer, L, inner) around dimension dim.
+struct Lines {
+  int64_t outer, L, inner;
+};
+
+inline Lines lines_of(const torch::Tensor& t, int64_t dim) {
+  const int64_t L = t.size(dim);
+  const int64_t inner = t.stride(dim);
+  return {L == 0 ? 0 : t.numel() / (L * inner), L, inner};
+}
+
 // Max over the window [l - r, l + r] along one dimension (border ignored) of a
 // contiguous tensor viewed as (outer, L, inner).
 torch::Tensor window_max_forward(torch::Tensor x, int64_t dim, int64_t r) {
   TORCH_CHECK(x.device().is_cpu(), "window_max: x must be a CPU tensor");
   TORCH_CHECK(r >= 0, "window_max: radius must be >= 0");
   auto xc = x.contiguous();
-  const int64_t L = xc.size(dim);
-  const int64_t inner = xc.stride(dim);
-  const int64_t outer = L == 0 ? 0 : xc.numel() / (L * inner);
+  const Lines v = lines_of(xc, dim);  // plain names: lambdas capture them under C++17 too
+  const int64_t outer = v.outer, L = v.L, inner = v.inner;
   auto y = torch::empty_like(xc);
   AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "window_max_forward", [&] {
     const scalar_t* xp = xc.data_ptr<scalar_t>();
@@ -123,9 +133,8 @@ torch::Tensor window_max_backward(torch::Tensor grad_y, torch::Tensor x, torch::
   auto g = grad_y.contiguous();
   auto xc = x.contiguous();
   auto yc = y.contiguous();
-  const int64_t L = g.size(dim);
-  const int64_t inner = g.stride(dim);
-  const int64_t outer = L == 0 ? 0 : g.numel() / (L * inner);
+  const Lines v = lines_of(g, dim);  // plain names: lambdas capture them under C++17 too
+  const int64_t outer = v.outer, L = v.L, inner = v.inner;
   auto dx = torch::zeros_like(g);
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "window_max_backward", [&] {
     const scalar_t* gp = g.data_ptr<scalar_t>();
