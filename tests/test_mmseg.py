@@ -181,7 +181,7 @@ def test_asl_metric_in_registry_matches_iou_metric_and_logs_table(tmp_path):
 
 def test_asl_metric_rejects_bad_formula_at_build():
     with pytest.raises(ValueError, match="unknown name 'mIoUx'"):
-        METRICS.build(dict(type='ASLMetric', metrics=['mIoUx']))
+        METRICS.build(dict(type='ASLMetric', metric_names=['mIoUx']))
 
 
 def _free_port():

@@ -26,7 +26,7 @@ class ASLMetric(BaseMetric):
     percent, like MMSeg's ``IoUMetric``, with a per-class table in the log.
 
     Args:
-        metrics (list): names (``'mIoU'``, ``'FWIoU'``, ``'mAcc'``, ``'gAcc'``,
+        metric_names (list): names (``'mIoU'``, ``'FWIoU'``, ``'mAcc'``, ``'gAcc'``,
             ``'BIoU'``, ``'BF1'``), formulas, or ``dict(formula=..., name=..., tol=...,
             drop_bg=...)``. Default: all six.
         tol (int): boundary tolerance in pixels. Default: 5.
@@ -38,11 +38,12 @@ class ASLMetric(BaseMetric):
 
     default_prefix = None
 
-    def __init__(self, metrics: Sequence = ALL_METRICS, tol: int = 5, drop_bg: bool = False,
+    def __init__(self, metric_names: Sequence = ALL_METRICS, tol: int = 5, drop_bg: bool = False,
                  ignore_index: int = 255, collect_device: str = 'cpu',
                  prefix: Optional[str] = None, **kwargs):
         super().__init__(collect_device=collect_device, prefix=prefix)
-        self.metric_specs = list(metrics) if not isinstance(metrics, (str, dict)) else [metrics]
+        self.metric_specs = (list(metric_names) if not isinstance(metric_names, (str, dict))
+                             else [metric_names])
         self.tol = tol
         self.drop_bg = drop_bg
         self.ignore_index = ignore_index

@@ -1,0 +1,126 @@
+"""``ASLTrialHook``: what a search trial (a proxy training) reports back to the search."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Dict, Optional
+
+from mmengine.dist import master_only
+from mmengine.hooks import Hook
+from mmseg.registry import HOOKS
+
+from ..utils import atomic_write_json
+
+__all__ = ['ASLTrialHook', 'NonFiniteLossError', 'LAUNCH_TIME_ENV']
+
+#: Set by the search's executors to the wall-clock time (``time.time()``) at which the
+#: trial process was launched, so that process start-up counts as overhead.
+LAUNCH_TIME_ENV = 'ASL_TRIAL_LAUNCH_TIME'
+
+_IMPORT_TIME = time.time()
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or infinite; the training is stopped at that iteration."""
+
+
+def _as_float(v) -> Optional[float]:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+@HOOKS.register_module()
+class ASLTrialHook(Hook):
+    """Stop on a non-finite loss and write the hold-out result of a proxy training.
+
+    * After every training iteration, every logged value whose key contains ``loss`` is
+      checked; a NaN or infinite value writes ``failure_file`` (reason, iteration, key,
+      value) and raises :class:`NonFiniteLossError`, so the process exits non-zero at
+      once instead of training out its budget.
+    * After every validation epoch, ``result_file`` is (re)written atomically with all
+      metrics, the iteration and timings: ``wall_s`` since launch, ``train_iter_s``
+      (time inside training iterations), ``val_s`` and ``overhead_s`` (everything else:
+      process start, imports, model build, data loading warm-up, evaluation).
+
+    Relative file names are resolved in the runner's ``work_dir``. Only rank 0 writes,
+    unless ``result_file`` contains ``{rank}``: then every rank writes its own view of
+    the metrics (which lets tests check that the ranks agree).
+
+    Args:
+        result_file (str): JSON file of the last validation. Default: ``result.json``.
+        failure_file (str): JSON file written on a non-finite loss. Default:
+            ``failure.json``.
+        check_finite (bool): check the losses. Default: True.
+    """
+
+    priority = 'VERY_LOW'
+
+    def __init__(self, result_file: str = 'result.json', failure_file: str = 'failure.json',
+                 check_finite: bool = True):
+        self.result_file = result_file
+        self.failure_file = failure_file
+        self.check_finite = check_finite
+        launch = os.environ.get(LAUNCH_TIME_ENV)
+        self.launch_time = _as_float(launch) if launch else None
+        if self.launch_time is None:
+            self.launch_time = _IMPORT_TIME
+        self.train_iter_s = 0.0
+        self.val_s = 0.0
+        self._t_iter = None
+        self._t_val = None
+
+    def _path(self, runner, name: str) -> str:
+        return name if os.path.isabs(name) else os.path.join(runner.work_dir, name)
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        self._t_iter = time.perf_counter()
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None,
+                         outputs: Optional[Dict] = None) -> None:
+        if self._t_iter is not None:
+            self.train_iter_s += time.perf_counter() - self._t_iter
+            self._t_iter = None
+        if not self.check_finite or not outputs:
+            return
+        for key, value in outputs.items():
+            if 'loss' not in key:
+                continue
+            v = _as_float(value)
+            if v is not None and not math.isfinite(v):
+                reason = f'non-finite loss: {key}={v} at iteration {runner.iter + 1}'
+                self._write_failure(runner, dict(reason=reason, kind='nonfinite',
+                                                 iter=runner.iter + 1, key=key, value=str(v)))
+                raise NonFiniteLossError(reason)
+
+    @master_only
+    def _write_failure(self, runner, info: dict) -> None:
+        atomic_write_json(self._path(runner, self.failure_file), info)
+
+    def before_val_epoch(self, runner) -> None:
+        self._t_val = time.perf_counter()
+
+    def after_val_epoch(self, runner, metrics: Optional[Dict[str, float]] = None) -> None:
+        if self._t_val is not None:
+            self.val_s += time.perf_counter() - self._t_val
+            self._t_val = None
+        self._write_result(runner, metrics or {})
+
+    def _write_result(self, runner, metrics: Dict[str, float]) -> None:
+        name = self.result_file
+        if '{rank}' in name:
+            name = name.replace('{rank}', str(runner.rank))
+        elif runner.rank != 0:
+            return
+        wall = time.time() - self.launch_time
+        atomic_write_json(self._path(runner, name), dict(
+            metrics={k: _as_float(v) for k, v in metrics.items() if _as_float(v) is not None},
+            iter=runner.iter,
+            max_iters=runner.max_iters,
+            wall_s=wall,
+            train_iter_s=self.train_iter_s,
+            val_s=self.val_s,
+            overhead_s=max(wall - self.train_iter_s, 0.0),
+        ))
