@@ -85,6 +85,18 @@ class Surrogate:
             lines.append(f'  theta[{lo}:{lo + per}] -> {slot.describe()}')
         return '\n'.join(lines)
 
+    def coordinates(self) -> List[float]:
+        """All curves' control-point coordinates, flat, in the layout ``theta=`` takes
+        (Bezier: ``x, y`` of each free point; linear: the interior knots). Building a
+        surrogate from them gives the same curves."""
+        out: List[float] = []
+        for c in self.curves:
+            if hasattr(c, 'points'):
+                out.extend(c.points.reshape(-1).tolist())
+            elif hasattr(c, 'knots'):
+                out.extend(c.knots.reshape(-1).tolist())
+        return out
+
     def describe_curves(self) -> str:
         """The curves' control points, one line per curve."""
         return '\n'.join(f'  curve {i}: {c.describe()}' for i, c in enumerate(self.curves))

@@ -50,7 +50,6 @@ DEFAULT_SIZES = dict(num_train=240, num_val=80, num_holdout=60, size=64)
 # Parameters that identify a dataset: an existing output is reused only if all match.
 _IDENTITY_KEYS = ('generator_version', 'seed', 'size', 'num_train', 'num_val', 'num_holdout')
 _SPLIT_CODES = {'train': 0, 'val': 1}
-_HOLDOUT_CODE = 2
 
 BACKGROUND, BLOB, BUILDING, LINE, SPOT = range(5)
 
@@ -290,9 +289,8 @@ def demo_names(split, num):
 
 def holdout_names(seed, num_train, num_holdout):
     """The seeded hold-out subset of the training names (sorted)."""
-    rng = np.random.default_rng([int(seed), _HOLDOUT_CODE])
-    picked = np.sort(rng.permutation(num_train)[:num_holdout])
-    return [f'train_{int(i):04d}' for i in picked]
+    from ..search.holdout import carve_holdout  # the search's own carving, same result
+    return carve_holdout([f'train_{i:04d}' for i in range(num_train)], num_holdout, seed)
 
 
 class _StatsAccumulator:

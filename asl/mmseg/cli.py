@@ -171,3 +171,10 @@ def test_main(argv: Optional[Sequence[str]] = None) -> int:
                                      if isinstance(v, (int, float))})
         runner.logger.info(f'metrics written to {args.out}')
     return 0
+
+
+if __name__ == '__main__':  # python -m asl.mmseg.cli {train|test} ...
+    if len(sys.argv) < 2 or sys.argv[1] not in ('train', 'test'):
+        print('usage: python -m asl.mmseg.cli {train|test} CONFIG ...', file=sys.stderr)
+        sys.exit(2)
+    sys.exit((train_main if sys.argv[1] == 'train' else test_main)(sys.argv[2:]))

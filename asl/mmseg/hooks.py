@@ -12,7 +12,7 @@ from mmseg.registry import HOOKS
 
 from ..utils import atomic_write_json
 
-__all__ = ['ASLTrialHook', 'NonFiniteLossError', 'LAUNCH_TIME_ENV']
+__all__ = ['ASLTrialHook', 'ASLFaultInjectionHook', 'NonFiniteLossError', 'LAUNCH_TIME_ENV']
 
 #: Set by the search's executors to the wall-clock time (``time.time()``) at which the
 #: trial process was launched, so that process start-up counts as overhead.
@@ -124,3 +124,43 @@ class ASLTrialHook(Hook):
             val_s=self.val_s,
             overhead_s=max(wall - self.train_iter_s, 0.0),
         ))
+
+
+@HOOKS.register_module()
+class ASLFaultInjectionHook(Hook):
+    """Inject a fault into chosen search trials (for testing how a search copes).
+
+    The trial is recognised by the ``ASL_TRIAL_ID`` environment variable that the
+    search's executors set (``s<step>-c<candidate>-a<attempt>``); a key of ``faults``
+    matches a trial whose id starts with it (``'s00-c01'`` matches every attempt).
+    Kinds:
+
+    * ``'crash'``: raise ``RuntimeError`` at iteration ``at_iter``;
+    * ``'nonfinite'``: fill the model's parameters with NaN after iteration
+      ``at_iter``, so the following losses are NaN (caught by :class:`ASLTrialHook`).
+
+    Args:
+        faults (dict): trial id prefix -> kind.
+        at_iter (int): iteration at which the fault happens. Default: 2.
+    """
+
+    priority = 'LOW'
+
+    def __init__(self, faults: Dict[str, str], at_iter: int = 2):
+        bad = {k: v for k, v in faults.items() if v not in ('crash', 'nonfinite')}
+        if bad:
+            raise ValueError(f"fault kinds must be 'crash' or 'nonfinite', got {bad}")
+        self.faults = dict(faults)
+        self.at_iter = at_iter
+        tid = os.environ.get('ASL_TRIAL_ID', '')
+        self.kind = next((v for k, v in self.faults.items() if tid.startswith(k)), None)
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self.kind is None or runner.iter + 1 != self.at_iter:
+            return
+        if self.kind == 'crash':
+            raise RuntimeError(f'injected crash at iteration {self.at_iter}')
+        import torch
+        with torch.no_grad():
+            for p in runner.model.parameters():
+                p.fill_(float('nan'))

@@ -1,0 +1,528 @@
+"""The search loop: sample, launch, collect rewards, update, persist, top to bottom.
+
+:class:`Search` runs a PPO2 search (or the random-search baseline) over the raw
+surrogate parameters of one target metric. Every proxy training is a real
+``tools/train.py`` process (or Slurm job) run by an :class:`~asl.search.executors.
+Executor`. Every event goes to an fsync'd JSON-lines journal (``journal.jsonl``) in the
+work directory *before* the search acts on it, and a search is resumed by running
+the same command again: the journal is replayed, finished trials are never rerun,
+trials that were in flight are re-attached (Slurm) or relaunched, and the policy
+(mean, Adam moments, random state) is restored exactly, so a search killed at any
+moment ends with the same parameters as an uninterrupted one.
+
+Journal events and their fields:
+
+* ``search_started``: ``fingerprint`` (settings, seed, searcher, dimension, reward
+  key), ``policy``, ``rng``: the initial state.
+* ``step_started``: ``step``, ``mu``, ``candidates`` (M raw vectors), ``rng`` (the
+  generator state after sampling).
+* ``trial_launched``: ``step``, ``index``, ``attempt``, ``trial_id``, ``work_dir``,
+  ``executor``, ``info`` (pid / job id).
+* ``trial_finished``: ``step``, ``index``, ``attempt``, ``reward``, ``metrics``,
+  ``timing``.
+* ``trial_failed``: ``step``, ``index``, ``attempt``, ``kind``, ``reason``, ``final``
+  (no retry left: the candidate is excluded from the update).
+* ``policy_updated``: ``step``, ``policy``, ``mu``, ``rewards``, ``stats``.
+* ``search_finished``: ``best``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from .executors import Completion, Executor, LocalExecutor
+from .journal import Journal
+from .policy import PolicyState, ppo_update, sample_truncnorm
+from .settings import SearchConfigError, SearchSettings, parse_search_section
+from .trial import (TrialOutcome, TrialSpec, check_surrogate, make_trial_config,
+                    read_trial_outcome)
+
+__all__ = ['Search', 'SearchInterrupted', 'replay', 'SearchState', 'SEARCHERS']
+
+SEARCHERS = ('ppo', 'random')
+
+
+class SearchInterrupted(RuntimeError):
+    """The search was stopped by a signal; re-running the same command resumes it."""
+
+
+@dataclass
+class TrialRecord:
+    """What the journal says about one candidate of one step."""
+
+    attempts_failed: int = 0
+    reward: Optional[float] = None
+    metrics: Dict = field(default_factory=dict)
+    timing: Dict = field(default_factory=dict)
+    final_failure: Optional[str] = None
+    failures: List[str] = field(default_factory=list)
+    in_flight: Optional[Dict] = None  # the last trial_launched without an outcome
+
+    @property
+    def done(self) -> bool:
+        return self.reward is not None or self.final_failure is not None
+
+
+@dataclass
+class StepRecord:
+    mu: List[float]
+    candidates: List[List[float]]
+    trials: Dict[int, TrialRecord] = field(default_factory=dict)
+    update: Optional[Dict] = None
+
+    def rewards(self) -> List[Optional[float]]:
+        return [self.trials[i].reward if i in self.trials else None
+                for i in range(len(self.candidates))]
+
+
+@dataclass
+class SearchState:
+    """The search as replayed from its journal."""
+
+    fingerprint: Optional[Dict] = None
+    policy: Optional[PolicyState] = None
+    rng: Optional[Dict] = None
+    steps: Dict[int, StepRecord] = field(default_factory=dict)
+    finished: Optional[Dict] = None
+    num_events: int = 0
+
+
+def replay(events: List[Dict]) -> SearchState:
+    """Rebuild the search state from journal events (in order)."""
+    st = SearchState(num_events=len(events))
+    for ev in events:
+        kind = ev['event']
+        if kind == 'search_started':
+            st.fingerprint = ev['fingerprint']
+            st.policy = PolicyState.from_dict(ev['policy'])
+            st.rng = ev['rng']
+        elif kind == 'step_started':
+            st.steps[ev['step']] = StepRecord(mu=ev['mu'], candidates=ev['candidates'])
+            st.rng = ev['rng']
+        elif kind in ('trial_launched', 'trial_finished', 'trial_failed'):
+            rec = st.steps[ev['step']].trials.setdefault(ev['index'], TrialRecord())
+            if kind == 'trial_launched':
+                rec.in_flight = ev
+            elif kind == 'trial_finished':
+                rec.reward, rec.metrics, rec.timing = ev['reward'], ev['metrics'], ev['timing']
+                rec.in_flight = None
+            else:
+                rec.attempts_failed += 1
+                rec.failures.append(f'attempt {ev["attempt"]}: [{ev["kind"]}] {ev["reason"]}')
+                rec.in_flight = None
+                if ev['final']:
+                    rec.final_failure = ev['reason']
+        elif kind == 'policy_updated':
+            st.steps[ev['step']].update = ev
+            st.policy = PolicyState.from_dict(ev['policy'])
+        elif kind == 'search_finished':
+            st.finished = ev
+    return st
+
+
+def _fmt_time(s: Optional[float]) -> str:
+    if s is None or not math.isfinite(s):
+        return '?'
+    s = int(round(s))
+    if s >= 3600:
+        return f'{s // 3600}h{s % 3600 // 60:02d}m'
+    return f'{s // 60}m{s % 60:02d}s' if s >= 60 else f'{s}s'
+
+
+class Progress:
+    """A one-line progress display: steps, trials running/done/failed, best, ETA.
+
+    On a terminal the line is redrawn in place; otherwise a line is printed whenever
+    the counts change.
+    """
+
+    def __init__(self, total_trials: int, capacity: int, stream=None):
+        self.total = total_trials
+        self.capacity = max(capacity, 1)
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
+        self.t0 = time.time()
+        self.durations: List[float] = []
+        self.last = ''
+
+    def show(self, step: int, num_steps: int, running: int, done: int, failed: int,
+             best: Optional[float], best_at: str) -> None:
+        remaining = self.total - done - failed
+        if self.durations:
+            avg = sum(self.durations) / len(self.durations)
+            eta = avg * math.ceil(remaining / self.capacity)
+        else:
+            eta = None
+        best_s = f'{best:.4f} ({best_at})' if best is not None else '-'
+        line = (f'[search] step {step + 1}/{num_steps} | trials: {running} running, {done} done, '
+                f'{failed} failed, {self.total} total | best reward {best_s} | '
+                f'elapsed {_fmt_time(time.time() - self.t0)} | ETA {_fmt_time(eta)}')
+        key = line.rsplit('| elapsed', 1)[0]
+        if self.tty:
+            self.stream.write('\r' + line.ljust(len(self.last)))
+            self.stream.flush()
+            self.last = line
+        elif key != self.last:
+            self.stream.write(line + '\n')
+            self.stream.flush()
+            self.last = key
+
+    def close(self) -> None:
+        if self.tty and self.last:
+            self.stream.write('\n')
+            self.stream.flush()
+
+
+class Search:
+    """One search, bound to a work directory.
+
+    Args:
+        config_path (str): the search config (a proxy training config plus ``search``).
+        work_dir (str): where the journal, trials and results go.
+        seed (int): search seed (sampling and every proxy training). Default: 1.
+        searcher (str): ``'ppo'`` or ``'random'``. Default: ``'ppo'``.
+        executor (Executor, optional): default: a :class:`LocalExecutor` with one worker.
+        cfg_options (dict, optional): overrides merged into the config.
+        retrain_config (str, optional): the config the final re-training config
+            inherits (default: the search config's ``search`` has none: the proxy
+            config itself).
+        poll_interval (float): seconds between executor polls.
+        logger (logging.Logger, optional): default: an MMEngine logger writing
+            ``search.log`` in the work directory.
+        on_event (callable, optional): called after every journaled event (tests use
+            it to kill the search at chosen moments).
+    """
+
+    def __init__(self, config_path: str, work_dir: str, seed: int = 1, searcher: str = 'ppo',
+                 executor: Optional[Executor] = None, cfg_options: Optional[Dict] = None,
+                 retrain_config: Optional[str] = None, poll_interval: float = 0.5,
+                 logger: Optional[logging.Logger] = None,
+                 on_event: Optional[Callable[[Dict], None]] = None):
+        if searcher not in SEARCHERS:
+            raise SearchConfigError(f'searcher must be one of {SEARCHERS}, got {searcher!r}')
+        if not os.path.isfile(config_path):
+            raise SearchConfigError(f'search config not found: {config_path!r}')
+        from mmengine.config import Config
+        self.config_path = os.path.abspath(config_path)
+        self.cfg = Config.fromfile(config_path)
+        if cfg_options:
+            self.cfg.merge_from_dict(cfg_options)
+        section = self.cfg.get('search', None)
+        self.settings: SearchSettings = parse_search_section(
+            section.to_dict() if hasattr(section, 'to_dict') else section, config_path)
+        self.surrogate, self.identity = check_surrogate(self.settings)
+        self.dim = len(self.identity)
+        self.reward_key = self.surrogate.name
+        self.seed = int(seed)
+        self.searcher = searcher
+        self.work_dir = os.path.abspath(work_dir)
+        if retrain_config is None and self.settings.retrain_config:
+            retrain_config = self.settings.retrain_config
+            if not os.path.isabs(retrain_config):
+                retrain_config = os.path.join(os.path.dirname(self.config_path), retrain_config)
+        if retrain_config is not None and not os.path.isfile(retrain_config):
+            raise SearchConfigError(f'retrain config not found: {retrain_config!r}')
+        self.retrain_config = retrain_config
+        self.executor = executor or LocalExecutor()
+        self.poll_interval = poll_interval
+        self.on_event = on_event
+        self.name = os.path.splitext(os.path.basename(config_path))[0]
+        os.makedirs(self.work_dir, exist_ok=True)
+        self.logger = logger or self._make_logger()
+        self.journal = Journal(os.path.join(self.work_dir, 'journal.jsonl'))
+        self._train_ds = self._holdout_ds = None
+
+    # ------------------------------------------------------------------ set-up
+    def _make_logger(self) -> logging.Logger:
+        from mmengine.logging import MMLogger
+        name = f'asl_search_{abs(hash(self.work_dir))}'
+        return MMLogger.get_instance(name, logger_name='asl.search',
+                                     log_file=os.path.join(self.work_dir, 'search.log'),
+                                     log_level='INFO', file_mode='a')
+
+    def fingerprint(self) -> Dict:
+        return dict(config=self.name, settings=self.settings.to_dict(), seed=self.seed,
+                    searcher=self.searcher, dim=self.dim, reward_key=self.reward_key)
+
+    def _prepare_data(self) -> None:
+        """Generate demo data if the config names it; carve the hold-out (files in
+        ``work_dir/holdout``)."""
+        from ..mmseg.cli import prepare_demo_data
+        from .holdout import HoldoutError, split_dataset_config
+        prepare_demo_data(self.cfg)
+        val_ds = self.cfg.val_dataloader.dataset
+        pipeline = val_ds.get('pipeline') or self.cfg.get('test_pipeline')
+        if not pipeline:
+            raise SearchConfigError('the search config needs a val_dataloader.dataset.pipeline '
+                                    'for the hold-out')
+        ho = self.settings.holdout
+        try:
+            self._train_ds, self._holdout_ds, held = split_dataset_config(
+                self.cfg.train_dataloader.dataset, pipeline, ho['num'], ho['seed'],
+                os.path.join(self.work_dir, 'holdout'))
+        except HoldoutError as e:
+            raise SearchConfigError(str(e)) from None
+        self.logger.info(f'hold-out: {len(held)} images (seed {ho["seed"]}) carved from the '
+                         f'training split; proxy trainings never see them')
+
+    # ----------------------------------------------------------------- journal
+    def _log_event(self, event: str, **fields) -> Dict:
+        rec = self.journal.append(event, **fields)
+        if self.on_event is not None:
+            self.on_event(rec)
+        return rec
+
+    # -------------------------------------------------------------------- run
+    def run(self) -> Dict:
+        """Run (or resume) the search to its end; return the ``best.json`` content."""
+        events = self.journal.read()
+        if self.journal.torn:
+            self.logger.warning(f'journal: ignoring a torn last line ({self.journal.torn})')
+        state = replay(events)
+        if state.fingerprint is not None and state.fingerprint != self.fingerprint():
+            diff = sorted(k for k in self.fingerprint()
+                          if state.fingerprint.get(k) != self.fingerprint()[k])
+            raise SearchConfigError(
+                f'{self.work_dir} holds another search (differs in {diff}); use another '
+                f'--work-dir or the same settings to resume it')
+        self._prepare_data()
+        s = self.settings
+        self.logger.info(f'search {self.name}: {self.searcher}, target {self.reward_key}, '
+                         f'{self.dim} parameters, {s.num_steps} steps x {s.num_samples} '
+                         f'candidates, executor: {self.executor.describe()}\n'
+                         + self.surrogate.layout())
+        if state.fingerprint is None:
+            init = s.init_mu if s.init_mu is not None else self.identity
+            rng = np.random.Generator(np.random.PCG64(self.seed))
+            policy = PolicyState.from_mu(init)
+            self._log_event('search_started', fingerprint=self.fingerprint(),
+                            policy=policy.to_dict(), rng=rng.bit_generator.state)
+            state = replay(self.journal.read())
+        else:
+            done = sum(1 for st in state.steps.values() for t in st.trials.values()
+                       if t.reward is not None)
+            self.logger.info(f'resuming from {state.num_events} journal events: '
+                             f'{len(state.steps)} step(s) started, {done} trial(s) finished')
+        if state.finished is not None:
+            self.logger.info('the search had finished; rewriting its outputs')
+            return self._finish(state)
+
+        total = s.num_steps * s.num_samples
+        self.progress = Progress(total, self.executor.capacity)
+        for st in state.steps.values():
+            for t in st.trials.values():
+                if t.timing.get('wall_s'):
+                    self.progress.durations.append(t.timing['wall_s'])
+        old_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            for step in range(s.num_steps):
+                rec = state.steps.get(step)
+                if rec is not None and rec.update is not None:
+                    continue
+                if rec is None:
+                    rec = self._start_step(state, step)
+                self._run_trials(state, step, rec)
+                self._update(state, step, rec)
+        except (KeyboardInterrupt, SearchInterrupted):
+            self.progress.close()
+            self.logger.warning('search stopped: stopping its running trials; run the same '
+                                'command again to resume')
+            self.executor.stop()
+            raise SearchInterrupted('search stopped by a signal') from None
+        except BaseException:
+            self.progress.close()
+            self.executor.stop()
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, old_handler)
+        self.progress.close()
+        return self._finish(state)
+
+    # ------------------------------------------------------------ the 4 steps
+    def _start_step(self, state: SearchState, step: int) -> StepRecord:
+        """Sample the step's candidates and journal them (with the generator state)."""
+        s = self.settings
+        rng = np.random.Generator(np.random.PCG64())
+        rng.bit_generator.state = state.rng
+        mu = state.policy.mu
+        if self.searcher == 'random':
+            cands = rng.random((s.num_samples, self.dim)).tolist()
+        elif s.baseline == 'mu':
+            cands = [list(mu)] + sample_truncnorm(rng, mu, s.sigma, s.num_samples - 1).tolist()
+        else:
+            cands = sample_truncnorm(rng, mu, s.sigma, s.num_samples).tolist()
+        self._log_event('step_started', step=step, mu=list(mu), candidates=cands,
+                        rng=rng.bit_generator.state)
+        state.rng = rng.bit_generator.state
+        rec = StepRecord(mu=list(mu), candidates=cands)
+        state.steps[step] = rec
+        self.logger.info(f'step {step + 1}/{s.num_steps}: {len(cands)} candidates sampled')
+        return rec
+
+    def _spec(self, step: int, index: int, attempt: int) -> TrialSpec:
+        tid = f's{step:02d}-c{index:02d}-a{attempt}'
+        wd = os.path.join(self.work_dir, 'trials', f'step{step:02d}', f'cand{index:02d}',
+                          f'attempt{attempt}')
+        return TrialSpec(trial_id=tid, step=step, index=index, attempt=attempt, work_dir=wd,
+                         config_path=os.path.join(wd, 'config.py'), seed=self.seed,
+                         time_limit=float(self.settings.trial_time_limit),
+                         gpus=self.settings.gpus_per_trial, name=f'asl-{self.name}-{tid}')
+
+    def _write_trial_config(self, spec: TrialSpec, cand: List[float]) -> None:
+        if os.path.isdir(spec.work_dir):  # a relaunch starts from a clean directory
+            shutil.rmtree(spec.work_dir)
+        os.makedirs(spec.work_dir)
+        cfg = make_trial_config(self.cfg, self.settings, cand, self._train_ds,
+                                self._holdout_ds, self.reward_key)
+        cfg.dump(spec.config_path)
+
+    def _run_trials(self, state: SearchState, step: int, rec: StepRecord) -> None:
+        """Launch every unfinished candidate (retrying failures) until all are done."""
+        s = self.settings
+        queue: List[TrialSpec] = []
+        for i in range(len(rec.candidates)):
+            t = rec.trials.setdefault(i, TrialRecord())
+            if t.done:
+                continue
+            if t.in_flight is not None:
+                spec = self._spec(step, i, t.in_flight['attempt'])
+                if self.executor.reattach(spec, t.in_flight.get('info') or {}):
+                    self.logger.info(f'{spec.trial_id}: still running, re-attached')
+                    continue
+                self.logger.info(f'{spec.trial_id}: was in flight, launching it again')
+                queue.append(spec)
+            else:
+                queue.append(self._spec(step, i, t.attempts_failed + 1))
+        self._show(state, step)
+        while queue or self.executor.running():
+            while queue and len(self.executor.running()) < self.executor.capacity:
+                spec = queue.pop(0)
+                self._write_trial_config(spec, rec.candidates[spec.index])
+                info = self.executor.launch(spec)
+                rec.trials[spec.index].in_flight = self._log_event(
+                    'trial_launched', step=step, index=spec.index, attempt=spec.attempt,
+                    trial_id=spec.trial_id, work_dir=spec.work_dir,
+                    executor=self.executor.name, info=info)
+                self.logger.info(f'{spec.trial_id}: launched ({self.executor.name} {info_str(info)})')
+                self._show(state, step)
+            finished = self.executor.poll()
+            for spec, comp in finished:
+                retry = self._record(rec, spec, comp)
+                if retry is not None:
+                    queue.append(retry)
+                self._show(state, step)
+            if not finished:
+                time.sleep(self.poll_interval)
+                self._show(state, step)
+
+    def _record(self, rec: StepRecord, spec: TrialSpec, comp: Completion) -> Optional[TrialSpec]:
+        """Journal a trial's outcome; return the retry to launch, if any."""
+        out: TrialOutcome = read_trial_outcome(spec.work_dir, self.reward_key, comp.exit_code,
+                                               comp.timed_out, comp.wall_s, comp.reason)
+        if comp.kind and not out.ok and out.kind in ('crash', 'noresult'):
+            out.kind = comp.kind
+        t = rec.trials[spec.index]
+        t.in_flight = None
+        if out.ok:
+            timing = {k: out.result.get(k) for k in ('wall_s', 'train_iter_s', 'val_s',
+                                                     'overhead_s')}
+            timing['executor_wall_s'] = comp.wall_s
+            t.reward, t.metrics, t.timing = out.reward, out.result.get('metrics', {}), timing
+            self._log_event('trial_finished', step=spec.step, index=spec.index,
+                            attempt=spec.attempt, trial_id=spec.trial_id, reward=out.reward,
+                            metrics=t.metrics, timing=timing)
+            if comp.wall_s:
+                self.progress.durations.append(comp.wall_s)
+            self.logger.info(f'{spec.trial_id}: reward {out.reward:.4f} '
+                             f'({self.reward_key} {out.reward * 100:.2f}) in '
+                             f'{_fmt_time(comp.wall_s)}')
+            return None
+        t.attempts_failed += 1
+        final = t.attempts_failed > self.settings.max_retries
+        t.failures.append(f'attempt {spec.attempt}: [{out.kind}] {out.reason}')
+        if final:
+            t.final_failure = out.reason
+        self._log_event('trial_failed', step=spec.step, index=spec.index, attempt=spec.attempt,
+                        trial_id=spec.trial_id, kind=out.kind, reason=out.reason, final=final)
+        self.logger.warning(f'{spec.trial_id}: failed [{out.kind}] {out.reason}'
+                            + (' (no retry left: excluded from the update)' if final
+                               else ' (retrying)'))
+        if final:
+            return None
+        return self._spec(spec.step, spec.index, spec.attempt + 1)
+
+    def _update(self, state: SearchState, step: int, rec: StepRecord) -> None:
+        """The policy update (PPO2; none for random search), journaled."""
+        s = self.settings
+        rewards = rec.rewards()
+        ok = [r for r in rewards if r is not None]
+        if self.searcher == 'random':
+            new, stats = state.policy, dict(skipped=True, reason='random search')
+        else:
+            new, st = ppo_update(state.policy, rec.candidates, rewards, s.sigma, s.lr,
+                                 s.ppo_epochs, s.clip_eps, s.baseline)
+            stats = st.__dict__
+        summary = dict(reward_mean=float(np.mean(ok)) if ok else None,
+                       reward_max=float(np.max(ok)) if ok else None,
+                       num_ok=len(ok), num_failed=len(rewards) - len(ok))
+        ev = self._log_event('policy_updated', step=step, policy=new.to_dict(), mu=new.mu,
+                             rewards=rewards, stats=stats, summary=summary)
+        rec.update = ev
+        state.policy = new
+        mean = summary['reward_mean']
+        self.logger.info(
+            f'step {step + 1}/{s.num_steps} done: search/reward_mean='
+            f'{mean if mean is None else round(mean, 4)} search/reward_max='
+            f'{summary["reward_max"] if ok else None} search/failed={summary["num_failed"]} '
+            + (f'ppo/clip_fraction={stats.get("clip_fraction", 0):.3f} '
+               f'ppo/baseline={stats.get("baseline")} ' if self.searcher == 'ppo' else '')
+            + ('(update skipped: ' + stats.get('reason', '') + ')' if stats.get('skipped')
+               else ''))
+
+    def _show(self, state: SearchState, step: int) -> None:
+        done = failed = 0
+        best, best_at = None, ''
+        for k, st in state.steps.items():
+            for i, t in st.trials.items():
+                if t.reward is not None:
+                    done += 1
+                    if best is None or t.reward > best:
+                        best, best_at = t.reward, f's{k}-c{i}'
+                elif t.final_failure is not None:
+                    failed += 1
+        self.progress.show(step, self.settings.num_steps, len(self.executor.running()), done,
+                           failed, best, best_at)
+
+    # ----------------------------------------------------------------- outputs
+    def _finish(self, state: SearchState) -> Dict:
+        from .report import write_outputs
+        best = write_outputs(self, state)
+        if state.finished is None:
+            self._log_event('search_finished', best=dict(
+                step=best['best_step'], raw_theta=best['raw_theta']))
+        self.logger.info(f'search finished: best {self.reward_key} parameters from step '
+                         f'{best["best_step"]}; results in {self.work_dir} (best.json, '
+                         f'retrain_config.py, plots)')
+        return best
+
+
+def info_str(info: Dict) -> str:
+    if 'job_id' in info:
+        return f'job {info["job_id"]}'
+    if 'pid' in info:
+        return f'pid {info["pid"]}'
+    return json.dumps(info)
+
+
+def _raise_interrupt(signum, frame):
+    raise SearchInterrupted(f'signal {signum}')

@@ -1,0 +1,206 @@
+"""The search policy: independent truncated normals on [0, 1] updated with PPO2.
+
+Li et al., *Auto Seg-Loss* (ICLR 2021), section 3.3: the policy over the raw surrogate
+parameters theta in [0, 1]^d is a product of normals truncated to [0, 1] with mean
+``mu = sigmoid(u)`` and a fixed standard deviation ``sigma``. At each step M
+candidates are drawn (with ``baseline='mu'`` the first one is ``mu`` itself), each is
+scored by a proxy training, and ``u`` is moved by Adam on the clipped PPO2 objective
+
+    mean_m  min(rho_m * A_m, clip(rho_m, 1 - eps, 1 + eps) * A_m),
+    rho_m = pdf_u(theta_m) / pdf_u_old(theta_m),   A_m = r_m - b,
+
+for ``ppo_epochs`` iterations. Everything is float64 and deterministic, and the whole
+state (``u``, Adam's moments and step count) is plain lists, so it can be journaled
+as JSON and restored exactly.
+
+Failed candidates (no reward) are excluded from the advantage and from the objective;
+if the ``mu`` candidate failed, the baseline falls back to the mean of the successful
+rewards; with fewer than two successful candidates the update is skipped.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ['truncnorm_logpdf', 'sample_truncnorm', 'PolicyState', 'ppo_update', 'logit',
+           'baseline_value', 'UpdateStats']
+
+_EPS = 1e-6
+
+
+def logit(p: Sequence[float]) -> List[float]:
+    """Inverse sigmoid, with ``p`` clipped to ``[1e-6, 1 - 1e-6]``."""
+    q = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1.0 - _EPS)
+    return (np.log(q) - np.log1p(-q)).tolist()
+
+
+def truncnorm_logpdf(x: torch.Tensor, mu: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Log-density of normals ``N(mu, sigma^2)`` truncated to ``[0, 1]``, elementwise.
+
+    Args:
+        x (Tensor): points in [0, 1].
+        mu (Tensor): means (broadcast against ``x``).
+        sigma (float): standard deviation (> 0).
+
+    Returns:
+        Tensor: ``log pdf(x)``, same shape as the broadcast of ``x`` and ``mu``.
+    """
+    a = (0.0 - mu) / sigma
+    b = (1.0 - mu) / sigma
+    # log(Phi(b) - Phi(a)); stable enough for |a|, |b| < ~30 (mu in [0,1], sigma >= 0.03).
+    log_z = torch.log(torch.clamp(torch.special.ndtr(b) - torch.special.ndtr(a), min=1e-300))
+    z = (x - mu) / sigma
+    return -0.5 * z * z - 0.5 * math.log(2.0 * math.pi) - math.log(sigma) - log_z
+
+
+def sample_truncnorm(rng: np.random.Generator, mu: Sequence[float], sigma: float,
+                     n: int) -> np.ndarray:
+    """Draw ``n`` vectors from the truncated normals by inverse-CDF sampling.
+
+    Uses ``rng.random`` only (one uniform per coordinate), so the stream of draws is
+    reproducible from the generator state.
+
+    Returns:
+        ndarray: ``(n, len(mu))`` in [0, 1].
+    """
+    from scipy.special import ndtr, ndtri
+    mu = np.asarray(mu, dtype=np.float64)
+    a = ndtr((0.0 - mu) / sigma)
+    b = ndtr((1.0 - mu) / sigma)
+    u = rng.random((n, mu.size))
+    q = a + u * (b - a)
+    x = mu + sigma * ndtri(np.clip(q, 1e-300, 1.0 - 1e-16))
+    return np.clip(x, 0.0, 1.0)
+
+
+@dataclass
+class PolicyState:
+    """Parameters of the policy and of its Adam optimizer, as plain lists (JSON-safe).
+
+    Attributes:
+        u (list): pre-sigmoid means.
+        exp_avg (list): Adam first moments.
+        exp_avg_sq (list): Adam second moments.
+        adam_step (int): Adam step count.
+    """
+
+    u: List[float]
+    exp_avg: List[float] = field(default_factory=list)
+    exp_avg_sq: List[float] = field(default_factory=list)
+    adam_step: int = 0
+
+    @classmethod
+    def from_mu(cls, mu: Sequence[float]) -> 'PolicyState':
+        u = logit(mu)
+        return cls(u=u, exp_avg=[0.0] * len(u), exp_avg_sq=[0.0] * len(u), adam_step=0)
+
+    @property
+    def mu(self) -> List[float]:
+        u = np.asarray(self.u, dtype=np.float64)
+        return (1.0 / (1.0 + np.exp(-u))).tolist()
+
+    def to_dict(self) -> Dict:
+        return dict(u=list(self.u), exp_avg=list(self.exp_avg),
+                    exp_avg_sq=list(self.exp_avg_sq), adam_step=int(self.adam_step))
+
+    @classmethod
+    def from_dict(cls, d: Dict) -> 'PolicyState':
+        return cls(u=[float(x) for x in d['u']], exp_avg=[float(x) for x in d['exp_avg']],
+                   exp_avg_sq=[float(x) for x in d['exp_avg_sq']],
+                   adam_step=int(d['adam_step']))
+
+
+@dataclass
+class UpdateStats:
+    """What one PPO2 update did (logged as ``ppo/...`` and journaled)."""
+
+    skipped: bool
+    reason: str = ''
+    baseline: Optional[float] = None
+    num_used: int = 0
+    clip_fraction: float = 0.0
+    objective: float = 0.0
+    approx_kl: float = 0.0
+
+
+def baseline_value(rewards: Sequence[Optional[float]], kind: str) -> Optional[float]:
+    """The baseline ``b`` of the advantages.
+
+    Args:
+        rewards: one per candidate, ``None`` for a failed one; with ``kind='mu'``
+            the first candidate is the policy mean.
+        kind (str): ``'mu'`` (reward of the mean; the mean of the successful rewards
+            if that one failed) or ``'mean'``.
+    """
+    ok = [r for r in rewards if r is not None]
+    if not ok:
+        return None
+    if kind == 'mu' and rewards and rewards[0] is not None:
+        return float(rewards[0])
+    if kind not in ('mu', 'mean'):
+        raise ValueError(f"baseline must be 'mu' or 'mean', got {kind!r}")
+    return float(np.mean(ok))
+
+
+def ppo_update(state: PolicyState, samples: Sequence[Sequence[float]],
+               rewards: Sequence[Optional[float]], sigma: float, lr: float, epochs: int,
+               clip_eps: float, baseline: str = 'mu', betas=(0.9, 0.999),
+               eps: float = 1e-8) -> (PolicyState, UpdateStats):
+    """One PPO2 update of ``state`` from scored samples; returns the new state and stats.
+
+    Args:
+        state (PolicyState): the policy that drew ``samples`` (the "old" policy).
+        samples: M parameter vectors in [0, 1].
+        rewards: M rewards, ``None`` for failed candidates (excluded).
+        sigma (float): policy standard deviation.
+        lr (float): Adam learning rate.
+        epochs (int): Adam steps on the clipped objective.
+        clip_eps (float): PPO clip range epsilon.
+        baseline (str): ``'mu'`` or ``'mean'`` (see :func:`baseline_value`).
+        betas, eps: Adam hyperparameters.
+    """
+    keep = [i for i, r in enumerate(rewards) if r is not None]
+    b = baseline_value(rewards, baseline)
+    if len(keep) < 2:
+        return state, UpdateStats(skipped=True, baseline=b, num_used=len(keep),
+                                  reason=f'only {len(keep)} successful candidate(s)')
+    x = torch.tensor([samples[i] for i in keep], dtype=torch.float64)
+    adv = torch.tensor([rewards[i] - b for i in keep], dtype=torch.float64)
+    u_old = torch.tensor(state.u, dtype=torch.float64)
+    with torch.no_grad():
+        logp_old = truncnorm_logpdf(x, torch.sigmoid(u_old), sigma).sum(1)
+
+    u = u_old.clone().requires_grad_(True)
+    m = torch.tensor(state.exp_avg, dtype=torch.float64)
+    v = torch.tensor(state.exp_avg_sq, dtype=torch.float64)
+    step = state.adam_step
+    b1, b2 = betas
+    for _ in range(int(epochs)):
+        logp = truncnorm_logpdf(x, torch.sigmoid(u), sigma).sum(1)
+        ratio = torch.exp(logp - logp_old)
+        obj = torch.minimum(ratio * adv,
+                            torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv).mean()
+        (grad,) = torch.autograd.grad(-obj, u)  # Adam minimises -objective
+        with torch.no_grad():
+            step += 1
+            m.mul_(b1).add_(grad, alpha=1.0 - b1)
+            v.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
+            m_hat = m / (1.0 - b1 ** step)
+            v_hat = v / (1.0 - b2 ** step)
+            u -= lr * m_hat / (v_hat.sqrt() + eps)
+    with torch.no_grad():
+        logp = truncnorm_logpdf(x, torch.sigmoid(u), sigma).sum(1)
+        log_ratio = logp - logp_old
+        ratio = torch.exp(log_ratio)
+        clip_frac = float(((ratio - 1.0).abs() > clip_eps).double().mean())
+        obj = torch.minimum(ratio * adv,
+                            torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv).mean()
+        kl = float(((ratio - 1.0) - log_ratio).mean())
+    new = PolicyState(u=u.detach().tolist(), exp_avg=m.tolist(), exp_avg_sq=v.tolist(),
+                      adam_step=step)
+    return new, UpdateStats(skipped=False, baseline=b, num_used=len(keep),
+                            clip_fraction=clip_frac, objective=float(obj), approx_kl=kl)

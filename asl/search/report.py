@@ -1,0 +1,178 @@
+"""What a finished search leaves behind: ``best.json``, a re-training config and plots."""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from ..utils import atomic_write_json, atomic_write_text
+
+__all__ = ['write_outputs', 'select_best', 'retrain_config_text']
+
+
+def select_best(search, state) -> Dict:
+    """PPO: the policy mean of the step with the highest mean reward (the paper's rule).
+    Random search: the single best candidate."""
+    steps = []
+    for k in sorted(state.steps):
+        st = state.steps[k]
+        rewards = st.rewards()
+        ok = [r for r in rewards if r is not None]
+        upd = st.update or {}
+        stats = upd.get('stats', {})
+        steps.append(dict(step=k, mu=st.mu, rewards=rewards,
+                          mean=float(np.mean(ok)) if ok else None,
+                          max=float(np.max(ok)) if ok else None,
+                          baseline=stats.get('baseline'),
+                          failed={str(i): t.failures for i, t in st.trials.items()
+                                  if t.failures}))
+    scored = [s for s in steps if s['mean'] is not None]
+    if not scored:
+        raise RuntimeError('no trial of the search produced a reward; see the failures in '
+                           'journal.jsonl and the trials\' stdout.log')
+    if search.searcher == 'random':
+        k, i, r = max(((s['step'], i, r) for s in scored for i, r in enumerate(s['rewards'])
+                       if r is not None), key=lambda x: x[2])
+        raw = state.steps[k].candidates[i]
+        how = f'best single candidate (step {k}, candidate {i}, reward {r:.4f})'
+        best_step = k
+    else:
+        best = max(scored, key=lambda s: s['mean'])
+        best_step, raw = best['step'], best['mu']
+        how = (f'policy mean of step {best_step}, the step with the highest mean reward '
+               f'({best["mean"]:.4f})')
+    return dict(best_step=best_step, raw_theta=[float(x) for x in raw], selection=how,
+                steps=steps)
+
+
+def _surrogate(search, raw: List[float]):
+    from ..surrogate import Surrogate
+    s = search.settings
+    return Surrogate(s.target_metric, raw_theta=raw, parameterization=s.parameterization,
+                     num_pieces=s.num_pieces, tol=s.tol, drop_bg=s.drop_bg)
+
+
+def _loss_text(s, theta: List[float], num_pieces: int, weight: float) -> str:
+    nums = ',\n            '.join(', '.join(f'{v:.8g}' for v in theta[i:i + 4])
+                                  for i in range(0, len(theta), 4))
+    return (f"dict(\n        type='AutoSegLoss',\n        target_metric={s.target_metric!r},\n"
+            f"        theta=[\n            {nums}],\n"
+            f"        parameterization={s.parameterization!r},\n"
+            f"        num_pieces={num_pieces},\n        tol={s.tol},\n"
+            f"        drop_bg={s.drop_bg},\n        loss_weight={weight},\n"
+            f"        _delete_=True)")
+
+
+def retrain_config_text(search, base: str, theta: List[float], num_pieces: int,
+                        best: Dict) -> str:
+    """A config inheriting ``base`` with the searched loss in the decode and auxiliary
+    heads (weights 1 and ``aux_weight``)."""
+    from mmengine.config import Config
+    s = search.settings
+    base_cfg = Config.fromfile(base)
+    model = base_cfg.get('model', {})
+    lines = [
+        f'# Re-training config written by the search {search.name} (seed {search.seed}, '
+        f'{search.searcher}).',
+        f'# Parameters: {best["selection"]}.',
+        f'# Target metric: {s.target_metric}.',
+        f'_base_ = {os.path.abspath(base)!r}',
+        'model = dict(',
+        f'    decode_head=dict(loss_decode={_loss_text(s, theta, num_pieces, 1.0)}),',
+    ]
+    aux = model.get('auxiliary_head')
+    if isinstance(aux, dict):
+        lines.append(f'    auxiliary_head=dict(loss_decode='
+                     f'{_loss_text(s, theta, num_pieces, s.aux_weight)}),')
+    elif isinstance(aux, (list, tuple)) and aux:
+        lines.append('    auxiliary_head=[')
+        for _ in aux:
+            lines.append(f'        dict(loss_decode={_loss_text(s, theta, num_pieces, s.aux_weight)}),')
+        lines.append('    ],')
+    lines.append(')')
+    return '\n'.join(lines) + '\n'
+
+
+def write_outputs(search, state) -> Dict:
+    """Write ``best.json``, ``retrain_config.py`` and the PNG plots; return best.json."""
+    best = select_best(search, state)
+    sur = _surrogate(search, best['raw_theta'])
+    theta = sur.coordinates()
+    s = search.settings
+    base = search.retrain_config or search.config_path
+    out = dict(
+        target_metric=s.target_metric, reward_key=search.reward_key, searcher=search.searcher,
+        seed=search.seed, config=search.config_path, best_step=best['best_step'],
+        selection=best['selection'], raw_theta=best['raw_theta'], theta=theta,
+        parameterization=sur.parameterization, num_pieces=sur.num_pieces, tol=s.tol,
+        drop_bg=s.drop_bg, layout=sur.layout(), curves=sur.describe_curves(),
+        steps=best['steps'], retrain_config=os.path.join(search.work_dir, 'retrain_config.py'),
+        retrain_base=os.path.abspath(base))
+    atomic_write_json(os.path.join(search.work_dir, 'best.json'), out)
+    atomic_write_text(os.path.join(search.work_dir, 'retrain_config.py'),
+                      retrain_config_text(search, base, theta, sur.num_pieces, best))
+    try:
+        plot_search(search, state, best, sur)
+    except Exception as e:  # plots are a convenience: never lose the results for them
+        search.logger.warning(f'could not draw the plots: {e}')
+    return out
+
+
+def plot_search(search, state, best: Dict, sur) -> None:
+    """``rewards.png`` (mean, max, baseline per step), ``mu.png`` (policy mean per
+    parameter over steps) and ``curves.png`` (searched curves next to the identity)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import torch
+    steps = best['steps']
+    xs = [s['step'] + 1 for s in steps]
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, style in (('mean', 'o-'), ('max', 's--'), ('baseline', 'x:')):
+        ys = [np.nan if s[key] is None else s[key] for s in steps]
+        ax.plot(xs, ys, style, label=key)
+    for s in steps:
+        ok = [r for r in s['rewards'] if r is not None]
+        ax.scatter([s['step'] + 1] * len(ok), ok, s=8, color='gray', alpha=0.5)
+    ax.set_xlabel('step')
+    ax.set_ylabel(f'reward ({search.reward_key} on the hold-out)')
+    ax.set_title(f'{search.name}: rewards per step')
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(search.work_dir, 'rewards.png'), dpi=100)
+    plt.close(fig)
+
+    mus = [state.steps[k].mu for k in sorted(state.steps)]
+    last = [st.update['mu'] for k, st in sorted(state.steps.items()) if st.update]
+    if last:
+        mus.append(last[-1])
+    mus = np.asarray(mus)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for j in range(mus.shape[1]):
+        ax.plot(range(1, len(mus) + 1), mus[:, j], label=f'theta[{j}]' if mus.shape[1] <= 12
+                else None)
+    ax.set_xlabel('step (policy mean before the step; last point: after the last update)')
+    ax.set_ylabel('raw parameter (mu)')
+    ax.set_ylim(0, 1)
+    if mus.shape[1] <= 12:
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(os.path.join(search.work_dir, 'mu.png'), dpi=100)
+    plt.close(fig)
+
+    x = torch.linspace(0, 1, 201, dtype=torch.float64)
+    n = len(sur.curves)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), squeeze=False)
+    for i, (c, ax) in enumerate(zip(sur.curves, axes[0])):
+        ax.plot(x.numpy(), c.reference(x).numpy(), label='searched')
+        ax.plot([0, 1], [0, 1], 'k:', label='identity')
+        slot = sur.compiled.slots[i].describe() if i < len(sur.compiled.slots) else ''
+        ax.set_title(f'curve {i}\n{slot}', fontsize=7)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(os.path.join(search.work_dir, 'curves.png'), dpi=100)
+    plt.close(fig)

@@ -1,0 +1,135 @@
+"""The ``search`` section of a search config, parsed and checked before anything runs."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+__all__ = ['SearchSettings', 'SearchConfigError', 'parse_search_section']
+
+
+class SearchConfigError(ValueError):
+    """A search config is missing its ``search`` section or has a bad value in it."""
+
+
+@dataclass
+class SearchSettings:
+    """Hyperparameters of one search (the ``search = dict(...)`` of a search config).
+
+    Attributes:
+        target_metric: built-in metric name or a formula; the reward is its exact value
+            on the hold-out split (as a fraction in [0, 1]).
+        parameterization: curve family of the surrogate (``'bezier'`` or ``'linear'``).
+        num_pieces: pieces (Bezier) or segments (linear) per curve; None = default.
+        tol: boundary tolerance in pixels (boundary metrics).
+        drop_bg: leave the background class out of the class mean.
+        init_mu: initial policy mean (raw parameters in [0, 1]); None = identity curves.
+        sigma: standard deviation of the truncated-normal policy.
+        lr: Adam learning rate of the policy.
+        num_samples: M, candidates (proxy trainings) per step.
+        num_steps: T, policy steps.
+        ppo_epochs: Adam steps on the clipped objective per policy step.
+        clip_eps: PPO2 clip range epsilon.
+        baseline: ``'mu'`` (reward of the policy mean, sampled as candidate 0) or
+            ``'mean'`` (mean reward of the step).
+        holdout: ``dict(num=..., seed=...)``: images carved from the training split for
+            the rewards; proxy models never train on them.
+        trial_time_limit: seconds a proxy training may run before it is stopped and
+            recorded as failed.
+        max_retries: relaunches of a failed trial before it counts as failed for good.
+        gpus_per_trial: GPUs per proxy training (more than one runs torchrun).
+        aux_weight: loss weight of the surrogate in the auxiliary head(s).
+        retrain_config: config that the final re-training config inherits (relative
+            paths are relative to the search config's directory); None = the search
+            config itself.
+    """
+
+    target_metric: str = 'mIoU'
+    parameterization: str = 'bezier'
+    num_pieces: Optional[int] = None
+    tol: int = 5
+    drop_bg: bool = False
+    init_mu: Optional[List[float]] = None
+    sigma: float = 0.2
+    lr: float = 0.2
+    num_samples: int = 32
+    num_steps: int = 12
+    ppo_epochs: int = 60
+    clip_eps: float = 0.2
+    baseline: str = 'mu'
+    holdout: Dict[str, int] = field(default_factory=lambda: dict(num=1500, seed=0))
+    trial_time_limit: float = 3600.0
+    max_retries: int = 2
+    gpus_per_trial: int = 1
+    aux_weight: float = 0.4
+    retrain_config: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise SearchConfigError(msg)
+
+
+def parse_search_section(section: Any, config_path: str = '<config>') -> SearchSettings:
+    """Build :class:`SearchSettings` from a config's ``search`` entry, checking every value.
+
+    The surrogate itself (metric name or formula, pieces, ``init_mu`` length) is
+    checked by :func:`asl.search.trial.check_surrogate`.
+
+    Raises:
+        SearchConfigError: no section, an unknown key, or a bad value (named).
+    """
+    if section is None:
+        raise SearchConfigError(
+            f'{config_path} has no `search` section: a search config is a proxy training '
+            f'config plus `search = dict(target_metric=..., num_samples=..., ...)` '
+            f'(see configs/search/)')
+    if not isinstance(section, dict):
+        raise SearchConfigError(f'{config_path}: `search` must be a dict, got '
+                                f'{type(section).__name__}')
+    known = {f.name for f in dataclasses.fields(SearchSettings)}
+    unknown = sorted(set(section) - known)
+    _check(not unknown, f'{config_path}: unknown key(s) in `search`: {unknown}; '
+                        f'known keys: {sorted(known)}')
+    s = SearchSettings(**{k: (dict(v) if isinstance(v, dict) else v)
+                          for k, v in section.items()})
+    _check(isinstance(s.target_metric, str) and s.target_metric.strip() != '',
+           f'search.target_metric must be a metric name or formula, got {s.target_metric!r}')
+    _check(s.parameterization in ('bezier', 'linear'),
+           f"search.parameterization must be 'bezier' or 'linear', got {s.parameterization!r}")
+    _check(s.num_pieces is None or (isinstance(s.num_pieces, int) and s.num_pieces >= 1),
+           f'search.num_pieces must be a positive integer, got {s.num_pieces!r}')
+    _check(isinstance(s.tol, int) and s.tol >= 0,
+           f'search.tol must be a non-negative integer, got {s.tol!r}')
+    for name in ('sigma', 'lr', 'clip_eps', 'trial_time_limit'):
+        v = getattr(s, name)
+        _check(isinstance(v, (int, float)) and v > 0,
+               f'search.{name} must be a positive number, got {v!r}')
+    _check(s.sigma <= 1.0, f'search.sigma must be at most 1, got {s.sigma!r}')
+    for name in ('num_samples', 'num_steps', 'ppo_epochs', 'gpus_per_trial'):
+        v = getattr(s, name)
+        _check(isinstance(v, int) and v >= 1,
+               f'search.{name} must be a positive integer, got {v!r}')
+    _check(isinstance(s.max_retries, int) and s.max_retries >= 0,
+           f'search.max_retries must be a non-negative integer, got {s.max_retries!r}')
+    _check(s.baseline in ('mu', 'mean'),
+           f"search.baseline must be 'mu' or 'mean', got {s.baseline!r}")
+    _check(not (s.baseline == 'mu' and s.num_samples < 2),
+           f"search.baseline='mu' needs num_samples >= 2, got {s.num_samples}")
+    _check(isinstance(s.holdout, dict) and set(s.holdout) <= {'num', 'seed'}
+           and isinstance(s.holdout.get('num'), int) and s.holdout['num'] >= 1,
+           f'search.holdout must be dict(num=<positive int>, seed=<int>), got {s.holdout!r}')
+    s.holdout.setdefault('seed', 0)
+    if s.init_mu is not None:
+        _check(isinstance(s.init_mu, (list, tuple))
+               and all(isinstance(x, (int, float)) and 0.0 <= x <= 1.0 for x in s.init_mu),
+               f'search.init_mu must be a list of numbers in [0, 1], got {s.init_mu!r}')
+        s.init_mu = [float(x) for x in s.init_mu]
+    _check(isinstance(s.aux_weight, (int, float)) and s.aux_weight >= 0,
+           f'search.aux_weight must be a non-negative number, got {s.aux_weight!r}')
+    _check(s.retrain_config is None or (isinstance(s.retrain_config, str) and s.retrain_config),
+           f'search.retrain_config must be a config path, got {s.retrain_config!r}')
+    return s

@@ -1,0 +1,234 @@
+"""One proxy training: its config, its command line and how its outcome is read.
+
+A trial is a real MMSeg training process (``tools/train.py``). Its work directory
+holds the resolved ``config.py`` (the search config with the candidate's loss, the
+proxy training split and the hold-out as validation set), MMEngine's logs,
+``stdout.log``, and ``result.json`` written by :class:`asl.mmseg.hooks.ASLTrialHook`
+(or ``failure.json`` on a non-finite loss).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+from .settings import SearchConfigError, SearchSettings
+
+__all__ = ['TrialSpec', 'TrialOutcome', 'check_surrogate', 'make_trial_config',
+           'read_trial_outcome', 'train_command', 'REPO_ROOT']
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclass
+class TrialSpec:
+    """What an executor needs to run one trial.
+
+    Attributes:
+        trial_id: ``s<step>-c<candidate>-a<attempt>``, unique within the search.
+        step, index, attempt: position in the search (attempt counts from 1).
+        work_dir: the trial's directory (absolute).
+        config_path: its resolved config.
+        seed: training seed.
+        time_limit: seconds before the trial is stopped.
+        gpus: GPUs for this trial (0 on CPU).
+        name: a job name naming the search and the trial.
+    """
+
+    trial_id: str
+    step: int
+    index: int
+    attempt: int
+    work_dir: str
+    config_path: str
+    seed: int
+    time_limit: float
+    gpus: int = 0
+    name: str = ''
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrialOutcome:
+    """How a trial ended.
+
+    Attributes:
+        ok: a reward was obtained.
+        reward: the target metric on the hold-out, as a fraction.
+        kind: failure kind: ``crash``, ``timeout``, ``nonfinite``, ``noresult``,
+            ``cancelled``, or a scheduler state (``slurm:FAILED``...).
+        reason: human-readable reason.
+        result: the content of ``result.json`` (metrics, timings).
+        wall_s: wall time as measured by the executor.
+    """
+
+    ok: bool
+    reward: Optional[float] = None
+    kind: str = ''
+    reason: str = ''
+    result: Dict[str, Any] = field(default_factory=dict)
+    wall_s: Optional[float] = None
+
+
+def check_surrogate(settings: SearchSettings):
+    """Build the identity surrogate of the search's target: validates the metric (name
+    or formula) and the curve options before anything is launched.
+
+    Returns:
+        Surrogate: the surrogate with identity curves (its ``num_params(raw=True)`` is
+        the search dimension and its ``name`` the reward key).
+
+    Raises:
+        SearchConfigError: unknown metric, malformed formula, bad options, wrong
+            ``init_mu`` length.
+    """
+    from ..curves import identity_theta
+    from ..surrogate import Surrogate
+    try:
+        sur = Surrogate(settings.target_metric, parameterization=settings.parameterization,
+                        num_pieces=settings.num_pieces, tol=settings.tol,
+                        drop_bg=settings.drop_bg)
+    except ValueError as e:  # FormulaError is a ValueError
+        raise SearchConfigError(f'search.target_metric {settings.target_metric!r}: {e}') from None
+    dim = sur.num_params(raw=True)
+    if dim == 0:
+        raise SearchConfigError(f'search.target_metric {settings.target_metric!r} has no '
+                                f'curve to search (no soft logical operation)')
+    if settings.init_mu is not None and len(settings.init_mu) != dim:
+        raise SearchConfigError(f'search.init_mu has {len(settings.init_mu)} numbers, expected '
+                                f'{dim}:\n{sur.layout()}')
+    identity = identity_theta(sur.parameterization, sur.num_pieces) * sur.compiled.num_curves
+    return sur, identity
+
+
+def _loss(settings: SearchSettings, raw_theta: List[float], weight: float) -> Dict:
+    return dict(type='AutoSegLoss', target_metric=settings.target_metric,
+                raw_theta=[float(x) for x in raw_theta],
+                parameterization=settings.parameterization, num_pieces=settings.num_pieces,
+                tol=settings.tol, drop_bg=settings.drop_bg, loss_weight=float(weight))
+
+
+def _set_loss(head, loss: Dict) -> None:
+    heads = head if isinstance(head, (list, tuple)) else [head]
+    for h in heads:
+        h['loss_decode'] = copy.deepcopy(loss)
+
+
+def make_trial_config(cfg, settings: SearchSettings, raw_theta: List[float], train_ds: Dict,
+                      holdout_ds: Dict, reward_key: str):
+    """The resolved config of one trial (a copy of the search config ``cfg``).
+
+    * decode head(s): ``AutoSegLoss`` with ``raw_theta`` at weight 1, auxiliary
+      head(s) the same at ``settings.aux_weight``;
+    * training on the proxy split, validation (once, at the end) on the hold-out with
+      the exact target metric, no checkpoints;
+    * :class:`~asl.mmseg.hooks.ASLTrialHook` to report the result.
+    """
+    cfg = copy.deepcopy(cfg)
+    if 'search' in cfg:
+        cfg.pop('search')
+    model = cfg.model
+    if 'decode_head' not in model:
+        raise SearchConfigError('the proxy model has no decode_head to put the loss in')
+    _set_loss(model['decode_head'], _loss(settings, raw_theta, 1.0))
+    if model.get('auxiliary_head'):
+        _set_loss(model['auxiliary_head'], _loss(settings, raw_theta, settings.aux_weight))
+    cfg.train_dataloader.dataset = train_ds
+    cfg.val_dataloader.dataset = holdout_ds
+    cfg.val_dataloader.sampler = dict(type='DefaultSampler', shuffle=False)
+    cfg.val_evaluator = dict(type='ASLMetric', metric_names=[settings.target_metric],
+                             tol=settings.tol, drop_bg=settings.drop_bg)
+    max_iters = int(cfg.train_cfg.get('max_iters', 0))
+    if not max_iters:
+        raise SearchConfigError('the proxy training must be iteration based '
+                                '(train_cfg.max_iters)')
+    cfg.train_cfg.val_interval = max_iters
+    cfg.train_cfg.pop('val_begin', None)
+    hooks = dict(cfg.get('default_hooks', {}))
+    hooks['checkpoint'] = None  # a relaunched trial starts over; no checkpoint needed
+    cfg.default_hooks = hooks
+    custom = [h for h in cfg.get('custom_hooks', []) if h.get('type') != 'ASLTrialHook']
+    custom.append(dict(type='ASLTrialHook', result_file='result.json',
+                       failure_file='failure.json'))
+    cfg.custom_hooks = custom
+    cfg.pop('demo_data', None)  # the search prepared the data already
+    return cfg
+
+
+def train_command(spec: TrialSpec, python: Optional[str] = None, launcher: str = 'none',
+                  nproc: int = 1, master_port: Optional[int] = None) -> List[str]:
+    """The command line of a trial: ``tools/train.py`` (or torchrun for several GPUs)."""
+    python = python or sys.executable
+    script = os.path.join(REPO_ROOT, 'tools', 'train.py')
+    entry = [script] if os.path.isfile(script) else ['-m', 'asl.mmseg.cli', 'train']
+    args = [spec.config_path, '--work-dir', spec.work_dir, '--seed', str(spec.seed),
+            '--deterministic']
+    if nproc > 1 and launcher == 'pytorch':
+        port = [f'--master_port={master_port}'] if master_port else []
+        return [python, '-m', 'torch.distributed.run', '--nnodes=1',
+                f'--nproc_per_node={nproc}', *port, *entry, *args, '--launcher', 'pytorch']
+    return [python, *entry, *args, '--launcher', launcher]
+
+
+def read_trial_outcome(work_dir: str, reward_key: str, exit_code: Optional[int],
+                       timed_out: bool = False, wall_s: Optional[float] = None,
+                       scheduler_reason: str = '') -> TrialOutcome:
+    """Decide a trial's outcome from its exit status and the files it wrote."""
+    def load(name):
+        path = os.path.join(work_dir, name)
+        if not os.path.isfile(path):
+            return None
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    failure = load('failure.json')
+    if failure is not None:
+        return TrialOutcome(False, kind='nonfinite', reason=failure.get('reason', 'non-finite'),
+                            result=failure, wall_s=wall_s)
+    if timed_out:
+        return TrialOutcome(False, kind='timeout', wall_s=wall_s,
+                            reason=scheduler_reason or 'exceeded the trial time limit')
+    result = load('result.json')
+    if exit_code not in (0, None) or (exit_code is None and result is None):
+        tail = _log_tail(os.path.join(work_dir, 'stdout.log'))
+        kind = 'crash'
+        reason = scheduler_reason or f'exit status {exit_code}'
+        if tail:
+            reason += f': {tail}'
+        return TrialOutcome(False, kind=kind, reason=reason, wall_s=wall_s)
+    if result is None:
+        return TrialOutcome(False, kind='noresult', wall_s=wall_s,
+                            reason='the training ended without writing result.json')
+    value = result.get('metrics', {}).get(reward_key)
+    if value is None or value != value:
+        return TrialOutcome(False, kind='noresult', result=result, wall_s=wall_s,
+                            reason=f'result.json has no finite {reward_key!r}')
+    if result.get('iter') != result.get('max_iters'):
+        return TrialOutcome(False, kind='noresult', result=result, wall_s=wall_s,
+                            reason=f'result.json is from iteration {result.get("iter")} of '
+                                   f'{result.get("max_iters")}')
+    return TrialOutcome(True, reward=float(value) / 100.0, result=result, wall_s=wall_s)
+
+
+def _log_tail(path: str, limit: int = 300) -> str:
+    """The last error-looking line of a log (for failure reasons)."""
+    try:
+        with open(path, 'rb') as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(f.tell() - 20000, 0))
+            lines = f.read().decode('utf-8', 'replace').splitlines()
+    except OSError:
+        return ''
+    lines = [ln.strip() for ln in lines if ln.strip()]
+    for ln in reversed(lines):
+        if 'Error' in ln or 'error' in ln or 'Exception' in ln:
+            return ln[-limit:]
+    return lines[-1][-limit:] if lines else ''
