@@ -228,8 +228,9 @@ class Search:
         self.work_dir = os.path.abspath(work_dir)
         if retrain_config is None and self.settings.retrain_config:
             retrain_config = self.settings.retrain_config
-            if not os.path.isabs(retrain_config):
-                retrain_config = os.path.join(os.path.dirname(self.config_path), retrain_config)
+            if not os.path.isabs(retrain_config):  # relative to the config, else to the cwd
+                near = os.path.join(os.path.dirname(self.config_path), retrain_config)
+                retrain_config = near if os.path.isfile(near) else os.path.abspath(retrain_config)
         if retrain_config is not None and not os.path.isfile(retrain_config):
             raise SearchConfigError(f'retrain config not found: {retrain_config!r}')
         self.retrain_config = retrain_config

@@ -39,9 +39,9 @@ class SearchSettings:
         max_retries: relaunches of a failed trial before it counts as failed for good.
         gpus_per_trial: GPUs per proxy training (more than one runs torchrun).
         aux_weight: loss weight of the surrogate in the auxiliary head(s).
-        retrain_config: config that the final re-training config inherits (relative
-            paths are relative to the search config's directory); None = the search
-            config itself.
+        retrain_config: config that the final re-training config inherits (a relative
+            path is looked up next to the search config, then from the current
+            directory); None = the search config itself.
     """
 
     target_metric: str = 'mIoU'

@@ -1,0 +1,22 @@
+# Cross-entropy baseline of the paper's re-training on Cityscapes: R101-DeepLabV3+
+# (output stride 8, SyncBN), 4 GPUs x 8 images, 512x1024 crops, 10k iterations (SGD
+# lr 0.02, heads at 10x, poly), evaluated on val with all six metrics.
+_base_ = [
+    'mmseg::_base_/models/deeplabv3plus_r50-d8.py',
+    '../../_base_/datasets/cityscapes_asl.py',
+    'mmseg::_base_/default_runtime.py',
+    '../../_base_/schedules/schedule_10k_asl.py',
+]
+custom_imports = dict(imports=['asl'], allow_failed_imports=False)
+crop_size = (512, 1024)
+data_preprocessor = dict(size=crop_size)
+model = dict(
+    data_preprocessor=data_preprocessor,
+    # ImageNet-pretrained ResNetV1c-101 from the OpenMMLab model zoo. Nothing is
+    # downloaded when the config is loaded or the model is built, only when training
+    # initializes the weights. Offline, fetch the file once and point to it with
+    # `--cfg-options model.pretrained=/path/to/resnet101_v1c.pth` (or set it here).
+    pretrained='open-mmlab://resnet101_v1c',
+    backbone=dict(depth=101),
+    decode_head=dict(num_classes=19),
+    auxiliary_head=dict(num_classes=19))

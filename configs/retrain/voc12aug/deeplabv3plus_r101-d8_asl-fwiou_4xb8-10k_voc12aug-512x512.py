@@ -1,0 +1,9 @@
+# AutoSegLoss for FWIoU with the published parameters (theta='paper') on
+# PASCAL VOC 2012 aug; the auxiliary head uses the same loss at weight 0.4.
+# Everything else as in the cross-entropy baseline.
+_base_ = './deeplabv3plus_r101-d8_ce_4xb8-10k_voc12aug-512x512.py'
+model = dict(
+    decode_head=dict(loss_decode=dict(
+        type='AutoSegLoss', target_metric='FWIoU', theta='paper', loss_weight=1.0, _delete_=True)),
+    auxiliary_head=dict(loss_decode=dict(
+        type='AutoSegLoss', target_metric='FWIoU', theta='paper', loss_weight=0.4, _delete_=True)))

@@ -1,0 +1,21 @@
+# The paper's sum of two AutoSegLoss terms, mIoU + BIoU, each with its
+# published parameters, on PASCAL VOC 2012 aug: the boundary term alone degrades the
+# region metrics. The auxiliary head uses both terms at weight 0.4.
+_base_ = './deeplabv3plus_r101-d8_ce_4xb8-10k_voc12aug-512x512.py'
+model = dict(
+    decode_head=dict(loss_decode=[
+        dict(
+            type='AutoSegLoss', target_metric='mIoU', theta='paper', loss_weight=1.0,
+            loss_name='loss_asl_miou'),
+        dict(
+            type='AutoSegLoss', target_metric='BIoU', theta='paper', drop_bg=True, tol=5,
+            loss_weight=1.0, loss_name='loss_asl_biou')
+    ]),
+    auxiliary_head=dict(loss_decode=[
+        dict(
+            type='AutoSegLoss', target_metric='mIoU', theta='paper', loss_weight=0.4,
+            loss_name='loss_asl_miou'),
+        dict(
+            type='AutoSegLoss', target_metric='BIoU', theta='paper', drop_bg=True, tol=5,
+            loss_weight=0.4, loss_name='loss_asl_biou')
+    ]))
