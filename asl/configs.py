@@ -61,13 +61,22 @@ def find_config(name: str, root: str) -> str:
             f'config name {name!r} is ambiguous under {root}/; use one of: '
             + ', '.join(os.path.join(root, c) for c in by_base))
     names = [os.path.basename(c) for c in configs]
-    near = difflib.get_close_matches(os.path.basename(candidates[-1]), names, n=5, cutoff=0.4)
-    if not near:  # substring matches help with long MMSeg-style names
-        key = os.path.basename(name).replace('.py', '').lower()
-        near = [n for n in names if key in n.lower()][:5]
+    near = _near_matches(os.path.basename(name).replace('.py', ''), names)
     hint = (' Did you mean: ' + ', '.join(near) + '?') if near else ''
     raise ConfigNotFoundError(f'config {name!r} not found (looked for a file and under '
                               f'{root}/).{hint} `ls {root}` lists the configs.')
+
+
+def _near_matches(query: str, names: List[str], n: int = 5) -> List[str]:
+    """Names sharing the longest run of characters with ``query`` (long MMSeg-style
+    names make plain edit ratios prefer short, unrelated names)."""
+    scored = []
+    for name in names:
+        m = difflib.SequenceMatcher(None, query.lower(), name.lower())
+        longest = m.find_longest_match(0, len(query), 0, len(name)).size
+        scored.append((longest / max(len(query), 1), m.ratio(), name))
+    scored.sort(key=lambda t: (-t[0], -t[1]))
+    return [name for score, _, name in scored[:n] if score >= 0.4]
 
 
 def _main(argv: List[str]) -> int:

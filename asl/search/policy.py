@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = ['truncnorm_logpdf', 'sample_truncnorm', 'PolicyState', 'ppo_update', 'logit',
+__all__ = ['clipped_objective', 'truncnorm_logpdf', 'sample_truncnorm', 'PolicyState', 'ppo_update', 'logit',
            'baseline_value', 'UpdateStats']
 
 _EPS = 1e-6
@@ -55,6 +55,12 @@ def truncnorm_logpdf(x: torch.Tensor, mu: torch.Tensor, sigma: float) -> torch.T
     log_z = torch.log(torch.clamp(torch.special.ndtr(b) - torch.special.ndtr(a), min=1e-300))
     z = (x - mu) / sigma
     return -0.5 * z * z - 0.5 * math.log(2.0 * math.pi) - math.log(sigma) - log_z
+
+
+def clipped_objective(ratio: torch.Tensor, adv: torch.Tensor, clip_eps: float) -> torch.Tensor:
+    """PPO2's clipped surrogate ``mean(min(rho * A, clip(rho, 1 - eps, 1 + eps) * A))``."""
+    return torch.minimum(ratio * adv,
+                         torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv).mean()
 
 
 def sample_truncnorm(rng: np.random.Generator, mu: Sequence[float], sigma: float,
@@ -182,8 +188,7 @@ def ppo_update(state: PolicyState, samples: Sequence[Sequence[float]],
     for _ in range(int(epochs)):
         logp = truncnorm_logpdf(x, torch.sigmoid(u), sigma).sum(1)
         ratio = torch.exp(logp - logp_old)
-        obj = torch.minimum(ratio * adv,
-                            torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv).mean()
+        obj = clipped_objective(ratio, adv, clip_eps)
         (grad,) = torch.autograd.grad(-obj, u)  # Adam minimises -objective
         with torch.no_grad():
             step += 1
@@ -197,8 +202,7 @@ def ppo_update(state: PolicyState, samples: Sequence[Sequence[float]],
         log_ratio = logp - logp_old
         ratio = torch.exp(log_ratio)
         clip_frac = float(((ratio - 1.0).abs() > clip_eps).double().mean())
-        obj = torch.minimum(ratio * adv,
-                            torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv).mean()
+        obj = clipped_objective(ratio, adv, clip_eps)
         kl = float(((ratio - 1.0) - log_ratio).mean())
     new = PolicyState(u=u.detach().tolist(), exp_avg=m.tolist(), exp_avg_sq=v.tolist(),
                       adam_step=step)

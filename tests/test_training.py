@@ -1,0 +1,136 @@
+"""tools/train.py, tools/test.py and ASL_retrain.sh run for real (subprocesses, CPU)."""
+import glob
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip('mmseg')
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(ROOT, 'configs', 'retrain', 'demo')
+CFG = 'deeplabv3plus_r18tiny-d8_asl-miou_1xb8-1200_asldemo-64x64'
+METRICS = ('mIoU', 'FWIoU', 'mAcc', 'gAcc', 'BIoU', 'BF1')
+
+
+def _env(threads=1):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               PYTHON=sys.executable, PYTHONUNBUFFERED='1')
+    return env
+
+
+def _iters(n, ckpt=None, val=None):
+    return ['--cfg-options', f'train_cfg.max_iters={n}', f'param_scheduler.0.end={n}',
+            f'train_cfg.val_interval={val or n}', f'default_hooks.checkpoint.interval={ckpt or n}',
+            'default_hooks.logger.interval=2']
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _derived_config(tmp_path, base, text):
+    path = tmp_path / 'derived.py'
+    path.write_text(f'_base_ = {os.path.join(DEMO, base + ".py")!r}\n' + text)
+    return str(path)
+
+
+def test_asl_retrain_sh_end_to_end():
+    work = os.path.join(ROOT, 'work_dirs', 'retrain', CFG)
+    subprocess.run(['rm', '-rf', work], check=True)
+    out = subprocess.run(['bash', 'ASL_retrain.sh', CFG + '.py', '1', '3', *_iters(6)], cwd=ROOT,
+                         env=_env(2), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert os.path.isfile(os.path.join(work, 'iter_6.pth'))
+    logs = glob.glob(os.path.join(work, '*', '*.log'))
+    assert logs
+    text = open(logs[0]).read()
+    val = [ln for ln in text.splitlines() if 'Iter(val)' in ln and 'mIoU' in ln]
+    assert val, text[-2000:]
+    for m in METRICS:
+        assert re.search(rf'\b{m}: \d+\.\d+', val[-1]), (m, val[-1])
+    assert 'seed: 3' in text or "'seed': 3" in text or 'seed=3' in text
+
+
+def test_asl_retrain_sh_errors():
+    out = subprocess.run(['bash', 'ASL_retrain.sh', 'asl-miuo_1xb8', '1'], cwd=ROOT, env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and 'not found' in out.stderr and 'asl-miou' in out.stderr
+    out = subprocess.run(['bash', 'ASL_retrain.sh', CFG, '3'], cwd=ROOT,
+                         env=dict(_env(), ASL_ALLOW_CPU_PROCS='0'), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and 'GPUS=3' in out.stderr
+
+
+def test_torchrun_two_processes_agree(tmp_path):
+    cfg = _derived_config(tmp_path, CFG, "custom_hooks = [dict(type='ASLTrialHook', "
+                                         "result_file='result_rank{rank}.json')]\n")
+    work = tmp_path / 'work'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nnodes=1', '--nproc_per_node=2',
+           f'--master_port={_free_port()}', os.path.join(ROOT, 'tools', 'train.py'), cfg,
+           '--work-dir', str(work), '--launcher', 'pytorch', *_iters(4)]
+    out = subprocess.run(cmd, cwd=ROOT, env=_env(1), capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    r0 = json.loads((work / 'result_rank0.json').read_text())
+    r1 = json.loads((work / 'result_rank1.json').read_text())
+    assert set(r0['metrics']) == set(METRICS)
+    assert r0['metrics'] == r1['metrics'] and r0['iter'] == r1['iter'] == 4
+    log = open(glob.glob(str(work / '*' / '*.log'))[0]).read()
+    assert 'Distributed training: True' in log and 'device_ids=None' in log
+
+
+def test_kill_after_first_checkpoint_then_resume(tmp_path):
+    work = tmp_path / 'work'
+    cmd = [sys.executable, os.path.join(ROOT, 'tools', 'train.py'),
+           os.path.join(DEMO, CFG + '.py'), '--work-dir', str(work), *_iters(40, ckpt=8)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(2), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while not (work / 'iter_8.pth').exists():
+        assert proc.poll() is None, 'training ended before its first checkpoint'
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.2)
+    last = (work / 'last_checkpoint').read_text().strip()
+    k = int(re.search(r'iter_(\d+)\.pth', last).group(1))
+    assert k < 40, 'the training finished before it could be killed'
+    first_logs = set(glob.glob(str(work / '*' / '*.log')))
+    out = subprocess.run(cmd + ['--resume'], cwd=ROOT, env=_env(2), capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    new_log = [p for p in glob.glob(str(work / '*' / '*.log')) if p not in first_logs]
+    text = open(new_log[0]).read()
+    assert f'resumed epoch: 0, iter: {k}' in text
+    iters = [int(m) for m in re.findall(r'Iter\(train\) \[\s*(\d+)/40\]', text)]
+    assert iters and min(iters) > k and max(iters) == 40  # continued from k, not from 0
+    assert (work / 'iter_40.pth').exists()
+
+
+def test_tools_test_writes_all_metrics(tmp_path):
+    work = tmp_path / 'work'
+    cfg = os.path.join(DEMO, 'deeplabv3plus_r18tiny-d8_ce_1xb8-1200_asldemo-64x64.py')
+    out = subprocess.run([sys.executable, 'tools/train.py', cfg, '--work-dir', str(work),
+                          *_iters(2)], cwd=ROOT, env=_env(2), capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = tmp_path / 'metrics.json'
+    out = subprocess.run([sys.executable, 'tools/test.py', cfg, str(work / 'iter_2.pth'),
+                          '--work-dir', str(work), '--out', str(res)], cwd=ROOT, env=_env(2),
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads(res.read_text())
+    assert set(METRICS) <= set(metrics) and all(0 <= metrics[m] <= 100 for m in METRICS)
+    out = subprocess.run([sys.executable, 'tools/test.py', cfg, str(work / 'nope.pth')],
+                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and 'nope.pth' in out.stderr
