@@ -12,6 +12,7 @@
 #
 # Exit codes: 0 ok, 1 error (daemon did not come up, ...), 2 usage, 3 Slurm/munge cannot be installed.
 set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin"  # the daemons live in sbin, often missing from a user's PATH
 
 STATE_DIR="${ASL_SLURM_DIR:-/var/tmp/asl-slurm}"
 CONF="$STATE_DIR/slurm.conf"
@@ -19,6 +20,7 @@ SYSTEM_CONF=/etc/slurm/slurm.conf
 MARKER="# asl one-node test cluster (tools/slurm/cluster.sh)"
 PARTITION=debug
 WAIT_S="${ASL_SLURM_WAIT_S:-60}"
+CONF_CHANGED=0
 
 log() { echo "cluster.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -27,7 +29,9 @@ pid_alive() {  # pid_alive PIDFILE -> 0 if the pid in the file is a live process
   local pid
   [[ -s "$1" ]] || return 1
   pid="$(cat "$1" 2>/dev/null)" || return 1
-  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null
+  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  # A zombie (exited, not yet reaped) is not alive.
+  [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]]
 }
 
 node_name() { hostname -s; }
@@ -39,7 +43,7 @@ install_packages() {
     return 0
   fi
   if ! command -v apt-get >/dev/null; then
-    log "Slurm (slurmctld/slurmd/sbatch) or munged is missing and apt-get is not available to install them"
+    log "Slurm (slurmctld/slurmd/sbatch) or munged is missing and there is no apt-get to install them"
     exit 3
   fi
   if [[ "$(id -u)" != 0 ]]; then
@@ -49,14 +53,17 @@ install_packages() {
   log "installing slurm-wlm and munge with apt-get"
   local out="$STATE_DIR/apt.log"
   export DEBIAN_FRONTEND=noninteractive
-  if ! { apt-get install -y -q --no-install-recommends slurm-wlm munge >"$out" 2>&1 \
-         || { apt-get update -q >>"$out" 2>&1 \
-              && apt-get install -y -q --no-install-recommends slurm-wlm munge >>"$out" 2>&1; }; }; then
+  local -a install=(apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=120
+                    slurm-wlm munge)
+  # Try with the current package lists first; refresh them if that fails.
+  if ! { "${install[@]}" >"$out" 2>&1 \
+         || { apt-get update -q >>"$out" 2>&1 && "${install[@]}" >>"$out" 2>&1; }; }; then
     log "apt-get could not install slurm-wlm and munge (see $out):"
     tail -n 5 "$out" >&2 || true
     exit 3
   fi
-  if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
+  if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
+      || ! command -v munged >/dev/null; then
     log "apt-get ran but slurmctld/slurmd/munged are still not on PATH (see $out)"
     exit 3
   fi
@@ -91,7 +98,7 @@ start_munge() {
   if ! pid_alive /run/munge/munged.pid; then rm -f /run/munge/munge.socket.2 /run/munge/munged.pid; fi
   local force=()
   ((${#run_as[@]})) || force=(--force)
-  "${run_as[@]}" /usr/sbin/munged "${force[@]}" >/dev/null 2>&1 || true
+  "${run_as[@]}" "$(command -v munged)" "${force[@]}" </dev/null >/dev/null 2>&1 9>&- || true
   local i
   for ((i = 0; i < 50; i++)); do
     munge_works && { : >"$STATE_DIR/munged.started"; return 0; }
@@ -154,9 +161,11 @@ SlurmdDebug=info
 NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=$PARTITION Nodes=$node Default=YES MaxTime=INFINITE State=UP
 EOF
+  CONF_CHANGED=0
   if [[ -f "$CONF" ]] && cmp -s "$tmp" "$CONF"; then
     rm -f "$tmp"
   else
+    [[ -f "$CONF" ]] && CONF_CHANGED=1
     mv -f "$tmp" "$CONF"
   fi
   install_system_conf
@@ -178,7 +187,7 @@ install_system_conf() {
 # ---------------------------------------------------------------------------------------------
 show_logs() {
   local f
-  for f in "$STATE_DIR/log/slurmctld.log" "$STATE_DIR/log/slurmd.log"; do
+  for f in "$STATE_DIR/log/daemons.out" "$STATE_DIR/log/slurmctld.log" "$STATE_DIR/log/slurmd.log"; do
     if [[ -f "$f" ]]; then
       echo "--- tail of $f" >&2
       tail -n 25 "$f" >&2 || true
@@ -199,17 +208,24 @@ start_daemons() {
   local restarted=0
   if ! pid_alive "$STATE_DIR/run/slurmctld.pid"; then
     rm -f "$STATE_DIR/run/slurmctld.pid"
-    /usr/sbin/slurmctld -f "$CONF" || { show_logs; die "slurmctld failed to start"; }
+    slurmctld -f "$CONF" </dev/null >>"$STATE_DIR/log/daemons.out" 2>&1 9>&- \
+      || { show_logs; die "slurmctld failed to start"; }
     restarted=1
   fi
   if ! pid_alive "$STATE_DIR/run/slurmd.pid"; then
     rm -f "$STATE_DIR/run/slurmd.pid"
-    /usr/sbin/slurmd -f "$CONF" -N "$(node_name)" || { show_logs; die "slurmd failed to start"; }
+    slurmd -f "$CONF" -N "$(node_name)" </dev/null >>"$STATE_DIR/log/daemons.out" 2>&1 9>&- \
+      || { show_logs; die "slurmd failed to start"; }
     restarted=1
   fi
   local deadline=$((SECONDS + WAIT_S)) s resumed=0
   while ((SECONDS < deadline)); do
-    node_ready && return 0
+    if node_ready; then
+      if ((restarted)); then
+        log "cluster up: node $(node_name), partition $PARTITION, state in $STATE_DIR"
+      fi
+      return 0
+    fi
     s="$(node_state || true)"
     # A node left down/drained by an earlier unclean stop: put it back in service once.
     if ((!resumed)) && [[ "$s" =~ ^(down|drained|draining|drain|fail|failing)\*?$ ]]; then
@@ -218,68 +234,74 @@ start_daemons() {
     fi
     sleep 0.5
   done
-  log "node $(node_name) did not become idle within ${WAIT_S}s (state: '$(node_state || true)', daemons restarted: $restarted)"
+  log "node $(node_name) did not become idle within ${WAIT_S}s" \
+      "(state: '$(node_state || true)', daemons restarted: $restarted)"
   show_logs
   exit 1
 }
 
 cmd_start() {
   mkdir -p "$STATE_DIR"
+  # The daemons are started with fd 9 closed so they do not inherit (and hold) the lock, and with
+  # stdin/stdout/stderr away from the caller's pipes (a caller capturing output would never see EOF).
   exec 9>"$STATE_DIR/.lock"
-  flock -w 300 9 || die "could not lock $STATE_DIR/.lock"
+  flock -w 120 9 || die "could not lock $STATE_DIR/.lock"
   install_packages
-  # Fast path: everything already up (repeated or concurrent start).
-  if [[ -f "$CONF" ]] && pid_alive "$STATE_DIR/run/slurmctld.pid" \
-      && pid_alive "$STATE_DIR/run/slurmd.pid" && munge_works && node_ready; then
-    install_system_conf
-    echo "export SLURM_CONF=$CONF"
-    return 0
-  fi
   mkdir -p "$STATE_DIR"/{state,spool,log,run}
   chmod 0755 "$STATE_DIR" "$STATE_DIR/spool"
-  start_munge
-  local old=""
-  [[ -f "$CONF" ]] && old="$(cat "$CONF")"
-  write_conf
-  if [[ -n "$old" && "$old" != "$(cat "$CONF")" ]]; then
-    # Configuration changed (other host name, CPU count, ...): restart our daemons with the new one.
+  start_munge           # no-op when munge already works
+  write_conf            # rewrites slurm.conf only when its content changes
+  if ((CONF_CHANGED)); then
+    # Configuration changed (host name, CPU count, new script version): restart with the new one.
     stop_slurm_daemons
   fi
-  start_daemons
-  log "cluster up: node $(node_name), partition $PARTITION, state in $STATE_DIR"
+  start_daemons         # no-op when both daemons run and the node is usable
   echo "export SLURM_CONF=$CONF"
 }
 
 # ---------------------------------------------------------------------------------------------
-stop_pidfile() {  # stop_pidfile NAME PIDFILE
-  local pid i
-  pid_alive "$2" || { rm -f "$2"; return 0; }
-  pid="$(cat "$2")"
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
-    kill -0 "$pid" 2>/dev/null || { rm -f "$2"; return 0; }
-    sleep 0.2
+stop_pidfiles() {  # stop_pidfiles PIDFILE... : SIGTERM all, wait up to 10 s, then SIGKILL the rest
+  local f pid i left
+  local -a pids=()
+  for f in "$@"; do
+    if pid_alive "$f"; then
+      pid="$(cat "$f")"
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid")
+    fi
   done
-  log "$1 (pid $pid) ignored SIGTERM; sending SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
-  rm -f "$2"
+  for ((i = 0; i < 50 && ${#pids[@]}; i++)); do
+    left=()
+    for pid in "${pids[@]}"; do
+      if kill -0 "$pid" 2>/dev/null && [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]]; then
+        left+=("$pid")
+      fi
+    done
+    pids=(${left[@]+"${left[@]}"})
+    ((${#pids[@]})) && sleep 0.2
+  done
+  for pid in ${pids[@]+"${pids[@]}"}; do
+    log "pid $pid ignored SIGTERM; sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  rm -f "$@"
 }
 
 stop_slurm_daemons() {
-  stop_pidfile slurmd "$STATE_DIR/run/slurmd.pid"
-  stop_pidfile slurmctld "$STATE_DIR/run/slurmctld.pid"
+  stop_pidfiles "$STATE_DIR/run/slurmd.pid" "$STATE_DIR/run/slurmctld.pid"
 }
 
 cmd_stop() {
   [[ -d "$STATE_DIR" ]] || { log "nothing to stop ($STATE_DIR does not exist)"; return 0; }
   exec 9>"$STATE_DIR/.lock"
-  flock -w 300 9 || die "could not lock $STATE_DIR/.lock"
-  stop_slurm_daemons
+  flock -w 120 9 || die "could not lock $STATE_DIR/.lock"
+  local -a pidfiles=("$STATE_DIR/run/slurmd.pid" "$STATE_DIR/run/slurmctld.pid")
   # munged only if this script started it (a system munged may serve others).
   if [[ -f "$STATE_DIR/munged.started" ]]; then
-    stop_pidfile munged /run/munge/munged.pid
-    rm -f "$STATE_DIR/munged.started"
+    pidfiles+=(/run/munge/munged.pid)
   fi
+  stop_pidfiles "${pidfiles[@]}"
+  rm -f "$STATE_DIR/munged.started"
   log "stopped"
 }
 
@@ -290,7 +312,8 @@ cmd_status() {
     if pid_alive "$f"; then echo "$name: running (pid $(cat "$f"))"; else echo "$name: stopped"; fi
   done
   if munge_works; then echo "munged: running"; else echo "munged: stopped"; fi
-  if [[ -f "$CONF" ]] && command -v sinfo >/dev/null; then
+  # sinfo retries for MessageTimeout seconds when no controller answers: ask only if one runs.
+  if [[ -f "$CONF" ]] && command -v sinfo >/dev/null && pid_alive "$STATE_DIR/run/slurmctld.pid"; then
     SLURM_CONF="$CONF" sinfo || true
   fi
 }
