@@ -324,12 +324,17 @@ class Search:
             for t in st.trials.values():
                 if t.timing.get('wall_s'):
                     self.progress.durations.append(t.timing['wall_s'])
-        old_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+        # Ctrl-C and SIGTERM only set a flag, checked between the loop's actions, so a
+        # signal never tears a journal write or a trial's config in half.
+        self._stop_signal = None
+        handlers = {sig: signal.signal(sig, self._request_stop)
+                    for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             for step in range(s.num_steps):
                 rec = state.steps.get(step)
                 if rec is not None and rec.update is not None:
                     continue
+                self._check_stop()
                 if rec is None:
                     rec = self._start_step(state, step)
                 self._run_trials(state, step, rec)
@@ -345,7 +350,8 @@ class Search:
             self.executor.stop()
             raise
         finally:
-            signal.signal(signal.SIGTERM, old_handler)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
         self.progress.close()
         return self._finish(state)
 
@@ -406,7 +412,9 @@ class Search:
                 queue.append(self._spec(step, i, t.attempts_failed + 1))
         self._show(state, step)
         while queue or self.executor.running():
+            self._check_stop()
             while queue and len(self.executor.running()) < self.executor.capacity:
+                self._check_stop()
                 spec = queue.pop(0)
                 self._write_trial_config(spec, rec.candidates[spec.index])
                 info = self.executor.launch(spec)
@@ -490,6 +498,13 @@ class Search:
             + ('(update skipped: ' + stats.get('reason', '') + ')' if stats.get('skipped')
                else ''))
 
+    def _request_stop(self, signum, frame) -> None:
+        self._stop_signal = signum
+
+    def _check_stop(self) -> None:
+        if getattr(self, '_stop_signal', None) is not None:
+            raise SearchInterrupted(f'stopped by signal {self._stop_signal}')
+
     def _show(self, state: SearchState, step: int) -> None:
         done = failed = 0
         best, best_at = None, ''
@@ -525,5 +540,3 @@ def info_str(info: Dict) -> str:
     return json.dumps(info)
 
 
-def _raise_interrupt(signum, frame):
-    raise SearchInterrupted(f'signal {signum}')

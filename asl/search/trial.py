@@ -138,8 +138,9 @@ def make_trial_config(cfg, settings: SearchSettings, raw_theta: List[float], tra
     _set_loss(model['decode_head'], _loss(settings, raw_theta, 1.0))
     if model.get('auxiliary_head'):
         _set_loss(model['auxiliary_head'], _loss(settings, raw_theta, settings.aux_weight))
-    cfg.train_dataloader.dataset = train_ds
-    cfg.val_dataloader.dataset = holdout_ds
+    # absolute data paths: a trial may run in another working directory (a Slurm job)
+    cfg.train_dataloader.dataset = _absolute_roots(copy.deepcopy(train_ds))
+    cfg.val_dataloader.dataset = _absolute_roots(copy.deepcopy(holdout_ds))
     cfg.val_dataloader.sampler = dict(type='DefaultSampler', shuffle=False)
     cfg.val_evaluator = dict(type='ASLMetric', metric_names=[settings.target_metric],
                              tol=settings.tol, drop_bg=settings.drop_bg)
@@ -158,6 +159,19 @@ def make_trial_config(cfg, settings: SearchSettings, raw_theta: List[float], tra
     cfg.custom_hooks = custom
     cfg.pop('demo_data', None)  # the search prepared the data already
     return cfg
+
+
+def _absolute_roots(ds):
+    if isinstance(ds, dict):
+        root = ds.get('data_root')
+        if isinstance(root, str) and root and not os.path.isabs(root):
+            ds['data_root'] = os.path.abspath(root)
+        for v in ds.values():
+            _absolute_roots(v)
+    elif isinstance(ds, (list, tuple)):
+        for v in ds:
+            _absolute_roots(v)
+    return ds
 
 
 def train_command(spec: TrialSpec, python: Optional[str] = None, launcher: str = 'none',

@@ -1,0 +1,157 @@
+"""Searches and trainings as Slurm jobs on the real one-node cluster (tools/slurm/cluster.sh).
+
+Skipped only where Slurm cannot be installed (the fixture says why).
+"""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip('mmseg')
+
+from asl.search import slurm  # noqa: E402
+from test_search import NAME, ROOT, TINY, _env, _journal, reference_search  # noqa: E402,F401
+from test_slurm_cluster import slurm_cluster  # noqa: E402,F401
+
+CONFIG = os.path.join(ROOT, 'configs', 'search', 'demo', NAME + '.py')
+
+
+def _slurm_cmd(work_dir, *extra):
+    return [sys.executable, os.path.join(ROOT, 'tools', 'search.py'), CONFIG, '--work-dir',
+            str(work_dir), '--seed', '1', '--executor', 'slurm', '--max-jobs', '2', *extra,
+            '--cfg-options', *TINY]
+
+
+def _wait_for(pred, proc, what, timeout=900):
+    deadline = time.time() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        assert proc.poll() is None, f'the search ended before {what}'
+        assert time.time() < deadline, f'timed out waiting for {what}'
+        time.sleep(0.1)
+
+
+def test_slurm_search_matches_the_local_one(slurm_cluster, reference_search, tmp_path):
+    ref_work, ref_out = reference_search
+    assert ref_out.returncode == 0
+    ref = json.load(open(os.path.join(ref_work, 'best.json')))
+    work = tmp_path / 'search'
+    out = subprocess.run(_slurm_cmd(work), cwd=ROOT, env=_env(), capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    best = json.load(open(work / 'best.json'))
+    assert best['raw_theta'] == ref['raw_theta']
+    assert [s['rewards'] for s in best['steps']] == [s['rewards'] for s in ref['steps']]
+    events = _journal(work)
+    launched = [e for e in events if e['event'] == 'trial_launched']
+    assert len(launched) == 4 and all(e['executor'] == 'slurm' for e in launched)
+    assert [e['event'] for e in events] == [e['event'] for e in _journal(ref_work)] or \
+        sorted(e['event'] for e in events) == sorted(e['event'] for e in _journal(ref_work))
+    for e in launched:  # a Slurm job per trial, named after the search and the trial
+        job = os.path.join(e['work_dir'], 'job.sh')
+        text = open(job).read()
+        assert f'--job-name=asl-{NAME}-{e["trial_id"]}' in text
+        assert '#SBATCH --time=' in text
+        assert os.path.getsize(os.path.join(e['work_dir'], 'stdout.log')) > 0
+    for png in ('rewards.png', 'mu.png', 'curves.png'):
+        assert os.path.isfile(work / png)
+
+
+def test_scancel_from_outside_is_a_failed_trial_then_retried(slurm_cluster, tmp_path):
+    work = tmp_path / 'search'
+    cmd = _slurm_cmd(work) + ['search.num_steps=1']
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        ev = _wait_for(lambda: [e for e in _journal(work) if e['event'] == 'trial_launched'
+                                and e['index'] == 1], proc, 'the second trial was launched')
+        job = ev[0]['info']['job_id']
+        subprocess.run(['scancel', job], check=True, timeout=60)
+        assert proc.wait(timeout=900) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    events = _journal(work)
+    failed = [e for e in events if e['event'] == 'trial_failed']
+    assert len(failed) == 1 and failed[0]['index'] == 1 and not failed[0]['final']
+    assert failed[0]['kind'] == 'slurm:CANCELLED' and 'cancel' in failed[0]['reason'].lower()
+    assert job in failed[0]['reason']
+    retried = [e for e in events if e['event'] == 'trial_launched' and e['index'] == 1]
+    assert [e['attempt'] for e in retried] == [1, 2] and retried[1]['info']['job_id'] != job
+    assert sum(1 for e in events if e['event'] == 'trial_finished') == 2
+
+
+def test_controller_killed_and_resumed_waits_for_its_running_jobs(slurm_cluster,
+                                                                  reference_search, tmp_path):
+    ref = json.load(open(os.path.join(reference_search[0], 'best.json')))
+    work = tmp_path / 'search'
+    proc = subprocess.Popen(_slurm_cmd(work), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    def two_launched():
+        ev = [e for e in _journal(work) if e['event'] == 'trial_launched']
+        return ev if len(ev) >= 2 else None
+
+    launched = _wait_for(two_launched, proc, 'two trials were launched')
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    jobs = [e['info']['job_id'] for e in launched]
+    live = slurm.query(jobs)
+    assert any(not live[j].finished for j in jobs), 'the jobs should outlive the controller'
+    out = subprocess.run(_slurm_cmd(work), cwd=ROOT, env=_env(), capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    events = _journal(work)
+    for idx in (0, 1):  # no duplicate jobs for the trials that were running
+        assert sum(1 for e in events if e['event'] == 'trial_launched' and e['step'] == 0
+                   and e['index'] == idx) == 1
+    assert 're-attached' in out.stdout + out.stderr
+    best = json.load(open(work / 'best.json'))
+    assert best['raw_theta'] == ref['raw_theta']
+
+
+def test_stopping_the_search_cancels_its_jobs_only(slurm_cluster, tmp_path):
+    # a job that is not the search's must survive
+    other = slurm.submit(['sleep', '300'], job_name='asl-test-bystander', workdir=str(tmp_path),
+                         log_path=str(tmp_path / 'bystander.log'))
+    work = tmp_path / 'search'
+    proc = subprocess.Popen(_slurm_cmd(work), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        ev = _wait_for(lambda: [e for e in _journal(work) if e['event'] == 'trial_launched'],
+                       proc, 'a trial was launched')
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 130
+        job = ev[0]['info']['job_id']
+        deadline = time.time() + 60
+        while not slurm.query([job])[job].finished:
+            assert time.time() < deadline
+            time.sleep(0.25)
+        assert slurm.query([job])[job].state == 'CANCELLED'
+        assert not slurm.query([other])[other].finished
+    finally:
+        slurm.cancel([other])
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_retrain_slurm_two_tasks_one_training(slurm_cluster, tmp_path):
+    name = 'deeplabv3plus_r18tiny-d8_asl-miou_1xb8-1200_asldemo-64x64'
+    work = os.path.join(ROOT, 'work_dirs', 'retrain', name)
+    subprocess.run(['rm', '-rf', work], check=True)
+    env = dict(_env(), GPUS_PER_NODE='0', CPUS_PER_TASK='1', OMP_NUM_THREADS='1')
+    out = subprocess.run(['bash', 'ASL_retrain_slurm.sh', 'debug', name, '2', '1',
+                          '--cfg-options', 'train_cfg.max_iters=4', 'train_cfg.val_interval=4',
+                          'param_scheduler.0.end=4', 'default_hooks.checkpoint.interval=4'],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert os.path.isfile(os.path.join(work, 'iter_4.pth'))
+    log = open(glob.glob(os.path.join(work, '*', '*.log'))[0]).read()
+    assert 'Distributed launcher: slurm' in log and 'Distributed training: True' in log
+    assert 'mIoU:' in log and 'BF1:' in log
