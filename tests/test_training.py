@@ -95,7 +95,8 @@ def test_kill_after_first_checkpoint_then_resume(tmp_path):
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(2), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
-    while not (work / 'iter_8.pth').exists():
+    # last_checkpoint is written once a checkpoint is complete
+    while not (work / 'last_checkpoint').exists():
         assert proc.poll() is None, 'training ended before its first checkpoint'
         assert time.time() < deadline
         time.sleep(0.05)
