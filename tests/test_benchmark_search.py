@@ -1,0 +1,99 @@
+"""Tests of ``tools/benchmark_search.py`` on hand-made journals (no training is run)."""
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = os.path.join(ROOT, 'tools', 'benchmark_search.py')
+
+_spec = importlib.util.spec_from_file_location('benchmark_search', TOOL)
+bs = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault('benchmark_search', bs)
+_spec.loader.exec_module(bs)
+
+
+def _line(seq, t, event, **fields):
+    return json.dumps(dict(seq=seq, time=t, event=event, **fields)) + '\n'
+
+
+def _make_search(tmp_path, torn=False):
+    """Two trials run one after the other, and one failed attempt."""
+    work = tmp_path / 'search'
+    lines = [_line(0, 1000.0, 'search_started'), _line(1, 1000.5, 'step_started', step=0)]
+    seq = 2
+    t = 1001.0
+    # (trial id, executor wall, wall, train iterations, eval)
+    trials = [('s00-c00-a1', 100.0, 98.0, 80.0, 5.0), ('s00-c01-a1', 50.0, 49.0, 45.0, 1.0)]
+    for tid, ex, wall, train, val in trials:
+        d = work / 'trials' / tid
+        (d / '20260101_000000' / 'vis_data').mkdir(parents=True)
+        (d / 'result.json').write_text(json.dumps(dict(metrics={'mIoU': 1.0}, iter=100,
+                                                       wall_s=wall, train_iter_s=train,
+                                                       val_s=val, overhead_s=wall - train)))
+        (d / '20260101_000000' / 'vis_data' / 'scalars.json').write_text(
+            json.dumps(dict(lr=0.1, data_time=0.02, time=0.5, iter=50)) + '\n'
+            + json.dumps(dict(lr=0.1, data_time=0.04, time=0.5, iter=100)) + '\n'
+            + json.dumps(dict(mIoU=1.0, data_time=9.0, time=9.0, step=100)) + '\n')
+        lines.append(_line(seq, t, 'trial_launched', step=0, trial_id=tid, work_dir=str(d)))
+        lines.append(_line(seq + 1, t + ex, 'trial_finished', step=0, trial_id=tid, reward=0.1,
+                           metrics={}, timing=dict(wall_s=wall, train_iter_s=train, val_s=val,
+                                                   overhead_s=wall - train,
+                                                   executor_wall_s=ex)))
+        seq += 2
+        t += ex + 2.0  # 2 s of controller work between trials
+    lines.append(_line(seq, t, 'trial_launched', step=0, trial_id='s00-c02-a1',
+                       work_dir=str(work / 'x')))
+    lines.append(_line(seq + 1, t + 10.0, 'trial_failed', step=0, trial_id='s00-c02-a1',
+                       kind='crash', reason='exit status 1', final=True))
+    text = ''.join(lines) + ('{"seq": 99, "time": 1' if torn else '')
+    (work / 'journal.jsonl').write_text(text)
+    return work
+
+
+@pytest.mark.parametrize('torn', [False, True])
+def test_analyse_work_dir(tmp_path, capsys, torn):
+    work = _make_search(tmp_path, torn)
+    assert bs.main(['--work-dir', str(work)]) == 0
+    out = capsys.readouterr().out
+    rep = json.loads((work / 'benchmark.json').read_text())
+    assert rep['finished'] == 2 and rep['failed'] == 1
+    a, b = rep['trials']
+    assert a['overhead_s'] == pytest.approx(20.0) and a['overhead_pct'] == pytest.approx(20.0)
+    assert a['startup_s'] == pytest.approx(13.0) and a['teardown_s'] == pytest.approx(2.0)
+    assert a['data_fetch_s_est'] == pytest.approx(3.0)  # mean 0.03 s x 100 iterations
+    assert b['overhead_pct'] == pytest.approx(10.0)
+    assert rep['overhead_pct_mean'] == pytest.approx(15.0)
+    assert rep['overhead_pct_median'] == pytest.approx(15.0)
+    assert rep['totals']['overhead_pct'] == pytest.approx(100.0 * 25.0 / 150.0)
+    # first launch 1001, last outcome: 1001 + 100 + 2 + 50 + 2 + 10 = 1165
+    assert rep['span_s'] == pytest.approx(164.0)
+    assert rep['trials_per_hour'] == pytest.approx(3600.0 * 2 / 164.0)
+    assert rep['idle_s'] == pytest.approx(4.0)
+    b_s = rep['breakdown_mean_s']
+    assert b_s['startup_s'] + b_s['val_s'] + b_s['teardown_s'] == pytest.approx(b_s['overhead_s'])
+    assert rep['meets_target'] is True
+    assert '**trials per hour**' in out and 'PASS' in out
+
+
+def test_target_and_empty(tmp_path, capsys):
+    work = _make_search(tmp_path)
+    bs.main(['--work-dir', str(work), '--target', '15'])
+    assert 'FAIL: max overhead per trial 20.0%' in capsys.readouterr().out
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    (empty / 'journal.jsonl').write_text(_line(0, 1.0, 'search_started'))
+    assert bs.main(['--work-dir', str(empty)]) == 1
+
+
+def test_search_command():
+    args = bs.argparse.Namespace(config='c.py', run_dir='w', steps=1, samples=2, iters=20,
+                                 workers=None, time_limit=None)
+    cmd = bs.search_command(args)
+    assert cmd[1].endswith(os.path.join('tools', 'search.py'))
+    assert cmd[2:5] == ['c.py', '--work-dir', 'w']
+    assert cmd[cmd.index('--cfg-options') + 1:] == [
+        'search.num_steps=1', 'search.num_samples=2', 'train_cfg.max_iters=20',
+        'train_cfg.val_interval=20', 'param_scheduler.0.end=20']
