@@ -1,0 +1,658 @@
+#!/usr/bin/env python
+"""Compare the segmentation losses on the demo data, in the shape of the paper's Table 2.
+
+Trains the demo model (``configs/retrain/demo/``) once per loss -- cross-entropy,
+Dice, Lovász, each published ``AutoSegLoss`` surrogate (mIoU, FWIoU, BIoU, BF1,
+mAcc, gAcc) and the sums mIoU + BIoU and mIoU + BF1 -- with the same seed and
+iteration budget. Every training is a real ``tools/train.py`` subprocess, run one
+after the other; the single validation at the end of each reports all six metrics
+(``ASLMetric``) on the demo val split, which ``ASLTrialHook`` writes to
+``result.json`` in the run's work dir.
+
+Output in ``--out`` (default ``work_dirs/compare_losses/``):
+
+* ``results.md``: a Markdown table, rows = losses, columns = the six metrics, the
+  best value of each column in bold, failed runs with their reason (rewritten after
+  every run while the comparison goes on, the remaining losses marked pending);
+* ``results.csv``: the same numbers, one row per loss (plus status, reason, time);
+* ``results.png``: a heat-map of the table;
+* ``runs/<loss>/``: each run's work dir (MMEngine log, checkpoint, ``result.json``),
+  its config ``compare_cfg.py`` (generated, then replaced by MMEngine with the full
+  resolved config it ran), its console output ``train.log`` and ``compare_run.json``
+  (loss, seed, iterations, command, exit status, wall time).
+
+A run whose ``result.json`` already exists for the same loss, seed and number of
+iterations is reused, not retrained (``--no-resume`` retrains everything).
+
+Examples::
+
+    python tools/compare_losses.py                                 # 11 runs x 1200 iters
+    python tools/compare_losses.py --iters 100 --losses ce,dice,asl-miou
+    python tools/compare_losses.py --threads 4 --out work_dirs/cmp_seed1 --seed 1
+
+The exit status is 0 when every run produced its metrics, 1 when any run failed,
+2 on a usage error (for example an unknown loss name).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import io
+import json
+import os
+import os.path as osp
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIG_DIR = osp.join(ROOT, 'configs', 'retrain', 'demo')
+CONFIG_PATTERN = 'deeplabv3plus_r18tiny-d8_{}_1xb8-1200_asldemo-64x64.py'
+
+#: Iterations of the demo configs.
+DEFAULT_ITERS = 1200
+DEFAULT_SEED = 0
+DEFAULT_OUT = osp.join('work_dirs', 'compare_losses')
+#: Dataset the demo configs train and validate on (relative to the repository root).
+DATA_DESCRIPTION = 'asl demo data (data/asl_demo, 64x64, 5 classes), val split (80 images)'
+
+#: The six metrics, in the column order of the paper's Table 2.
+METRICS = ('mIoU', 'FWIoU', 'BIoU', 'BF1', 'mAcc', 'gAcc')
+
+#: Loss key -> row label, in the row order of the paper's Table 2.
+LOSSES: Dict[str, str] = {
+    'ce': 'Cross-entropy',
+    'dice': 'Dice',
+    'lovasz': 'Lovász',
+    'asl-miou': 'Auto Seg-Loss mIoU',
+    'asl-fwiou': 'Auto Seg-Loss FWIoU',
+    'asl-biou': 'Auto Seg-Loss BIoU',
+    'asl-bf1': 'Auto Seg-Loss BF1',
+    'asl-macc': 'Auto Seg-Loss mAcc',
+    'asl-gacc': 'Auto Seg-Loss gAcc',
+    'asl-miou+biou': 'Auto Seg-Loss mIoU + BIoU',
+    'asl-miou+bf1': 'Auto Seg-Loss mIoU + BF1',
+}
+
+RESULT_FILE = 'result.json'
+FAILURE_FILE = 'failure.json'
+RUN_META_FILE = 'compare_run.json'
+RUN_CONFIG_FILE = 'compare_cfg.py'
+RUN_LOG_FILE = 'train.log'
+CSV_FIELDS = ('loss', 'label', 'status') + METRICS + ('wall_s', 'reused', 'reason')
+
+_ITER_RE = re.compile(r'Iter\(train\)\s*\[\s*(\d+)\s*/\s*(\d+)\]')
+
+
+@dataclass
+class RunResult:
+    """Outcome of one loss's training.
+
+    Attributes:
+        loss (str): loss key (see :data:`LOSSES`).
+        status (str): ``'ok'`` or ``'failed'`` (``'skipped'`` for a run not started
+            because an earlier one failed without ``--keep-going``).
+        metrics (dict): metric name -> value in percent (empty unless ``'ok'``).
+        reason (str): why the run failed (empty when ``'ok'``).
+        wall_s (float, optional): wall time of the training process in seconds.
+        reused (bool): the result comes from an earlier invocation.
+    """
+
+    loss: str
+    status: str
+    metrics: Dict[str, float] = field(default_factory=dict)
+    reason: str = ''
+    wall_s: Optional[float] = None
+    reused: bool = False
+
+    @property
+    def label(self) -> str:
+        """str: the row label of the loss."""
+        return LOSSES.get(self.loss, self.loss)
+
+    @property
+    def ok(self) -> bool:
+        """bool: whether the run produced its metrics."""
+        return self.status == 'ok'
+
+
+def parse_losses(text: Optional[str]) -> List[str]:
+    """Parse a comma-separated list of loss keys.
+
+    Args:
+        text (str, optional): e.g. ``'ce,asl-miou'``; empty or None means all losses.
+
+    Returns:
+        list[str]: the keys in the given order, without duplicates.
+
+    Raises:
+        ValueError: on an unknown key; the message names it and lists the valid keys.
+    """
+    if not text or not text.strip():
+        return list(LOSSES)
+    keys: List[str] = []
+    for raw in text.split(','):
+        key = raw.strip().lower()
+        if not key:
+            continue
+        if key not in LOSSES:
+            raise ValueError(f'unknown loss {raw.strip()!r}; valid losses: '
+                             + ', '.join(LOSSES))
+        if key not in keys:
+            keys.append(key)
+    if not keys:
+        raise ValueError('no loss given; valid losses: ' + ', '.join(LOSSES))
+    return keys
+
+
+def config_path(loss: str) -> str:
+    """Return the absolute path of the demo config of ``loss``."""
+    return osp.join(CONFIG_DIR, CONFIG_PATTERN.format(loss))
+
+
+def iteration_options(iters: int) -> List[str]:
+    """``--cfg-options`` entries that set the iteration budget consistently.
+
+    The training length, the end of the poly schedule, the validation interval (one
+    validation at the end) and the checkpoint interval all follow ``iters``.
+    """
+    return [f'train_cfg.max_iters={iters}', f'param_scheduler.0.end={iters}',
+            f'train_cfg.val_interval={iters}', f'default_hooks.checkpoint.interval={iters}']
+
+
+def run_config_text(loss: str) -> str:
+    """Text of the per-run config: the demo config of ``loss`` plus ``ASLTrialHook``.
+
+    MMEngine's ``--cfg-options`` cannot express a list of dicts, so the hook is added
+    by a two-line config that inherits from the demo config.
+    """
+    return (f'# Generated by tools/compare_losses.py: {LOSSES[loss]}.\n'
+            f'_base_ = {config_path(loss)!r}\n'
+            f"custom_hooks = [dict(type='ASLTrialHook', result_file={RESULT_FILE!r}, "
+            f'failure_file={FAILURE_FILE!r})]\n')
+
+
+def build_command(loss: str, run_dir: str, iters: int, seed: int,
+                  python: Optional[str] = None) -> List[str]:
+    """Build the ``tools/train.py`` command line of one run.
+
+    Args:
+        loss (str): loss key.
+        run_dir (str): the run's work dir; it holds the generated config
+            (:func:`run_config_text`, written by :func:`prepare_run_dir`).
+        iters (int): training iterations.
+        seed (int): random seed.
+        python (str, optional): interpreter (default: the current one).
+
+    Returns:
+        list[str]: the argument vector.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f'unknown loss {loss!r}; valid losses: ' + ', '.join(LOSSES))
+    return ([python or sys.executable, osp.join(ROOT, 'tools', 'train.py'),
+             osp.join(run_dir, RUN_CONFIG_FILE), '--work-dir', run_dir, '--seed', str(seed),
+             '--cfg-options'] + iteration_options(iters))
+
+
+def build_commands(losses: Sequence[str], out_dir: str, iters: int, seed: int,
+                   python: Optional[str] = None) -> Dict[str, List[str]]:
+    """Build the command of every loss (run dirs ``<out_dir>/runs/<loss>``).
+
+    Returns:
+        dict: loss key -> argument vector, in the order of ``losses``.
+    """
+    return {loss: build_command(loss, run_dir(out_dir, loss), iters, seed, python)
+            for loss in losses}
+
+
+def run_dir(out_dir: str, loss: str) -> str:
+    """Return the work dir of ``loss`` under ``out_dir``."""
+    return osp.join(osp.abspath(out_dir), 'runs', loss)
+
+
+def prepare_run_dir(path: str, loss: str, iters: int, seed: int,
+                    command: Sequence[str]) -> None:
+    """Empty ``path`` and write the run's config and its description.
+
+    Anything from an earlier run there (a stale ``result.json`` above all) is removed,
+    so that the results read afterwards are this run's.
+    """
+    if osp.isdir(path):
+        shutil.rmtree(path)
+    os.makedirs(path)
+    with open(osp.join(path, RUN_CONFIG_FILE), 'w') as f:
+        f.write(run_config_text(loss))
+    _write_json(osp.join(path, RUN_META_FILE),
+                dict(loss=loss, iters=iters, seed=seed, config=config_path(loss),
+                     command=list(command)))
+
+
+def reusable(path: str, loss: str, iters: int, seed: int) -> bool:
+    """Whether ``path`` holds a finished run of ``loss`` with these ``iters`` and ``seed``.
+
+    True when ``compare_run.json`` names the same loss, iterations and seed and
+    ``result.json`` reports the validation at iteration ``iters`` with all six metrics.
+    """
+    meta = _read_json(osp.join(path, RUN_META_FILE))
+    result = _read_json(osp.join(path, RESULT_FILE))
+    if not isinstance(meta, dict) or not isinstance(result, dict):
+        return False
+    if (meta.get('loss'), meta.get('iters'), meta.get('seed')) != (loss, iters, seed):
+        return False
+    metrics = result.get('metrics') or {}
+    return result.get('iter') == iters and all(
+        isinstance(metrics.get(m), (int, float)) for m in METRICS)
+
+
+def parse_result(path: str, loss: str, returncode: Optional[int] = 0,
+                 wall_s: Optional[float] = None, reused: bool = False) -> RunResult:
+    """Read the outcome of a run from its work dir.
+
+    Args:
+        path (str): the run's work dir.
+        loss (str): loss key.
+        returncode (int, optional): exit status of the training process (0, or None
+            when unknown, e.g. a reused run).
+        wall_s (float, optional): measured wall time; default: ``result.json``'s.
+        reused (bool): mark the result as reused.
+
+    Returns:
+        RunResult: ``'ok'`` with the six metrics, or ``'failed'`` with a reason (the
+        hook's ``failure.json``, the last error line of ``train.log``, the exit
+        status, or what is missing from ``result.json``).
+    """
+    result = _read_json(osp.join(path, RESULT_FILE))
+    if returncode not in (0, None):
+        return RunResult(loss, 'failed', reason=failure_reason(path, returncode),
+                         wall_s=wall_s, reused=reused)
+    if not isinstance(result, dict):
+        return RunResult(loss, 'failed', reason=f'no {RESULT_FILE} written',
+                         wall_s=wall_s, reused=reused)
+    metrics = result.get('metrics') or {}
+    missing = [m for m in METRICS if not isinstance(metrics.get(m), (int, float))]
+    if missing:
+        return RunResult(loss, 'failed', reason='metrics missing: ' + ', '.join(missing),
+                         wall_s=wall_s, reused=reused)
+    if wall_s is None:  # reused: the time measured by the invocation that trained it
+        meta = _read_json(osp.join(path, RUN_META_FILE))
+        for source in (meta if isinstance(meta, dict) else {}, result):
+            if isinstance(source.get('wall_s'), (int, float)):
+                wall_s = float(source['wall_s'])
+                break
+    return RunResult(loss, 'ok', metrics={m: float(metrics[m]) for m in METRICS},
+                     wall_s=wall_s, reused=reused)
+
+
+def failure_reason(path: str, returncode: int) -> str:
+    """Explain a failed run: exit status plus ``failure.json``'s reason or the last error."""
+    head = f'exit status {returncode}'
+    if returncode < 0:
+        head = f'killed by signal {-returncode}'
+    failure = _read_json(osp.join(path, FAILURE_FILE))
+    if isinstance(failure, dict) and failure.get('reason'):
+        return f"{head}: {failure['reason']}"
+    line = last_error_line(osp.join(path, RUN_LOG_FILE))
+    return f'{head}: {line}' if line else head
+
+
+def last_error_line(log_file: str) -> str:
+    """Return the last line of ``log_file`` that looks like an error (or the last line)."""
+    try:
+        with open(log_file, errors='replace') as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+    except OSError:
+        return ''
+    for ln in reversed(lines):
+        if re.match(r'^[\w.]*(Error|Exception|Interrupt)\b', ln) or ln.startswith('error:'):
+            return ln[:300]
+    return lines[-1][:300] if lines else ''
+
+
+def best_values(results: Sequence[RunResult], digits: int = 2) -> Dict[str, float]:
+    """Best (highest) value of each metric among the successful runs, rounded to ``digits``."""
+    best: Dict[str, float] = {}
+    for m in METRICS:
+        vals = [round(r.metrics[m], digits) for r in results if r.ok and m in r.metrics]
+        if vals:
+            best[m] = max(vals)
+    return best
+
+
+def _md_escape(text: str) -> str:
+    return text.replace('|', '\\|').replace('\n', ' ')
+
+
+def format_markdown(results: Sequence[RunResult], header: str = '', digits: int = 2) -> str:
+    """Render the results as a Markdown table shaped like the paper's Table 2.
+
+    Rows are the losses, columns the six metrics (percent, ``digits`` decimals); the
+    best value of each column is bold (every tied value). A failed run shows
+    ``failed: <reason>`` in its first metric cell and ``–`` in the others.
+
+    Args:
+        results (list[RunResult]): one per loss, in row order.
+        header (str): text placed above the table (e.g. seed, iterations, data).
+        digits (int): decimals.
+
+    Returns:
+        str: the Markdown document.
+    """
+    best = best_values(results, digits)
+    lines = []
+    if header:
+        lines += [header.rstrip(), '']
+    lines.append('| Loss | ' + ' | '.join(METRICS) + ' |')
+    lines.append('|:--|' + '--:|' * len(METRICS))
+    for r in results:
+        if r.ok:
+            cells = []
+            for m in METRICS:
+                v = round(r.metrics[m], digits)
+                s = f'{v:.{digits}f}'
+                cells.append(f'**{s}**' if best.get(m) == v else s)
+        else:
+            what = 'failed' if r.status == 'failed' else r.status
+            first = f'{what}: {_md_escape(r.reason)}' if r.reason else what
+            cells = [first] + ['–'] * (len(METRICS) - 1)
+        lines.append(f'| {_md_escape(r.label)} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def format_csv(results: Sequence[RunResult], digits: int = 4) -> str:
+    """Render the results as CSV (columns :data:`CSV_FIELDS`; empty metrics when failed)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator='\n')
+    w.writeheader()
+    for r in results:
+        row = dict(loss=r.loss, label=r.label, status=r.status, reason=r.reason,
+                   reused=int(r.reused),
+                   wall_s='' if r.wall_s is None else f'{r.wall_s:.1f}')
+        for m in METRICS:
+            row[m] = f'{r.metrics[m]:.{digits}f}' if r.ok else ''
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def write_png(results: Sequence[RunResult], path: str, title: str = '') -> None:
+    """Draw the results as a heat-map (losses x metrics, values in percent) into ``path``.
+
+    Each column is colored relative to its own range so that the best loss per metric
+    stands out; failed runs are grey rows labeled ``failed``. Uses matplotlib's Agg
+    backend.
+    """
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n = len(results)
+    values = np.full((n, len(METRICS)), np.nan)
+    for i, r in enumerate(results):
+        if r.ok:
+            values[i] = [r.metrics[m] for m in METRICS]
+    shade = np.full_like(values, np.nan)
+    for j in range(len(METRICS)):
+        col = values[:, j]
+        if np.all(np.isnan(col)):
+            continue
+        lo, hi = np.nanmin(col), np.nanmax(col)
+        shade[:, j] = (col - lo) / (hi - lo) if hi > lo else 1.0
+    best = best_values(results)
+
+    fig, ax = plt.subplots(figsize=(8.5, 0.45 * n + 1.6))
+    cmap = matplotlib.colormaps['viridis'].with_extremes(bad='#dddddd')
+    ax.imshow(np.ma.masked_invalid(shade), cmap=cmap, vmin=0, vmax=1, aspect='auto')
+    for i, r in enumerate(results):
+        for j, m in enumerate(METRICS):
+            if r.ok:
+                v = values[i, j]
+                is_best = best.get(m) == round(float(v), 2)
+                ax.text(j, i, f'{v:.2f}', ha='center', va='center', fontsize=9,
+                        fontweight='bold' if is_best else 'normal',
+                        color='black' if shade[i, j] > 0.6 else 'white')
+            elif j == 0:
+                ax.text(j, i, r.status, ha='center', va='center', fontsize=9, color='#aa0000')
+    ax.set_xticks(range(len(METRICS)), METRICS)
+    ax.set_yticks(range(n), [r.label for r in results])
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    if title:
+        ax.set_xlabel(title, fontsize=8)
+    fig.tight_layout()
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(results: Sequence[RunResult], out_dir: str, header: str = '') -> Dict[str, str]:
+    """Write ``results.md``, ``results.csv`` and ``results.png`` into ``out_dir``.
+
+    Returns:
+        dict: ``'md'``, ``'csv'``, ``'png'`` -> path.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    paths = dict(md=osp.join(out_dir, 'results.md'), csv=osp.join(out_dir, 'results.csv'),
+                 png=osp.join(out_dir, 'results.png'))
+    with open(paths['md'], 'w') as f:
+        f.write(format_markdown(results, header))
+    with open(paths['csv'], 'w', newline='') as f:
+        f.write(format_csv(results))
+    write_png(results, paths['png'], title=header.splitlines()[-1] if header else '')
+    return paths
+
+
+def make_header(iters: int, seed: int, wall_s: float, trained: int, reused: int,
+                threads: int, done: Optional[tuple] = None,
+                runs_s: Optional[float] = None) -> str:
+    """Header line(s) of ``results.md``: seed, iterations, data, time.
+
+    Args:
+        wall_s (float): wall time of this invocation.
+        runs_s (float, optional): the runs' own wall times added up (reused runs
+            included).
+        done (tuple, optional): ``(finished, total)`` for a partial table written
+            while the comparison is still running.
+    """
+    when = datetime.datetime.now().strftime('%Y-%m-%d %H:%M')
+    title = '# Loss comparison (Table 2 layout)'
+    if done is not None:
+        title += f' -- in progress, {done[0]}/{done[1]} runs finished'
+    return (title + '\n\n'
+            f'Seed {seed}, {iters} iterations per loss (batch 8, DeepLabV3+ R18-tiny), '
+            f'{DATA_DESCRIPTION}; metrics in %, best per column in bold. '
+            + (f'Training processes took {format_duration(runs_s)} in all; '
+               if runs_s is not None else '')
+            + f'this invocation {format_duration(wall_s)} ({trained} run(s) trained, '
+            f'{reused} reused), {threads} thread(s), {platform.node() or "host"}, {when}.')
+
+
+def format_duration(seconds: Optional[float]) -> str:
+    """Format seconds as ``1h02m03s`` / ``2m03s`` / ``4.5s``."""
+    if seconds is None:
+        return '?'
+    if seconds < 60:
+        return f'{seconds:.1f}s'
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
+
+
+def train_one(loss: str, path: str, command: Sequence[str], iters: int, seed: int,
+              env: Dict[str, str], heartbeat_s: float = 30.0,
+              log=print) -> RunResult:
+    """Run one training subprocess (cwd: the repository root) and read its result.
+
+    The console output goes to ``<path>/train.log``; every ``heartbeat_s`` seconds
+    the latest logged training iteration is printed.
+    """
+    prepare_run_dir(path, loss, iters, seed, command)
+    log_file = osp.join(path, RUN_LOG_FILE)
+    t0 = time.time()
+    with open(log_file, 'w') as out:
+        try:
+            proc = subprocess.Popen(list(command), cwd=ROOT, env=env, stdout=out,
+                                    stderr=subprocess.STDOUT)
+        except OSError as e:
+            return RunResult(loss, 'failed', reason=f'could not start: {e}')
+        try:
+            while True:
+                try:
+                    rc = proc.wait(timeout=heartbeat_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    it = _last_iter(log_file)
+                    log(f'    ... {format_duration(time.time() - t0)}'
+                        + (f', iteration {it}/{iters}' if it else ''), flush=True)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    wall = time.time() - t0
+    meta = _read_json(osp.join(path, RUN_META_FILE)) or {}
+    meta.update(returncode=rc, wall_s=wall)
+    _write_json(osp.join(path, RUN_META_FILE), meta)
+    return parse_result(path, loss, rc, wall_s=wall)
+
+
+def _total_wall(results: Sequence[RunResult]) -> float:
+    return sum(r.wall_s or 0.0 for r in results)
+
+
+def _last_iter(log_file: str) -> Optional[int]:
+    try:
+        with open(log_file, errors='replace') as f:
+            text = f.read()
+    except OSError:
+        return None
+    found = _ITER_RE.findall(text)
+    return int(found[-1][0]) if found else None
+
+
+def _read_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=2)
+        f.write('\n')
+    os.replace(tmp, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser."""
+    p = argparse.ArgumentParser(
+        description='Train the demo model once per loss and compare the six metrics '
+                    '(Table 2 layout).',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--out', default=DEFAULT_OUT, help='output directory')
+    p.add_argument('--iters', type=int, default=DEFAULT_ITERS,
+                   help='training iterations per loss')
+    p.add_argument('--seed', type=int, default=DEFAULT_SEED, help='random seed of every run')
+    p.add_argument('--losses', default='',
+                   help='comma-separated subset of: ' + ','.join(LOSSES) + ' (default: all)')
+    p.add_argument('--threads', type=int, default=os.cpu_count() or 1,
+                   help='OMP_NUM_THREADS (and MKL_NUM_THREADS) of the training processes')
+    p.add_argument('--resume', action=argparse.BooleanOptionalAction, default=True,
+                   help='reuse a run whose result.json exists for the same iterations and seed')
+    p.add_argument('--keep-going', action=argparse.BooleanOptionalAction, default=True,
+                   help='after a failed run, go on with the others')
+    p.add_argument('--python', default=sys.executable,
+                   help='interpreter for tools/train.py')
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the comparison; return the exit status (0 ok, 1 a run failed, 2 usage)."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        losses = parse_losses(args.losses)
+    except ValueError as e:
+        p.error(str(e))
+    if args.iters < 1:
+        p.error('--iters must be at least 1')
+    if args.threads < 1:
+        p.error('--threads must be at least 1')
+    # SIGTERM (kill, nohup jobs) ends the running training too, like Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    out_dir = osp.abspath(args.out)
+    commands = build_commands(losses, out_dir, args.iters, args.seed, args.python)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
+               MKL_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED='1')
+
+    plan = {loss: args.resume and reusable(run_dir(out_dir, loss), loss, args.iters, args.seed)
+            for loss in losses}
+    n = len(losses)
+    n_train = sum(not v for v in plan.values())
+    print(f'Comparing {n} loss(es), {args.iters} iterations, seed {args.seed}, '
+          f'{args.threads} thread(s) -> {out_dir}'
+          + (f' ({n - n_train} reused)' if n_train < n else ''), flush=True)
+
+    t_start = time.time()
+    results: List[RunResult] = []
+    durations: List[float] = []
+    trained_left = n_train
+    stop = False
+    for i, loss in enumerate(losses, 1):
+        path = run_dir(out_dir, loss)
+        tag = f'[{i}/{n}] {loss} ({LOSSES[loss]})'
+        if stop:
+            results.append(RunResult(loss, 'skipped', reason='not run: an earlier run failed'))
+            continue
+        if plan[loss]:
+            r = parse_result(path, loss, None, reused=True)
+            print(f'{tag}: reusing the existing result in {path} '
+                  f'(same iterations and seed; not retrained)', flush=True)
+        else:
+            print(f'{tag}: training ... (log: {osp.join(path, RUN_LOG_FILE)})', flush=True)
+            r = train_one(loss, path, commands[loss], args.iters, args.seed, env)
+            durations.append(r.wall_s or 0.0)
+            trained_left -= 1
+        elapsed = time.time() - t_start
+        eta = (sum(durations) / len(durations) * trained_left) if durations else None
+        state = (f'mIoU {r.metrics["mIoU"]:.2f}' if r.ok else f'FAILED ({r.reason})')
+        took = '' if r.reused else f' in {format_duration(r.wall_s)}'
+        print(f'{tag}: {state}{took} | elapsed {format_duration(elapsed)}'
+              + (f', ETA {format_duration(eta)}' if eta is not None and trained_left else ''),
+              flush=True)
+        results.append(r)
+        if not r.ok and not args.keep_going:
+            stop = True
+        if i < n:  # a partial table after every run, the rest marked pending
+            pending = [RunResult(k, 'pending') for k in losses[i:]]
+            header = make_header(args.iters, args.seed, elapsed, len(durations),
+                                 sum(x.reused for x in results), args.threads,
+                                 done=(i, n), runs_s=_total_wall(results))
+            write_outputs(results + pending, out_dir, header)
+
+    wall = time.time() - t_start
+    header = make_header(args.iters, args.seed, wall, len(durations),
+                         sum(r.reused for r in results), args.threads,
+                         runs_s=_total_wall(results))
+    paths = write_outputs(results, out_dir, header)
+    print()
+    print(format_markdown(results))
+    print('Wrote ' + ', '.join(paths.values()))
+    failed = [r.loss for r in results if not r.ok]
+    if failed:
+        print(f'{len(failed)} run(s) failed or not run: ' + ', '.join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
