@@ -431,8 +431,15 @@ def write_png(results: Sequence[RunResult], path: str, title: str = '') -> None:
     plt.close(fig)
 
 
-def write_outputs(results: Sequence[RunResult], out_dir: str, header: str = '') -> Dict[str, str]:
+def write_outputs(results: Sequence[RunResult], out_dir: str, header: str = '',
+                  title: str = '') -> Dict[str, str]:
     """Write ``results.md``, ``results.csv`` and ``results.png`` into ``out_dir``.
+
+    Args:
+        results (list[RunResult]): one per loss, in row order.
+        out_dir (str): output directory.
+        header (str): text above the Markdown table (see :func:`make_header`).
+        title (str): caption of the figure.
 
     Returns:
         dict: ``'md'``, ``'csv'``, ``'png'`` -> path.
@@ -444,7 +451,7 @@ def write_outputs(results: Sequence[RunResult], out_dir: str, header: str = '') 
         f.write(format_markdown(results, header))
     with open(paths['csv'], 'w', newline='') as f:
         f.write(format_csv(results))
-    write_png(results, paths['png'], title=header.splitlines()[-1] if header else '')
+    write_png(results, paths['png'], title=title)
     return paths
 
 
@@ -471,6 +478,12 @@ def make_header(iters: int, seed: int, wall_s: float, trained: int, reused: int,
                if runs_s is not None else '')
             + f'this invocation {format_duration(wall_s)} ({trained} run(s) trained, '
             f'{reused} reused), {threads} thread(s), {platform.node() or "host"}, {when}.')
+
+
+def png_title(iters: int, seed: int) -> str:
+    """Caption of ``results.png``."""
+    return (f'{iters} iterations per loss, seed {seed}; demo val split, %; '
+            'colors relative to each column, best in bold')
 
 
 def format_duration(seconds: Optional[float]) -> str:
@@ -637,13 +650,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             header = make_header(args.iters, args.seed, elapsed, len(durations),
                                  sum(x.reused for x in results), args.threads,
                                  done=(i, n), runs_s=_total_wall(results))
-            write_outputs(results + pending, out_dir, header)
+            write_outputs(results + pending, out_dir, header, png_title(args.iters, args.seed))
 
     wall = time.time() - t_start
     header = make_header(args.iters, args.seed, wall, len(durations),
                          sum(r.reused for r in results), args.threads,
                          runs_s=_total_wall(results))
-    paths = write_outputs(results, out_dir, header)
+    paths = write_outputs(results, out_dir, header, png_title(args.iters, args.seed))
     print()
     print(format_markdown(results))
     print('Wrote ' + ', '.join(paths.values()))
