@@ -20,7 +20,7 @@ from ._ext import ext as _ext
 from ._ext import use_cpu_kernels
 from .curves import Curve
 from .formula.compiler import CompiledMetric, MapNode, StatNode
-from .fused import fused_stat_sums, plan_fused
+from .fused import fused_class_max, fused_stat_sums, plan_fused
 
 __all__ = [
     'SURROGATE_EPS', 'check_labels', 'prepare_targets', 'evaluate_stats', 'evaluate_result',
@@ -177,16 +177,23 @@ def _surrogate_stats_fused(compiled: CompiledMetric, curves: Sequence[Curve], p:
     rest = [i for i in range(len(compiled.stats)) if i not in plan.fused]
     memo: Dict[int, torch.Tensor] = {}
     env: Dict[str, torch.Tensor] = {}
-    if rest or plan.extras:
-        g, m = prepare_targets(label, p.shape[1], ignore_index, dtype=p.dtype)
-        env = {'P': p, 'G': g, 'M': m}
-    extras = [_eval_map(node, env, curves, memo) for node in plan.extras]
+
+    def torch_env() -> Dict[str, torch.Tensor]:
+        if not env:
+            g, m = prepare_targets(label, p.shape[1], ignore_index, dtype=p.dtype)
+            env.update(P=p, G=g, M=m)
+        return env
+
+    extras = []
+    for j, node in enumerate(plan.extras):
+        x = fused_class_max(plan, j, curves, p, label, ignore_index)
+        extras.append(x if x is not None else _eval_map(node, torch_env(), curves, memo))
     fused = fused_stat_sums(plan, curves, p, label, ignore_index, extras)
     sums: List[Optional[torch.Tensor]] = [None] * len(compiled.stats)
     for row, i in enumerate(plan.fused):
         sums[i] = fused[row]
     for i in rest:
-        sums[i] = _eval_map(compiled.stats[i], env, curves, memo).sum((0, 2, 3))
+        sums[i] = _eval_map(compiled.stats[i], torch_env(), curves, memo).sum((0, 2, 3))
     return sums
 
 
