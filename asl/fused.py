@@ -121,34 +121,50 @@ class _Program:
         return self.reg(('1-', r), OP_ONE_MINUS, r, -1, self._act(x))
 
     def live_code(self) -> Tuple[List[List[int]], List[int]]:
-        """The rows the outputs need (renumbered) and the output registers (-1: constant)."""
-        live = [False] * len(self.code)
+        """The rows the outputs need, renumbered, each with a sixth column: whether the
+        backward pass runs it (its value is read by the reverse sweep, or it is an active
+        curve, whose derivative the sweep reads); and the output registers (-1: a
+        constant)."""
+        n = len(self.code)
+        operands = {OP_CURVE: 1, OP_ONE_MINUS: 1, OP_MUL: 2, OP_ADD: 2, OP_SUB: 2}
+        live = [False] * n
         for v in self.outs:
             if v[0] == 'r':
                 live[int(v[1])] = True
-        for row in reversed(self.code):
-            op, dst, a, b, _ = row
-            if live[dst] and op in (OP_CURVE, OP_ONE_MINUS, OP_MUL, OP_ADD, OP_SUB):
+        for op, dst, a, b, _ in reversed(self.code):
+            if live[dst] and op in operands:
                 live[a] = True
-                if op not in (OP_CURVE, OP_ONE_MINUS):
+                if operands[op] == 2:
                     live[b] = True
-        new = {}
+        need = [False] * n
+        for op, dst, a, b, act in reversed(self.code):
+            if not live[dst]:
+                continue
+            if act and op == OP_MUL:
+                need[b] |= bool(self.active[a])
+                need[a] |= bool(self.active[b])
+            if act and op == OP_CURVE:
+                need[dst] = need[a] = True
+            if need[dst] and op in operands:
+                need[a] = True
+                if operands[op] == 2:
+                    need[b] = True
+        new: Dict[int, int] = {}
         code = []
-        for row in self.code:
-            op, dst, a, b, act = row
+        for op, dst, a, b, act in self.code:
             if not live[dst]:
                 continue
             new[dst] = len(code)
-            if op in (OP_CURVE, OP_ONE_MINUS, OP_MUL, OP_ADD, OP_SUB):
+            if op in operands:
                 a = new[a]
-                if op not in (OP_CURVE, OP_ONE_MINUS):
+                if operands[op] == 2:
                     b = new[b]
-            code.append([op, new[dst], a, b, act])
+            code.append([op, new[dst], a, b, act, int(need[dst])])
         return code, [new[int(v[1])] if v[0] == 'r' else -1 for v in self.outs]
 
     def tensors(self):
         rows, regs = self.live_code()
-        code = torch.tensor(rows, dtype=torch.long).reshape(-1, 5)
+        code = torch.tensor(rows, dtype=torch.long).reshape(-1, 6)
         outs = torch.tensor(regs, dtype=torch.long)
         oconst = torch.tensor([float(v[1]) if v[0] == 'c' else 0.0 for v in self.outs],
                               dtype=torch.float64)
@@ -161,10 +177,12 @@ class _Emitter:
     are read from their materialized planes instead of being recomputed."""
 
     def __init__(self, plan: 'FusedPlan', prog: _Program, g: Optional[float],
-                 m: Optional[float], stage_limit: int, fold_pools: bool = False):
+                 m: Optional[float], stage_limit: int, fold_pools: bool = False,
+                 absent: bool = False):
         self.plan, self.prog, self.g, self.m = plan, prog, g, m
         self.stage_limit = stage_limit
         self.fold_pools = fold_pools  # a pool of a constant map is that constant
+        self.absent = absent  # G = 0 everywhere: stage maps known constant there are
         self.memo: Dict[int, Value] = {}
 
     def __call__(self, node: MapNode) -> Value:
@@ -176,6 +194,11 @@ class _Emitter:
     def _emit(self, node: MapNode) -> Value:
         plan, prog = self.plan, self.prog
         kind, args = node.kind, node.args
+        if self.absent:
+            j = plan.stage_of_pool.get(id(node), plan.stage_of_input.get(id(node)))
+            value = plan.stages[j].get('absent', float('nan')) if j is not None else None
+            if value is not None and value == value:  # (not NaN)
+                return ('c', value)
         j = plan.stage_of_input.get(id(node))
         if j is not None and j < self.stage_limit and kind not in ('input', 'const'):
             return prog.reg(('stagein', j), OP_STAGEIN, j, -1, plan.stages[j]['active'])
@@ -250,16 +273,29 @@ class FusedPlan:
         for node in roots:
             self._collect(node, set())
         nst = len(self.stages)
+        for st in self.stages:
+            # the stage's map in a plane whose class is absent from the image (G = 0
+            # everywhere), when that is a constant (inner stages first)
+            absent = _Emitter(self, _Program([]), 0.0, None, 0, fold_pools=True,
+                              absent=True)(st['input'])
+            st['absent'] = (float(absent[1]) if absent[0] == 'c' and not st['active'] else
+                            float('nan'))
         self.final = _Program(self.consts)
         self.correction = _Program(self.consts)
+        self.absent_final = _Program(self.consts)  # the final program where G = 0
         if map_node is not None:
             self.final.outs = [_Emitter(self, self.final, None, None, nst)(map_node)]
+            self.absent_final.outs = [_Emitter(self, self.absent_final, 0.0, None, nst,
+                                               fold_pools=True, absent=True)(map_node)]
         else:
             dense = _Emitter(self, self.final, 0.0, None, nst)
             one = _Emitter(self, self.correction, 1.0, 1.0, nst)
             zero = _Emitter(self, self.correction, 0.0, 1.0, nst)
+            absent = _Emitter(self, self.absent_final, 0.0, None, nst, fold_pools=True,
+                              absent=True)
             for node in roots:
                 self.final.outs.append(dense(node))
+                self.absent_final.outs.append(absent(node))
                 v1, v0 = one(node), zero(node)
                 # the same register in both: the statistic does not depend on G here
                 self.correction.outs.append(('c', 0.0) if v1 == v0 else
@@ -269,11 +305,6 @@ class FusedPlan:
             prog = _Program(self.consts)
             prog.outs = [_Emitter(self, prog, None, None, j)(st['input'])]
             self.stage_programs.append(prog)
-            # the stage's map in a plane whose class is absent from the image (G = 0
-            # everywhere), when that is a constant
-            absent = _Emitter(self, _Program([]), 0.0, None, 0, fold_pools=True)(st['input'])
-            st['absent'] = (float(absent[1]) if absent[0] == 'c' and not st['active'] else
-                            float('nan'))
         self.has_correction = any(v != ('c', 0.0) for v in self.correction.outs)
         self._tensors = None
 
@@ -326,11 +357,38 @@ class FusedPlan:
         for i, t in enumerate(tables):
             table[i, :t.shape[0]] = t
             ks[i] = t.shape[0]
-        progs = [self.final, self.correction] + self.stage_programs
+        progs = [self.final, self.correction, self.absent_final] + self.stage_programs
         codes, outs, oconsts = zip(*[p.tensors() for p in progs])
+        # planes the backward pass reads: leaves whose values the reverse sweeps of the
+        # final and correction programs need, and the inputs of the active pools
+        save_in = [s['active'] and not s['direct_p'] for s in self.stages]
+        save_out = [False] * len(self.stages)
+        for code in codes[:3]:  # (the P-independent stages are recomputed)
+            for op, _, a, _, _, need in code.tolist():
+                if need and op == OP_STAGEIN and self.stages[a]['active']:
+                    save_in[a] = True
+                elif need and op == OP_POOL and self.stages[a]['active']:
+                    save_out[a] = True
+        # stages a plane whose class is absent needs: its input, its pool
+        need_in, need_pool = [False] * len(self.stages), [False] * len(self.stages)
+
+        def refs(code):
+            for op, _, a, _, _, _ in code.tolist():
+                if op == OP_POOL:
+                    need_pool[a] = True
+                elif op == OP_STAGEIN:
+                    need_in[a] = True
+
+        refs(codes[2])
+        for j in reversed(range(len(self.stages))):
+            need_in[j] |= need_pool[j]
+            if need_in[j] and not self.stages[j]['direct_p']:
+                refs(codes[3 + j])
         stages = torch.tensor([[0 if s['how'] == 'max' else 1, s['r'], int(s['direct_p']),
-                                int(s['active'])] for s in self.stages],
-                              dtype=torch.long).reshape(-1, 4)
+                                int(s['active']), int(i), int(o), int(a), int(b)]
+                               for s, i, o, a, b in zip(self.stages, save_in, save_out,
+                                                         need_in, need_pool)],
+                              dtype=torch.long).reshape(-1, 8)
         absent = torch.tensor([s['absent'] for s in self.stages], dtype=torch.float64)
         program = (list(codes), list(outs), list(oconsts), stages, absent,
                    torch.tensor(self.consts + [0.0], dtype=torch.float64), table, ks,
@@ -352,27 +410,31 @@ def _class_max_plan(node: MapNode) -> Optional[FusedPlan]:
     return FusedPlan(None, map_node=a) if plain(a) else None
 
 
-def _run(program, p, label, extras, ignore_index, grad, mode, c_lo=0):
+def _run(program, p, label, extras, ignore_index, mode=0, grad=None, saved=(), save=False,
+         c_lo=0):
     codes, outs, oconsts, stages, absent, consts, table, ks, corr = program
     return _ext.fused_engine(codes, outs, oconsts, stages, absent, consts, table, ks, bool(corr), p,
                              label, list(extras), ignore_index, MIN_SLOPE_DENOMINATOR, grad,
-                             mode, c_lo)
+                             list(saved), save, mode, c_lo)
 
 
 class _FusedStats(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, p, label, program, ignore_index, *extras):
-        planes = _run(program, p, label, extras, ignore_index, None, 0)
+        save = ctx.needs_input_grad[0]
+        res = _run(program, p, label, extras, ignore_index, save=save)
         n, c = p.shape[:2]
-        ctx.save_for_backward(p, label, *extras)
-        ctx.program, ctx.ignore_index = program, ignore_index
-        return planes.view(n, c, -1).sum(0).t().to(p.dtype)  # (S, C)
+        ctx.save_for_backward(p, label, *extras, *res[1:])
+        ctx.program, ctx.ignore_index, ctx.num_extras = program, ignore_index, len(extras)
+        return res[0].view(n, c, -1).sum(0).t().to(p.dtype)  # (S, C)
 
     @staticmethod
     def backward(ctx, grad):
-        p, label, *extras = ctx.saved_tensors
-        dp = _run(ctx.program, p, label, extras, ctx.ignore_index, grad.contiguous(), 0)
+        p, label, *rest = ctx.saved_tensors
+        extras, saved = rest[:ctx.num_extras], rest[ctx.num_extras:]
+        (dp, ) = _run(ctx.program, p, label, extras, ctx.ignore_index, grad=grad.contiguous(),
+                      saved=saved)
         return (dp, None, None, None) + (None, ) * len(extras)
 
 
@@ -394,8 +456,8 @@ def fused_class_max(plan: FusedPlan, index: int, curves: Sequence[Curve], p: tor
         return None
     skip_bg = plan.extras[index].args[1]
     with torch.no_grad():
-        return _run(sub.tensors(curves), p.detach(), label, [], ignore_index, None, 1,
-                    1 if skip_bg else 0)
+        return _run(sub.tensors(curves), p.detach(), label, [], ignore_index, mode=1,
+                    c_lo=1 if skip_bg else 0)[0]
 
 
 def fused_stat_sums(plan: FusedPlan, curves: Sequence[Curve], p: torch.Tensor,

@@ -188,11 +188,15 @@ torch::Tensor window_max_backward(torch::Tensor grad_y, torch::Tensor x, torch::
 //   * the final program (G = 0) runs on every pixel, the correction program
 //     ((G = 1, M = 1) - (G = 0)) on the pixels labelled with the plane's class, and
 //     their outputs are summed per plane;
-//   * backward: the plane is recomputed, the programs are run in reverse mode seeded
-//     with dL/dsum, and the adjoints of pooled maps go to the first maximum of each
-//     window (along W, then H), like window_max_backward; dL/dP is written per plane.
-// A register program is a list of rows (op, dst, a, b, active) with dst = row index;
-// "active" rows depend on P. Leaves: P, G (label == class), M (valid mask), X (extra
+//   * the forward pass keeps the stage maps the backward pass reads and the partial
+//     derivatives of the active stage programs (run in reverse mode seeded with 1);
+//   * backward: the final and correction programs are run in reverse mode seeded with
+//     dL/dsum, the adjoints of pooled maps go to the first maximum of each window (along
+//     W, then H), like window_max_backward, and through the kept partial derivatives;
+//     dL/dP is written per plane.
+// A register program is a list of rows (op, dst, a, b, active, needed) with dst = row
+// index; "active" rows depend on P, "needed" rows are run by the backward pass (the
+// values its reverse sweep reads). Leaves: P, G (label == class), M (valid mask), X (extra
 // map a), CONST (consts[a]), POOL (pooled map of stage a), STAGEIN (input map of stage
 // a). Operations: CURVE (curve b of register a), MUL, ADD, SUB, ONE_MINUS.
 enum Op : int64_t {
@@ -202,8 +206,10 @@ enum Op : int64_t {
 
 constexpr int64_t kBlock = 256;
 
+constexpr int64_t kCols = 6;  // program rows: op, dst, a, b, active, needed in backward
+
 struct Program {
-  std::vector<int64_t> code;  // rows of 5
+  std::vector<int64_t> code;  // rows of kCols
   int64_t ni = 0;
   std::vector<int64_t> outs;  // register of each output, -1: constant out_const
   std::vector<double> out_const;
@@ -214,9 +220,9 @@ Program read_program(const torch::Tensor& code, const torch::Tensor& outs,
                      int64_t n_x, int64_t n_stages) {
   Program p;
   auto c = code.to(torch::kLong).contiguous();
-  TORCH_CHECK(c.numel() == 0 || (c.dim() == 2 && c.size(1) == 5),
-              "fused_engine: a program must be (I, 5)");
-  p.ni = c.numel() / 5;
+  TORCH_CHECK(c.numel() == 0 || (c.dim() == 2 && c.size(1) == kCols),
+              "fused_engine: a program must be (I, 6)");
+  p.ni = c.numel() / kCols;
   p.code.assign(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
   auto o = outs.to(torch::kLong).contiguous();
   auto k = oconst.to(torch::kDouble).contiguous();
@@ -224,7 +230,7 @@ Program read_program(const torch::Tensor& code, const torch::Tensor& outs,
   p.outs.assign(o.data_ptr<int64_t>(), o.data_ptr<int64_t>() + o.numel());
   p.out_const.assign(k.data_ptr<double>(), k.data_ptr<double>() + k.numel());
   for (int64_t i = 0; i < p.ni; ++i) {
-    const int64_t* r = p.code.data() + i * 5;
+    const int64_t* r = p.code.data() + i * kCols;
     const int64_t op = r[0], a = r[2], b = r[3];
     bool ok = r[1] == i;
     switch (op) {
@@ -337,6 +343,10 @@ void v_sub(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ o, 
   for (int64_t i = 0; i < n; ++i) o[i] = a[i] - b[i];
 }
 template <typename T>
+void v_neg(const T* __restrict__ a, T* __restrict__ o, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) o[i] = -a[i];
+}
+template <typename T>
 void v_one_minus(const T* __restrict__ a, T* __restrict__ o, int64_t n) {
   for (int64_t i = 0; i < n; ++i) o[i] = T(1) - a[i];
 }
@@ -361,111 +371,139 @@ double v_sum(const T* __restrict__ v, int64_t n) {  // n <= kBlock: a T accumula
   return static_cast<double>(s);
 }
 // Square pool of one plane: rm = window op along H, out = window op of rm along W (the
-// border is ignored: windows are clipped to the image). Row by row, so that the row of
-// rm is still in cache for the pass along W; both passes keep a chunk of outputs in
-// registers while the window goes by (one store per output). pad: W + 2r scratch.
+// border is ignored: windows are clipped to the image). Row by row: a chunk of outputs
+// stays in registers while the window goes by (one store per output), and the row of rm
+// is consumed at once by the pass along W (row_pool).
 template <typename T, bool MAX>
 inline T pick(T a, T b) {
   return MAX ? (b > a ? b : a) : (b < a ? b : a);
 }
 
+constexpr int64_t kChunk = 64;
+
+// d[0..W) = op over rows lo..hi of in (row stride W).
 template <typename T, bool MAX>
-void pool_forward(const T* in, T* rm, T* out, T* pad, int64_t H, int64_t W, int64_t r) {
-  constexpr int64_t kChunk = 64;
-  const T sentinel = MAX ? -std::numeric_limits<T>::infinity()
-                         : std::numeric_limits<T>::infinity();
-  std::fill(pad, pad + r, sentinel);
-  std::fill(pad + r + W, pad + 2 * r + W, sentinel);
-  for (int64_t h = 0; h < H; ++h) {
-    const int64_t lo = h - r < 0 ? 0 : h - r, hi = h + r >= H ? H - 1 : h + r;
-    T* __restrict__ d = rm + h * W;
-    int64_t w0 = 0;
-    for (; w0 + kChunk <= W; w0 += kChunk) {
-      T acc[kChunk];
-      const T* __restrict__ s = in + lo * W + w0;
-      for (int64_t q = 0; q < kChunk; ++q) acc[q] = s[q];
-      for (int64_t j = lo + 1; j <= hi; ++j) {
-        const T* __restrict__ t = in + j * W + w0;
-        for (int64_t q = 0; q < kChunk; ++q) acc[q] = pick<T, MAX>(acc[q], t[q]);
-      }
-      for (int64_t q = 0; q < kChunk; ++q) d[w0 + q] = acc[q];
+void rows_pool(const T* in, int64_t lo, int64_t hi, int64_t W, T* __restrict__ d) {
+  int64_t w0 = 0;
+  for (; w0 + kChunk <= W; w0 += kChunk) {
+    T acc[kChunk];
+    const T* __restrict__ s = in + lo * W + w0;
+    for (int64_t q = 0; q < kChunk; ++q) acc[q] = s[q];
+    for (int64_t j = lo + 1; j <= hi; ++j) {
+      const T* __restrict__ t = in + j * W + w0;
+      for (int64_t q = 0; q < kChunk; ++q) acc[q] = pick<T, MAX>(acc[q], t[q]);
     }
-    for (int64_t w = w0; w < W; ++w) {
-      T a = in[lo * W + w];
-      for (int64_t j = lo + 1; j <= hi; ++j) a = pick<T, MAX>(a, in[j * W + w]);
-      d[w] = a;
-    }
-    std::copy(d, d + W, pad + r);
-    T* __restrict__ o = out + h * W;
-    w0 = 0;
-    for (; w0 + kChunk <= W; w0 += kChunk) {
-      T acc[kChunk];
-      const T* __restrict__ s = pad + w0;  // pad[w0 + r + off] holds rm[w0 + off]
-      for (int64_t q = 0; q < kChunk; ++q) acc[q] = s[q];
-      for (int64_t k = 1; k <= 2 * r; ++k)
-        for (int64_t q = 0; q < kChunk; ++q) acc[q] = pick<T, MAX>(acc[q], s[k + q]);
-      for (int64_t q = 0; q < kChunk; ++q) o[w0 + q] = acc[q];
-    }
-    for (int64_t w = w0; w < W; ++w) {
-      T a = pad[w];
-      for (int64_t k = 1; k <= 2 * r; ++k) a = pick<T, MAX>(a, pad[w + k]);
-      o[w] = a;
-    }
+    for (int64_t q = 0; q < kChunk; ++q) d[w0 + q] = acc[q];
+  }
+  for (int64_t w = w0; w < W; ++w) {
+    T a = in[lo * W + w];
+    for (int64_t j = lo + 1; j <= hi; ++j) a = pick<T, MAX>(a, in[j * W + w]);
+    d[w] = a;
   }
 }
 
-// Adds to ain the gradient of pool_forward: the adjoint of each output goes to the first
-// position of its W window where rm equals the output, then to the first position of
-// that column's H window where in equals rm (as two window_max_backward passes).
-// Sparse adjoints (BF1's dilated boundary) are routed one by one.
-template <typename T>
-void pool_backward(const T* in, const T* rm, const T* out, const T* aout, T* ain, T* arm,
-                   T* pend, int64_t H, int64_t W, int64_t r) {
-  const int64_t HW = H * W;
+// o[w] = op over pad[w .. w + 2r] (pad: the row with r sentinels on both sides).
+template <typename T, bool MAX>
+void row_pool(const T* pad, int64_t W, int64_t r, T* __restrict__ o) {
+  int64_t w0 = 0;
+  for (; w0 + kChunk <= W; w0 += kChunk) {
+    T acc[kChunk];
+    const T* __restrict__ s = pad + w0;
+    for (int64_t q = 0; q < kChunk; ++q) acc[q] = s[q];
+    for (int64_t k = 1; k <= 2 * r; ++k)
+      for (int64_t q = 0; q < kChunk; ++q) acc[q] = pick<T, MAX>(acc[q], s[k + q]);
+    for (int64_t q = 0; q < kChunk; ++q) o[w0 + q] = acc[q];
+  }
+  for (int64_t w = w0; w < W; ++w) {
+    T a = pad[w];
+    for (int64_t k = 1; k <= 2 * r; ++k) a = pick<T, MAX>(a, pad[w + k]);
+    o[w] = a;
+  }
+}
+
+template <typename T, bool MAX>
+void set_sentinels(T* pad, int64_t W, int64_t r) {
+  const T s = MAX ? -std::numeric_limits<T>::infinity() : std::numeric_limits<T>::infinity();
+  std::fill(pad, pad + r, s);
+  std::fill(pad + r + W, pad + 2 * r + W, s);
+}
+
+// out = pool of in; pad: W + 2r scratch (its middle holds the last row of rm).
+template <typename T, bool MAX>
+void pool_forward(const T* in, T* out, T* pad, int64_t H, int64_t W, int64_t r) {
+  set_sentinels<T, MAX>(pad, W, r);
+  for (int64_t h = 0; h < H; ++h) {
+    const int64_t lo = h - r < 0 ? 0 : h - r, hi = h + r >= H ? H - 1 : h + r;
+    rows_pool<T, MAX>(in, lo, hi, W, pad + r);
+    row_pool<T, MAX>(pad, W, r, out + h * W);
+  }
+}
+
+// Adds to ain the gradient of pool_forward(in): the adjoint of each output goes to the
+// first position of its W window where rm equals the output, then to the first position
+// of that column's H window where in equals rm (two window_max_backward passes). rm and
+// the output are recomputed row by row. Sparse adjoints (BF1's dilated boundary) are
+// routed one by one. Scratch: pad (W + 2r), yrow, arow, pend (W each).
+template <typename T, bool MAX>
+void pool_backward(const T* in, const T* aout, T* ain, T* pad, T* yrow, T* arow, T* pend,
+                   int64_t H, int64_t W, int64_t r) {
+  const int64_t HW = H * W, k = 2 * r + 1;
   int64_t nnz = 0;
-  for (int64_t i = 0; i < HW; ++i) nnz += aout[i] != T(0);
-  if (nnz * 4 < HW) {
+#pragma omp simd reduction(+ : nnz)
+  for (int64_t i = 0; i < HW; ++i) nnz += aout[i] != T(0) ? 1 : 0;
+  if (nnz == 0) return;
+  if (nnz * k * 4 < HW) {
+    T* rmw = pad;  // rm of the 2r + 1 columns of one window
     for (int64_t i = 0; i < HW; ++i) {
       const T g = aout[i];
       if (g == T(0)) continue;
       const int64_t h = i / W, w = i % W;
-      int64_t wp = w - r < 0 ? 0 : w - r;
-      const int64_t whi = w + r >= W ? W - 1 : w + r;
-      while (wp < whi && rm[h * W + wp] != out[i]) ++wp;
-      const T m = rm[h * W + wp];
-      int64_t hp = h - r < 0 ? 0 : h - r;
-      const int64_t hhi = h + r >= H ? H - 1 : h + r;
-      while (hp < hhi && in[hp * W + wp] != m) ++hp;
+      const int64_t wlo = w - r < 0 ? 0 : w - r, whi = w + r >= W ? W - 1 : w + r;
+      const int64_t hlo = h - r < 0 ? 0 : h - r, hhi = h + r >= H ? H - 1 : h + r;
+      for (int64_t x = wlo; x <= whi; ++x) {
+        T a = in[hlo * W + x];
+        for (int64_t j = hlo + 1; j <= hhi; ++j) a = pick<T, MAX>(a, in[j * W + x]);
+        rmw[x - wlo] = a;
+      }
+      T m = rmw[0];
+      for (int64_t x = wlo + 1; x <= whi; ++x) m = pick<T, MAX>(m, rmw[x - wlo]);
+      int64_t wp = wlo;
+      while (wp < whi && rmw[wp - wlo] != m) ++wp;
+      const T v = rmw[wp - wlo];
+      int64_t hp = hlo;
+      while (hp < hhi && in[hp * W + wp] != v) ++hp;
       ain[hp * W + wp] += g;
     }
     return;
   }
-  std::fill(arm, arm + HW, T(0));
-  for (int64_t h = 0; h < H; ++h) {  // along W: aout -> arm
-    const T* __restrict__ s = rm + h * W;
-    const T* __restrict__ y = out + h * W;
-    T* __restrict__ d = arm + h * W;
-    T* __restrict__ p = pend;
-    std::copy(aout + h * W, aout + (h + 1) * W, p);
-    for (int64_t o = -r; o <= r; ++o) {
-      const int64_t lo = o < 0 ? -o : 0, hi = o > 0 ? W - o : W;
-      for (int64_t w = lo; w < hi; ++w) {
-        const bool hit = s[w + o] == y[w];
-        d[w + o] += hit ? p[w] : T(0);
+  set_sentinels<T, MAX>(pad, W, r);
+  const T* s = pad + r;  // rm of row h
+  for (int64_t h = 0; h < H; ++h) {
+    const int64_t lo = h - r < 0 ? 0 : h - r, hi = h + r >= H ? H - 1 : h + r;
+    rows_pool<T, MAX>(in, lo, hi, W, pad + r);
+    row_pool<T, MAX>(pad, W, r, yrow);
+    std::fill(arow, arow + W, T(0));
+    std::copy(aout + h * W, aout + (h + 1) * W, pend);
+    for (int64_t o = -r; o <= r; ++o) {  // along W: aout -> arow (rm's adjoint)
+      const int64_t wlo = o < 0 ? -o : 0, whi = o > 0 ? W - o : W;
+      T* __restrict__ d = arow + o;
+      const T* __restrict__ x = s + o;
+      const T* __restrict__ y = yrow;
+      T* __restrict__ p = pend;
+      for (int64_t w = wlo; w < whi; ++w) {
+        const bool hit = x[w] == y[w];
+        d[w] += hit ? p[w] : T(0);
         p[w] = hit ? T(0) : p[w];
       }
     }
-  }
-  for (int64_t h = 0; h < H; ++h) {  // along H: arm -> ain
-    const int64_t lo = h - r < 0 ? 0 : h - r, hi = h + r >= H ? H - 1 : h + r;
-    const T* __restrict__ y = rm + h * W;
-    T* __restrict__ p = pend;
-    std::copy(arm + h * W, arm + (h + 1) * W, p);
-    for (int64_t j = lo; j <= hi; ++j) {
-      const T* __restrict__ s = in + j * W;
+    std::copy(arow, arow + W, pend);
+    for (int64_t j = lo; j <= hi; ++j) {  // along H: arow -> ain rows lo..hi
+      const T* __restrict__ x = in + j * W;
       T* __restrict__ d = ain + j * W;
+      const T* __restrict__ y = s;
+      T* __restrict__ p = pend;
       for (int64_t w = 0; w < W; ++w) {
-        const bool hit = s[w] == y[w];
+        const bool hit = x[w] == y[w];
         d[w] += hit ? p[w] : T(0);
         p[w] = hit ? T(0) : p[w];
       }
@@ -490,20 +528,58 @@ template <typename T>
 struct Machine {
   std::vector<T> val, der, adj;
   std::vector<const T*> vp;  // value of each register (a block, or straight into a map)
+  std::vector<char> done;    // adjoint written (run_reverse)
   explicit Machine(int64_t regs)
-      : val(regs * kBlock), der(regs * kBlock), adj(regs * kBlock), vp(regs) {}
+      : val(regs * kBlock), der(regs * kBlock), adj(regs * kBlock), vp(regs), done(regs) {}
 };
+
+// Stage rows: how (0 max, 1 min), r, direct_p (the input is P), active (depends on P),
+// save_in, save_out (kept by the forward pass for the backward pass), absent_in,
+// absent_pool (needed in a plane whose class is absent from the image).
+constexpr int64_t kStageCols = 8;
+constexpr int64_t kFirstStageProgram = 3;  // programs: final, correction, absent final
 
 template <typename T>
 struct Engine {
   std::vector<Program> progs;  // final, correction, stage programs
-  std::vector<int64_t> stages;  // rows (how, r, direct_p, active)
-  std::vector<double> absent;   // stage map where G = 0 everywhere, if constant (else NaN)
+  std::vector<int64_t> stages;
+  std::vector<double> absent;  // stage map where G = 0 everywhere, if constant (else NaN)
   std::vector<double> consts;
   CurveSet<T> curves;
   T ms;
   int64_t H = 0, W = 0;
-  int64_t num_stages() const { return static_cast<int64_t>(stages.size() / 4); }
+  // the active leaves (op, a) of each stage program whose partial derivatives are kept
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> leaves;
+  // planes kept per (image, class) for the backward pass: slot of each stage's input,
+  // output and partials (-1: not kept)
+  std::vector<int64_t> slot_in, slot_out;
+  std::vector<std::vector<int64_t>> slot_part;
+  int64_t num_saved = 0;
+  int64_t num_stages() const { return static_cast<int64_t>(stages.size() / kStageCols); }
+  const int64_t* stage(int64_t j) const { return stages.data() + j * kStageCols; }
+
+  void layout() {
+    const int64_t J = num_stages();
+    leaves.assign(J, {});
+    slot_in.assign(J, -1), slot_out.assign(J, -1), slot_part.assign(J, {});
+    num_saved = 0;
+    for (int64_t j = 0; j < J; ++j) {
+      const int64_t* st = stage(j);
+      if (st[5]) slot_out[j] = num_saved++;
+      if (st[4] && !st[2]) slot_in[j] = num_saved++;
+      if (!st[3] || st[2]) continue;
+      const Program& pr = progs[kFirstStageProgram + j];
+      const int64_t r = pr.outs[0];
+      if (r < 0 || !pr.code[r * kCols + 4]) continue;  // constant after all
+      for (int64_t ii = 0; ii < pr.ni; ++ii) {
+        const int64_t* row = pr.code.data() + ii * kCols;
+        if (row[4] && (row[0] == OP_P || row[0] == OP_POOL || row[0] == OP_STAGEIN)) {
+          leaves[j].emplace_back(row[0], row[2]);
+          slot_part[j].push_back(num_saved++);
+        }
+      }
+    }
+  }
 };
 
 template <typename T>
@@ -529,13 +605,16 @@ inline void store(T* dst, int64_t start, int64_t n, const int32_t* idx, const T*
     for (int64_t i = 0; i < n; ++i) dst[idx[i]] += g[i];
 }
 
-// Values of all registers on pixels [start, start + n) of the plane, or on the pixels
-// idx[0..n) when idx is given; with need_der, curve rows that depend on P also keep dy/dx.
+// Values of the registers on pixels [start, start + n) of the plane, or on the pixels
+// idx[0..n) when idx is given; with need_der, active curve rows also keep dy/dx; with
+// only_needed, only the rows the reverse sweep reads are run (column 5).
 template <typename T>
 void run_forward(const Engine<T>& en, const Program& pr, const PlaneCtx<T>& cx, Machine<T>& mc,
-                 int64_t start, int64_t n, const int32_t* idx, bool need_der) {
+                 int64_t start, int64_t n, const int32_t* idx, bool need_der,
+                 bool only_needed = false) {
   for (int64_t ii = 0; ii < pr.ni; ++ii) {
-    const int64_t* in = pr.code.data() + ii * 5;
+    const int64_t* in = pr.code.data() + ii * kCols;
+    if (only_needed && !in[5]) continue;
     const int64_t op = in[0], dst = in[1], a = in[2], b = in[3];
     T* v = mc.val.data() + dst * kBlock;
     const T** vp = mc.vp.data();
@@ -577,42 +656,68 @@ void run_forward(const Engine<T>& en, const Program& pr, const PlaneCtx<T>& cx, 
   }
 }
 
-// Reverse mode after run_forward(need_der=true) on the same pixels: seeds the output
-// adjoints with w[s] (seed == nullptr) or with seed[0..n) (single-output programs) and
-// adds the adjoints of the leaves that depend on P to the plane's adjoint maps.
 template <typename U>
 struct Same {  // a non-deduced context (for nullptr arguments)
   using type = U;
 };
 
+// Reverse mode after run_forward(need_der=true) on the same pixels: seeds the output
+// adjoints with w[s] (seed == nullptr) or with seed[0..n) (single-output programs) and
+// adds (assign: writes) the adjoints of the leaves that depend on P to the plane's maps.
 template <typename T>
 void run_reverse(const Engine<T>& en, const Program& pr, const PlaneCtx<T>& cx, Machine<T>& mc,
                  int64_t start, int64_t n, const int32_t* idx, const typename Same<T>::type* w,
                  const typename Same<T>::type* seed, bool assign = false) {
   const int64_t* code = pr.code.data();
   T* adj = mc.adj.data();
-  for (int64_t ii = 0; ii < pr.ni; ++ii)
-    if (code[ii * 5 + 4]) std::fill(adj + ii * kBlock, adj + ii * kBlock + n, T(0));
+  // The first contribution to an adjoint writes it, later ones add (no zeroing).
+  std::vector<char>& done = mc.done;
+  std::fill(done.begin(), done.begin() + pr.ni, 0);
+  auto acc = [&](int64_t r, const T* g) {  // adj[r] += g
+    T* o = adj + r * kBlock;
+    if (done[r]) v_acc(o, g, n); else std::copy(g, g + n, o);
+    done[r] = 1;
+  };
+  auto acc_neg = [&](int64_t r, const T* g) {  // adj[r] -= g
+    T* o = adj + r * kBlock;
+    if (done[r]) v_acc_neg(o, g, n); else v_neg(g, o, n);
+    done[r] = 1;
+  };
+  auto acc_mul = [&](int64_t r, const T* g, const T* x) {  // adj[r] += g * x
+    T* o = adj + r * kBlock;
+    if (done[r]) v_acc_mul(o, g, x, n); else v_mul(g, x, o, n);
+    done[r] = 1;
+  };
   bool any = false;
   for (size_t s = 0; s < pr.outs.size(); ++s) {
     const int64_t r = pr.outs[s];
-    if (r < 0 || !code[r * 5 + 4]) continue;
-    T* g = adj + r * kBlock;
+    if (r < 0 || !code[r * kCols + 4]) continue;
     if (seed) {
-      v_acc(g, seed, n);
+      acc(r, seed);
     } else {
+      T* g = adj + r * kBlock;
       const T ws = w[s];
-      for (int64_t i = 0; i < n; ++i) g[i] += ws;
+      if (done[r])
+        for (int64_t i = 0; i < n; ++i) g[i] += ws;
+      else
+        std::fill(g, g + n, ws);
+      done[r] = 1;
     }
     any = true;
   }
-  if (!any) return;
+  if (!any && !assign) return;
   const T** vp = mc.vp.data();
   for (int64_t ii = pr.ni - 1; ii >= 0; --ii) {
-    const int64_t* in = code + ii * 5;
+    const int64_t* in = code + ii * kCols;
     if (!in[4]) continue;
     const int64_t op = in[0], dst = in[1], a = in[2], b = in[3];
+    if (!done[ii]) {  // no path to an output: a zero adjoint
+      if (!assign) continue;
+      std::fill(adj + dst * kBlock, adj + dst * kBlock + n, T(0));
+      done[ii] = 1;
+    }
     const T* g = adj + dst * kBlock;
+    const bool act_a = a >= 0 && code[a * kCols + 4], act_b = b >= 0 && code[b * kCols + 4];
     switch (op) {
       case OP_P: store(cx.dp, start, n, idx, g, assign); break;
       case OP_POOL:
@@ -621,69 +726,48 @@ void run_reverse(const Engine<T>& en, const Program& pr, const PlaneCtx<T>& cx, 
       case OP_STAGEIN:
         if (cx.asin[a]) store(cx.asin[a], start, n, idx, g, assign);
         break;
-      case OP_CURVE: v_acc_mul(adj + a * kBlock, g, mc.der.data() + dst * kBlock, n); break;
+      case OP_CURVE: acc_mul(a, g, mc.der.data() + dst * kBlock); break;
       case OP_MUL:
-        if (code[a * 5 + 4]) v_acc_mul(adj + a * kBlock, g, vp[b], n);
-        if (code[b * 5 + 4]) v_acc_mul(adj + b * kBlock, g, vp[a], n);
+        if (act_a) acc_mul(a, g, vp[b]);
+        if (act_b) acc_mul(b, g, vp[a]);
         break;
       case OP_ADD:
-        if (code[a * 5 + 4]) v_acc(adj + a * kBlock, g, n);
-        if (code[b * 5 + 4]) v_acc(adj + b * kBlock, g, n);
+        if (act_a) acc(a, g);
+        if (act_b) acc(b, g);
         break;
       case OP_SUB:
-        if (code[a * 5 + 4]) v_acc(adj + a * kBlock, g, n);
-        if (code[b * 5 + 4]) v_acc_neg(adj + b * kBlock, g, n);
+        if (act_a) acc(a, g);
+        if (act_b) acc_neg(b, g);
         break;
-      case OP_ONE_MINUS: v_acc_neg(adj + a * kBlock, g, n); break;
+      case OP_ONE_MINUS: acc_neg(a, g); break;
       default: break;  // G, M, X, CONST are never active
     }
   }
 }
 
-// Per-thread plane buffers of the stages.
-// In the backward pass, an active stage program is run in reverse mode once, seeded with
-// 1, while the stages are computed: its partial derivatives with respect to its active
-// leaves (op, a) are kept as planes, and the stage's adjoint is later pushed through them.
+// Per-thread plane buffers: the stage maps not kept in the saved tensor, and the
+// adjoints of the backward pass.
 template <typename T>
-struct StageBufs {
-  std::vector<std::vector<T>> in, rm, out, ain, aout;
-  std::vector<T> arm, pend, pad;
-  std::vector<std::vector<int64_t>> leaf_op, leaf_a;
-  std::vector<std::vector<std::vector<T>>> part;
-  std::vector<PlaneCtx<T>> pcx;  // leaf adjoints of stage j redirected to its partials
-  std::vector<bool> has_part;
-  StageBufs(const Engine<T>& en, bool backward) {
+struct Scratch {
+  std::vector<std::vector<T>> in, out, ain, aout;
+  std::vector<T> pad, yrow, arow, pend;
+  Scratch(const Engine<T>& en, bool backward) {
     const int64_t J = en.num_stages(), HW = en.H * en.W;
-    in.resize(J), rm.resize(J), out.resize(J), ain.resize(J), aout.resize(J);
-    leaf_op.resize(J), leaf_a.resize(J), part.resize(J), pcx.resize(J), has_part.assign(J, false);
+    int64_t rmax = 0;
+    in.resize(J), out.resize(J), ain.resize(J), aout.resize(J);
     for (int64_t j = 0; j < J; ++j) {
-      const int64_t* st = en.stages.data() + j * 4;
-      if (!st[2]) in[j].resize(HW);
-      rm[j].resize(HW);
-      out[j].resize(HW);
-      if (!backward || !st[3]) continue;
-      aout[j].resize(HW);
-      if (st[2]) continue;
-      ain[j].resize(HW);
-      const Program& pr = en.progs[2 + j];
-      const int64_t r = pr.outs[0];
-      if (r < 0 || !pr.code[r * 5 + 4]) continue;  // the map does not depend on P after all
-      has_part[j] = true;
-      PlaneCtx<T>& px = pcx[j];
-      px.apool.assign(J, nullptr), px.asin.assign(J, nullptr);
-      for (int64_t ii = 0; ii < pr.ni; ++ii) {
-        const int64_t* row = pr.code.data() + ii * 5;
-        const int64_t op = row[0], a = row[2];
-        if (!row[4] || (op != OP_P && op != OP_POOL && op != OP_STAGEIN)) continue;
-        leaf_op[j].push_back(op), leaf_a[j].push_back(a);
-        part[j].emplace_back(HW);
-        T* plane = part[j].back().data();
-        if (op == OP_P) px.dp = plane;
-        else if (op == OP_POOL) px.apool[a] = plane;
-        else px.asin[a] = plane;
+      const int64_t* st = en.stage(j);
+      rmax = std::max(rmax, st[1]);
+      if (backward && st[3]) {  // active: kept by the forward pass; adjoints
+        aout[j].resize(HW);
+        if (!st[2]) ain[j].resize(HW);
+        continue;
       }
+      if (!st[2]) in[j].resize(HW);
+      out[j].resize(HW);
     }
-    if (backward) arm.resize(HW), pend.resize(en.W);
+    pad.resize(en.W + 2 * rmax + 2 * kChunk);
+    yrow.resize(en.W), arow.resize(en.W), pend.resize(en.W);
   }
 };
 
@@ -704,52 +788,67 @@ void program_to_plane(const Engine<T>& en, const Program& pr, const PlaneCtx<T>&
   }
 }
 
-// absent: the plane's class has no pixel in the image (G = 0 everywhere); partials:
-// keep the partial derivatives of the active stage programs (backward pass).
+// Computes the stage maps of a plane (forward pass). absent: the plane's class has no
+// pixel in the image (G = 0 everywhere). saved: the plane in each kept map (empty: no
+// backward pass), where the kept maps and the partial derivatives of the active stage
+// programs go.
+// only_inactive (backward pass): the P-independent stages only (the others are kept).
 template <typename T>
-void compute_stages(const Engine<T>& en, PlaneCtx<T>& cx, StageBufs<T>& bf, Machine<T>& mc,
-                    bool absent, bool partials) {
+void compute_stages(const Engine<T>& en, PlaneCtx<T>& cx, Scratch<T>& sc, Machine<T>& mc,
+                    bool absent, const std::vector<T*>& saved, bool only_inactive = false) {
   const int64_t HW = en.H * en.W;
+  const bool keep = !saved.empty();
   for (int64_t j = 0; j < en.num_stages(); ++j) {
-    const int64_t* st = en.stages.data() + j * 4;
+    const int64_t* st = en.stage(j);
+    if (only_inactive && st[3]) continue;
+    if (absent && !st[6]) continue;  // not needed where the class is absent
+    T* out = keep && en.slot_out[j] >= 0 ? saved[en.slot_out[j]] : sc.out[j].data();
+    T* in = st[2] ? nullptr
+                  : (keep && en.slot_in[j] >= 0 ? saved[en.slot_in[j]] : sc.in[j].data());
     const double ac = en.absent[j];
     if (absent && !st[3] && !std::isnan(ac)) {  // a constant map: so is its pool
-      T* o = bf.out[j].data();
-      std::fill(o, o + HW, static_cast<T>(ac));
-      cx.sin[j] = o;
-      cx.pool[j] = o;
+      std::fill(out, out + HW, static_cast<T>(ac));
+      if (in) std::fill(in, in + HW, static_cast<T>(ac));
+      cx.sin[j] = st[2] ? cx.p : in;
+      cx.pool[j] = out;
       continue;
     }
     const T* src = cx.p;
     if (!st[2]) {
-      const Program& pr = en.progs[2 + j];
-      T* dst = bf.in[j].data();
-      if (partials && bf.has_part[j]) {
+      const Program& pr = en.progs[kFirstStageProgram + j];
+      if (keep && !en.leaves[j].empty()) {
+        // value and partial derivatives (reverse mode seeded with 1) in one sweep
+        PlaneCtx<T> px = cx;
+        px.dp = nullptr;
+        px.apool.assign(en.num_stages(), nullptr), px.asin.assign(en.num_stages(), nullptr);
+        for (size_t q = 0; q < en.leaves[j].size(); ++q) {
+          T* plane = saved[en.slot_part[j][q]];
+          const int64_t op = en.leaves[j][q].first, a = en.leaves[j][q].second;
+          if (op == OP_P) px.dp = plane;
+          else if (op == OP_POOL) px.apool[a] = plane;
+          else px.asin[a] = plane;
+        }
         const int64_t r = pr.outs[0];
         const T one = T(1);
-        PlaneCtx<T>& px = bf.pcx[j];
-        px.p = cx.p, px.lab = cx.lab, px.mask = cx.mask, px.c = cx.c, px.x = cx.x;
-        px.pool = cx.pool, px.sin = cx.sin;
         for (int64_t start = 0; start < HW; start += kBlock) {
           const int64_t len = std::min(kBlock, HW - start);
           run_forward(en, pr, px, mc, start, len, nullptr, true);
-          std::copy(mc.vp[r], mc.vp[r] + len, dst + start);
+          std::copy(mc.vp[r], mc.vp[r] + len, in + start);
           run_reverse(en, pr, px, mc, start, len, nullptr, &one, nullptr, true);
         }
       } else {
-        program_to_plane(en, pr, cx, mc, dst);
+        program_to_plane(en, pr, cx, mc, in);
       }
-      src = dst;
+      src = in;
     }
-    bf.pad.resize(en.W + 2 * st[1]);
-    if (st[0] == 0)
-      pool_forward<T, true>(src, bf.rm[j].data(), bf.out[j].data(), bf.pad.data(), en.H, en.W,
-                            st[1]);
-    else
-      pool_forward<T, false>(src, bf.rm[j].data(), bf.out[j].data(), bf.pad.data(), en.H, en.W,
-                             st[1]);
     cx.sin[j] = src;
-    cx.pool[j] = bf.out[j].data();
+    if (absent && !st[7]) continue;
+    if (st[0] == 0)
+      pool_forward<T, true>(src, out, sc.pad.data(), en.H, en.W, st[1]);
+    else
+      pool_forward<T, false>(src, out, sc.pad.data(), en.H, en.W, st[1]);
+    cx.sin[j] = src;
+    cx.pool[j] = out;
   }
 }
 
@@ -785,21 +884,24 @@ struct LabelInfo {
   }
 };
 
-// mode 0: per-plane sums (N * C, S) float64, or dL/dP (N, C, H, W) when grad (S, C) is
-// given. mode 1: the final program's map reduced by a maximum over the classes
-// [c_lo, C), (N, 1, H, W) (P-independent programs; no gradient).
-torch::Tensor fused_engine(std::vector<torch::Tensor> codes, std::vector<torch::Tensor> outs,
-                           std::vector<torch::Tensor> oconsts, torch::Tensor stages,
-                           torch::Tensor absent, torch::Tensor consts, torch::Tensor curves, torch::Tensor curve_k,
-                           bool correction, torch::Tensor p, torch::Tensor label,
-                           std::vector<torch::Tensor> xs, int64_t ignore_index,
-                           double min_slope, c10::optional<torch::Tensor> grad, int64_t mode,
-                           int64_t c_lo) {
+// mode 0: per-plane sums (N * C, S) float64 and, with save, the K maps the backward pass
+// needs, one (N * C, H * W) tensor each (separate tensors: allocations above 32 MB are
+// fresh pages every time); with grad (S, C) and those maps: dL/dP (N, C, H, W).
+// mode 1: the final program's map reduced by a maximum over the classes [c_lo, C),
+// (N, 1, H, W) (P-independent programs; no gradient).
+std::vector<torch::Tensor> fused_engine(
+    std::vector<torch::Tensor> codes, std::vector<torch::Tensor> outs,
+    std::vector<torch::Tensor> oconsts, torch::Tensor stages, torch::Tensor absent,
+    torch::Tensor consts, torch::Tensor curves, torch::Tensor curve_k, bool correction,
+    torch::Tensor p, torch::Tensor label, std::vector<torch::Tensor> xs, int64_t ignore_index,
+    double min_slope, c10::optional<torch::Tensor> grad, std::vector<torch::Tensor> saved,
+    bool save, int64_t mode, int64_t c_lo) {
   TORCH_CHECK(p.device().is_cpu() && p.dim() == 4, "fused_engine: p must be (N, C, H, W) on CPU");
   TORCH_CHECK(label.dim() == 3 && label.size(0) == p.size(0) && label.size(1) == p.size(2) &&
                   label.size(2) == p.size(3),
               "fused_engine: label must be (N, H, W) matching p");
-  TORCH_CHECK(codes.size() == outs.size() && codes.size() == oconsts.size() && codes.size() >= 2,
+  TORCH_CHECK(codes.size() == outs.size() && codes.size() == oconsts.size() &&
+                  codes.size() >= static_cast<size_t>(kFirstStageProgram),
               "fused_engine: programs");
   TORCH_CHECK(mode == 0 || mode == 1, "fused_engine: mode must be 0 or 1");
   auto pc = p.contiguous();
@@ -812,8 +914,9 @@ torch::Tensor fused_engine(std::vector<torch::Tensor> codes, std::vector<torch::
               "fused_engine: curves must be (num_curves, Kmax, 8)");
   const int64_t N = pc.size(0), C = pc.size(1), H = pc.size(2), W = pc.size(3), HW = H * W;
   TORCH_CHECK(HW < (int64_t(1) << 31), "fused_engine: plane too large");
-  const int64_t J = sc.numel() / 4;
-  TORCH_CHECK(sc.numel() == J * 4 && static_cast<int64_t>(codes.size()) == 2 + J,
+  const int64_t J = sc.numel() / kStageCols;
+  TORCH_CHECK(sc.numel() == J * kStageCols &&
+                  static_cast<int64_t>(codes.size()) == kFirstStageProgram + J,
               "fused_engine: one program per stage");
   const int64_t S = outs[0].numel();
   const bool backward = grad.has_value() && grad->defined();
@@ -832,26 +935,28 @@ torch::Tensor fused_engine(std::vector<torch::Tensor> codes, std::vector<torch::
     xcs.push_back(x.to(pc.scalar_type()).contiguous());
     x_per_class.push_back(x.size(1) == C && C > 1);
   }
-  torch::Tensor result;
-  if (mode == 1)
-    result = torch::zeros({N, 1, H, W}, pc.options());
-  else if (backward)
-    result = torch::empty_like(pc);
-  else
-    result = torch::zeros({N * C, S}, pc.options().dtype(torch::kDouble));
+  std::vector<torch::Tensor> results;
   AT_DISPATCH_FLOATING_TYPES(pc.scalar_type(), "fused_engine", [&] {
     using T = scalar_t;
     Engine<T> en;
     const int64_t nk = kc.numel(), ncurves = cv.size(0);
     for (size_t i = 0; i < codes.size(); ++i) {
+      const int64_t first = kFirstStageProgram;
+      const int64_t ii = static_cast<int64_t>(i);
       en.progs.push_back(read_program(codes[i], outs[i], oconsts[i], nk, ncurves,
                                       static_cast<int64_t>(xcs.size()),
-                                      i < 2 ? J : static_cast<int64_t>(i) - 2));
-      if (i == 1) TORCH_CHECK(static_cast<int64_t>(outs[1].numel()) == S || !correction,
-                              "fused_engine: correction outputs");
-      if (i >= 2) TORCH_CHECK(outs[i].numel() == 1, "fused_engine: a stage program has one output");
+                                      ii < first ? J : ii - first));
+      if (ii == 1)
+        TORCH_CHECK(outs[1].numel() == S || !correction, "fused_engine: correction outputs");
+      if (ii == 2)
+        TORCH_CHECK(outs[2].numel() == S || mode == 1, "fused_engine: absent-class outputs");
+      if (ii >= first)
+        TORCH_CHECK(outs[i].numel() == 1, "fused_engine: a stage program has one output");
     }
     en.stages.assign(sc.data_ptr<int64_t>(), sc.data_ptr<int64_t>() + sc.numel());
+    for (int64_t j = 0; j < J; ++j)
+      TORCH_CHECK(en.stage(j)[1] >= 0 && (!en.stage(j)[2] || en.stage(j)[3]),
+                  "fused_engine: bad stage row ", j);
     auto ab = absent.to(torch::kDouble).contiguous();
     TORCH_CHECK(ab.numel() == J, "fused_engine: one absent value per stage");
     en.absent.assign(ab.data_ptr<double>(), ab.data_ptr<double>() + J);
@@ -861,7 +966,8 @@ torch::Tensor fused_engine(std::vector<torch::Tensor> codes, std::vector<torch::
     en.curves.cols.resize(ncurves * 8 * en.curves.kmax);
     const double* cvp = cv.data_ptr<double>();
     for (int64_t q = 0; q < ncurves; ++q) {
-      TORCH_CHECK(en.curves.k[q] >= 1 && en.curves.k[q] <= en.curves.kmax, "fused_engine: curve_k");
+      TORCH_CHECK(en.curves.k[q] >= 1 && en.curves.k[q] <= en.curves.kmax,
+                  "fused_engine: curve_k");
       for (int64_t k = 0; k < en.curves.kmax; ++k)
         for (int64_t j = 0; j < 8; ++j)
           en.curves.cols[(q * 8 + j) * en.curves.kmax + k] =
@@ -869,6 +975,7 @@ torch::Tensor fused_engine(std::vector<torch::Tensor> codes, std::vector<torch::
     }
     en.ms = static_cast<T>(min_slope);
     en.H = H, en.W = W;
+    en.layout();
     int64_t regs = 1;
     for (auto& pr : en.progs) regs = std::max(regs, pr.ni);
     LabelInfo<T> li(lc.data_ptr<int64_t>(), N, C, HW, ignore_index);
@@ -876,6 +983,7 @@ torch::Tensor fused_engine(std::vector<torch::Tensor> codes, std::vector<torch::
     std::vector<const T*> xp;
     for (auto& x : xcs) xp.push_back(x.data_ptr<T>());
     const double* gsp = backward ? gs.data_ptr<double>() : nullptr;
+    const int64_t K = en.num_saved;
 
     auto setup = [&](PlaneCtx<T>& cx, int64_t n, int64_t c) {
       cx.p = pp + (n * C + c) * HW;
@@ -887,22 +995,25 @@ torch::Tensor fused_engine(std::vector<torch::Tensor> codes, std::vector<torch::
         cx.x[q] = xp[q] + (x_per_class[q] ? (n * C + c) : n) * HW;
       cx.pool.assign(J, nullptr), cx.sin.assign(J, nullptr);
       cx.apool.assign(J, nullptr), cx.asin.assign(J, nullptr);
+      cx.dp = nullptr;
     };
 
     if (mode == 1) {
+      auto result = torch::zeros({N, 1, H, W}, pc.options());
       T* out = result.data_ptr<T>();
       at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
         Machine<T> mc(regs);
-        StageBufs<T> bf(en, false);
+        Scratch<T> scr(en, false);
         PlaneCtx<T> cx;
         std::vector<T> plane(HW);
         for (int64_t n = n0; n < n1; ++n) {
           T* o = out + n * HW;
+          const int64_t* off = li.offsets.data() + n * (C + 1);
           for (int64_t c = c_lo; c < C; ++c) {
             setup(cx, n, c);
-            const int64_t* off = li.offsets.data() + n * (C + 1);
-            compute_stages(en, cx, bf, mc, off[c + 1] == off[c], false);
-            program_to_plane(en, en.progs[0], cx, mc, plane.data());
+            const bool absent = off[c + 1] == off[c];
+            compute_stages(en, cx, scr, mc, absent, std::vector<T*>());
+            program_to_plane(en, en.progs[absent ? 2 : 0], cx, mc, plane.data());
             if (c == c_lo) {
               std::copy(plane.begin(), plane.end(), o);
             } else {
@@ -911,25 +1022,35 @@ torch::Tensor fused_engine(std::vector<torch::Tensor> codes, std::vector<torch::
           }
         }
       });
+      results.push_back(result);
       return;
     }
 
-    at::parallel_for(0, N * C, 1, [&](int64_t b0, int64_t b1) {
-      Machine<T> mc(regs);
-      StageBufs<T> bf(en, backward);
-      PlaneCtx<T> cx;
-      std::vector<T> w(S);
-      std::vector<double> acc(S);
-      for (int64_t plane = b0; plane < b1; ++plane) {
-        const int64_t n = plane / C, c = plane % C;
-        setup(cx, n, c);
-        const int64_t* off = li.offsets.data() + n * (C + 1);
-        const int32_t* ids = li.idx.data() + n * HW + off[c];
-        const int64_t nl = correction ? off[c + 1] - off[c] : 0;
-        const Program& fin = en.progs[0];
-        const Program& cor = en.progs[1];
-        if (!backward) {
-          compute_stages(en, cx, bf, mc, off[c + 1] == off[c], false);
+    const Program& cor = en.progs[1];
+    if (!backward) {
+      auto sums = torch::zeros({N * C, S}, pc.options().dtype(torch::kDouble));
+      std::vector<torch::Tensor> keep;
+      std::vector<T*> keep_p;
+      for (int64_t k = 0; save && k < K; ++k) {
+        keep.push_back(torch::empty({N * C, HW}, pc.options()));
+        keep_p.push_back(keep.back().data_ptr<T>());
+      }
+      at::parallel_for(0, N * C, 1, [&](int64_t b0, int64_t b1) {
+        Machine<T> mc(regs);
+        Scratch<T> scr(en, false);
+        PlaneCtx<T> cx;
+        std::vector<double> acc(S);
+        std::vector<T*> kp(keep_p.size());
+        for (int64_t plane = b0; plane < b1; ++plane) {
+          const int64_t n = plane / C, c = plane % C;
+          setup(cx, n, c);
+          const int64_t* off = li.offsets.data() + n * (C + 1);
+          const int32_t* ids = li.idx.data() + n * HW + off[c];
+          const int64_t nl = correction ? off[c + 1] - off[c] : 0;
+          for (size_t k = 0; k < kp.size(); ++k) kp[k] = keep_p[k] + plane * HW;
+          const bool absent = off[c + 1] == off[c];
+          const Program& fin = en.progs[absent ? 2 : 0];
+          compute_stages(en, cx, scr, mc, absent, kp);
           std::fill(acc.begin(), acc.end(), 0.0);
           for (int64_t start = 0; start < HW; start += kBlock) {
             const int64_t len = std::min(kBlock, HW - start);
@@ -947,54 +1068,94 @@ torch::Tensor fused_engine(std::vector<torch::Tensor> codes, std::vector<torch::
               acc[s] += r >= 0 ? v_sum(mc.vp[r], len) : cor.out_const[s] * len;
             }
           }
-          double* res = result.data_ptr<double>() + plane * S;
+          double* res = sums.data_ptr<double>() + plane * S;
           for (int64_t s = 0; s < S; ++s) res[s] = acc[s];
-          continue;
         }
-        compute_stages(en, cx, bf, mc, off[c + 1] == off[c], true);
+      });
+      results.push_back(sums);
+      for (auto& k : keep) results.push_back(k);
+      return;
+    }
+
+    TORCH_CHECK(static_cast<int64_t>(saved.size()) == K,
+                "fused_engine: the backward pass needs the maps kept by the forward pass");
+    std::vector<torch::Tensor> keep;
+    std::vector<const T*> keep_p;
+    for (auto& t : saved) {
+      TORCH_CHECK(t.numel() == N * C * HW && t.scalar_type() == pc.scalar_type(),
+                  "fused_engine: kept maps of the wrong size or type");
+      keep.push_back(t.contiguous());
+      keep_p.push_back(keep.back().data_ptr<T>());
+    }
+    auto result = torch::empty_like(pc);
+    at::parallel_for(0, N * C, 1, [&](int64_t b0, int64_t b1) {
+      Machine<T> mc(regs);
+      Scratch<T> scr(en, true);
+      PlaneCtx<T> cx;
+      std::vector<T> w(S);
+      for (int64_t plane = b0; plane < b1; ++plane) {
+        const int64_t n = plane / C, c = plane % C;
+        setup(cx, n, c);
+        const int64_t* off = li.offsets.data() + n * (C + 1);
+        const int32_t* ids = li.idx.data() + n * HW + off[c];
+        const int64_t nl = correction ? off[c + 1] - off[c] : 0;
+        auto kp = [&](int64_t slot) { return keep_p[slot] + plane * HW; };
         T* dp = result.data_ptr<T>() + plane * HW;
         std::fill(dp, dp + HW, T(0));
         cx.dp = dp;
+        const bool absent = off[c + 1] == off[c];
+        const Program& fin = en.progs[absent ? 2 : 0];
+        compute_stages(en, cx, scr, mc, absent, std::vector<T*>(), true);
         for (int64_t j = 0; j < J; ++j) {
-          const int64_t* st = en.stages.data() + j * 4;
-          if (!st[3]) continue;
-          std::fill(bf.aout[j].begin(), bf.aout[j].end(), T(0));
-          cx.apool[j] = bf.aout[j].data();
+          const int64_t* st = en.stage(j);
+          if (!st[3] || (absent && !st[6])) continue;
+          if (en.slot_out[j] >= 0) cx.pool[j] = kp(en.slot_out[j]);
+          cx.sin[j] = st[2] ? cx.p : (en.slot_in[j] >= 0 ? kp(en.slot_in[j]) : nullptr);
+          std::fill(scr.aout[j].begin(), scr.aout[j].end(), T(0));
+          cx.apool[j] = scr.aout[j].data();
           if (st[2]) {
             cx.asin[j] = dp;
           } else {
-            std::fill(bf.ain[j].begin(), bf.ain[j].end(), T(0));
-            cx.asin[j] = bf.ain[j].data();
+            std::fill(scr.ain[j].begin(), scr.ain[j].end(), T(0));
+            cx.asin[j] = scr.ain[j].data();
           }
         }
         for (int64_t s = 0; s < S; ++s) w[s] = static_cast<T>(gsp[s * C + c]);
         for (int64_t start = 0; start < HW; start += kBlock) {
           const int64_t len = std::min(kBlock, HW - start);
-          run_forward(en, fin, cx, mc, start, len, nullptr, true);
+          run_forward(en, fin, cx, mc, start, len, nullptr, true, true);
           run_reverse(en, fin, cx, mc, start, len, nullptr, w.data(), nullptr);
         }
         for (int64_t start = 0; start < nl; start += kBlock) {
           const int64_t len = std::min(kBlock, nl - start);
-          run_forward(en, cor, cx, mc, 0, len, ids + start, true);
+          run_forward(en, cor, cx, mc, 0, len, ids + start, true, true);
           run_reverse(en, cor, cx, mc, 0, len, ids + start, w.data(), nullptr);
         }
         for (int64_t j = J - 1; j >= 0; --j) {
-          const int64_t* st = en.stages.data() + j * 4;
-          if (!st[3]) continue;
-          pool_backward(cx.sin[j], bf.rm[j].data(), bf.out[j].data(), bf.aout[j].data(),
-                        cx.asin[j], bf.arm.data(), bf.pend.data(), H, W, st[1]);
-          if (st[2] || !bf.has_part[j]) continue;
-          const T* g = bf.ain[j].data();
-          for (size_t q = 0; q < bf.leaf_op[j].size(); ++q) {
-            const int64_t op = bf.leaf_op[j][q], a = bf.leaf_a[j][q];
+          const int64_t* st = en.stage(j);
+          if (!st[3] || (absent && !st[6])) continue;
+          if (absent && !st[7]) {  // pool unused where the class is absent
+          } else if (st[0] == 0)
+            pool_backward<T, true>(cx.sin[j], scr.aout[j].data(), cx.asin[j], scr.pad.data(),
+                                   scr.yrow.data(), scr.arow.data(), scr.pend.data(), H, W,
+                                   st[1]);
+          else
+            pool_backward<T, false>(cx.sin[j], scr.aout[j].data(), cx.asin[j], scr.pad.data(),
+                                    scr.yrow.data(), scr.arow.data(), scr.pend.data(), H, W,
+                                    st[1]);
+          if (st[2]) continue;
+          const T* g = scr.ain[j].data();
+          for (size_t q = 0; q < en.leaves[j].size(); ++q) {
+            const int64_t op = en.leaves[j][q].first, a = en.leaves[j][q].second;
             T* target = op == OP_P ? cx.dp : (op == OP_POOL ? cx.apool[a] : cx.asin[a]);
-            if (target) v_acc_mul(target, g, bf.part[j][q].data(), HW);
+            if (target) v_acc_mul(target, g, kp(en.slot_part[j][q]), HW);
           }
         }
       }
     });
+    results.push_back(result);
   });
-  return result;
+  return results;
 }
 
 }  // namespace
