@@ -454,16 +454,27 @@ void pool_backward(const T* in, const T* aout, T* ain, T* pad, T* yrow, T* arow,
   if (nnz == 0) return;
   if (nnz * k * 4 < HW) {
     T* rmw = pad;  // rm of the 2r + 1 columns of one window
+    constexpr int64_t kScan = 32;
     for (int64_t i = 0; i < HW; ++i) {
+      if (i % kScan == 0 && i + kScan <= HW) {  // skip zero runs a vector at a time
+        int any = 0;
+#pragma omp simd reduction(| : any)
+        for (int64_t q = 0; q < kScan; ++q) any |= aout[i + q] != T(0) ? 1 : 0;
+        if (!any) {
+          i += kScan - 1;
+          continue;
+        }
+      }
       const T g = aout[i];
       if (g == T(0)) continue;
       const int64_t h = i / W, w = i % W;
       const int64_t wlo = w - r < 0 ? 0 : w - r, whi = w + r >= W ? W - 1 : w + r;
       const int64_t hlo = h - r < 0 ? 0 : h - r, hhi = h + r >= H ? H - 1 : h + r;
-      for (int64_t x = wlo; x <= whi; ++x) {
-        T a = in[hlo * W + x];
-        for (int64_t j = hlo + 1; j <= hhi; ++j) a = pick<T, MAX>(a, in[j * W + x]);
-        rmw[x - wlo] = a;
+      const int64_t nw = whi - wlo + 1;
+      std::copy(in + hlo * W + wlo, in + hlo * W + whi + 1, rmw);
+      for (int64_t j = hlo + 1; j <= hhi; ++j) {  // row by row (contiguous)
+        const T* __restrict__ s = in + j * W + wlo;
+        for (int64_t x = 0; x < nw; ++x) rmw[x] = pick<T, MAX>(rmw[x], s[x]);
       }
       T m = rmw[0];
       for (int64_t x = wlo + 1; x <= whi; ++x) m = pick<T, MAX>(m, rmw[x - wlo]);
@@ -524,6 +535,33 @@ struct PlaneCtx {
   std::vector<T*> apool, asin;      // adjoints of pool and sin (null: inactive)
 };
 
+// Per-thread memory reused across calls: plane-sized buffers allocated afresh on every
+// call would cost page faults comparable to the work done on them. get() hands out the
+// next buffer (grown to n elements if needed); reset() makes them all available again.
+template <typename T, int Tag>
+class Arena {
+ public:
+  T* get(size_t n) {
+    if (next_ == bufs_.size()) bufs_.emplace_back();
+    std::vector<T>& b = bufs_[next_++];
+    if (b.size() < n) b.resize(n);
+    return b.data();
+  }
+  void reset() { next_ = 0; }
+
+ private:
+  std::vector<std::vector<T>> bufs_;  // (moving a vector keeps its buffer)
+  size_t next_ = 0;
+};
+
+template <typename T, int Tag>
+Arena<T, Tag>& thread_arena() {
+  thread_local Arena<T, Tag> arena;
+  return arena;
+}
+
+constexpr int kWorkerArena = 0, kCallArena = 1;
+
 template <typename T>
 struct Machine {
   std::vector<T> val, der, adj;
@@ -555,6 +593,8 @@ struct Engine {
   std::vector<int64_t> slot_in, slot_out;
   std::vector<std::vector<int64_t>> slot_part;
   int64_t num_saved = 0;
+  // the stage maps each program reads: (OP_POOL or OP_STAGEIN, stage)
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> deps;
   int64_t num_stages() const { return static_cast<int64_t>(stages.size() / kStageCols); }
   const int64_t* stage(int64_t j) const { return stages.data() + j * kStageCols; }
 
@@ -563,6 +603,12 @@ struct Engine {
     leaves.assign(J, {});
     slot_in.assign(J, -1), slot_out.assign(J, -1), slot_part.assign(J, {});
     num_saved = 0;
+    deps.assign(progs.size(), {});
+    for (size_t i = 0; i < progs.size(); ++i)
+      for (int64_t ii = 0; ii < progs[i].ni; ++ii) {
+        const int64_t* row = progs[i].code.data() + ii * kCols;
+        if (row[0] == OP_POOL || row[0] == OP_STAGEIN) deps[i].emplace_back(row[0], row[2]);
+      }
     for (int64_t j = 0; j < J; ++j) {
       const int64_t* st = stage(j);
       if (st[5]) slot_out[j] = num_saved++;
@@ -665,7 +711,7 @@ struct Same {  // a non-deduced context (for nullptr arguments)
 // adjoints with w[s] (seed == nullptr) or with seed[0..n) (single-output programs) and
 // adds (assign: writes) the adjoints of the leaves that depend on P to the plane's maps.
 template <typename T>
-void run_reverse(const Engine<T>& en, const Program& pr, const PlaneCtx<T>& cx, Machine<T>& mc,
+void run_reverse(const Engine<T>& /*en*/, const Program& pr, const PlaneCtx<T>& cx, Machine<T>& mc,
                  int64_t start, int64_t n, const int32_t* idx, const typename Same<T>::type* w,
                  const typename Same<T>::type* seed, bool assign = false) {
   const int64_t* code = pr.code.data();
@@ -749,78 +795,75 @@ void run_reverse(const Engine<T>& en, const Program& pr, const PlaneCtx<T>& cx, 
 // adjoints of the backward pass.
 template <typename T>
 struct Scratch {
-  std::vector<std::vector<T>> in, out, ain, aout;
-  std::vector<T> pad, yrow, arow, pend;
+  std::vector<T*> in, out, ain, aout;  // planes (null: not needed)
+  T *pad, *yrow, *arow, *pend, *plane;
   Scratch(const Engine<T>& en, bool backward) {
     const int64_t J = en.num_stages(), HW = en.H * en.W;
+    Arena<T, kWorkerArena>& arena = thread_arena<T, kWorkerArena>();
+    arena.reset();
     int64_t rmax = 0;
-    in.resize(J), out.resize(J), ain.resize(J), aout.resize(J);
+    in.assign(J, nullptr), out.assign(J, nullptr), ain.assign(J, nullptr);
+    aout.assign(J, nullptr);
     for (int64_t j = 0; j < J; ++j) {
       const int64_t* st = en.stage(j);
       rmax = std::max(rmax, st[1]);
       if (backward && st[3]) {  // active: kept by the forward pass; adjoints
-        aout[j].resize(HW);
-        if (!st[2]) ain[j].resize(HW);
+        aout[j] = arena.get(HW);
+        if (!st[2]) ain[j] = arena.get(HW);
         continue;
       }
-      if (!st[2]) in[j].resize(HW);
-      out[j].resize(HW);
+      if (!st[2]) in[j] = arena.get(HW);
+      out[j] = arena.get(HW);
     }
-    pad.resize(en.W + 2 * rmax + 2 * kChunk);
-    yrow.resize(en.W), arow.resize(en.W), pend.resize(en.W);
+    pad = arena.get(en.W + 2 * rmax + 2 * kChunk);
+    yrow = arena.get(en.W), arow = arena.get(en.W), pend = arena.get(en.W);
+    plane = arena.get(HW);
   }
 };
 
-// Runs a single-output program on the whole plane into dst.
-template <typename T>
-void program_to_plane(const Engine<T>& en, const Program& pr, const PlaneCtx<T>& cx,
-                      Machine<T>& mc, T* dst) {
-  const int64_t HW = en.H * en.W;
-  const int64_t r = pr.outs[0];
-  if (r < 0) {
-    std::fill(dst, dst + HW, static_cast<T>(pr.out_const[0]));
-    return;
-  }
-  for (int64_t start = 0; start < HW; start += kBlock) {
-    const int64_t len = std::min(kBlock, HW - start);
-    run_forward(en, pr, cx, mc, start, len, nullptr, false);
-    std::copy(mc.vp[r], mc.vp[r] + len, dst + start);
-  }
-}
-
-// Computes the stage maps of a plane (forward pass). absent: the plane's class has no
-// pixel in the image (G = 0 everywhere). saved: the plane in each kept map (empty: no
-// backward pass), where the kept maps and the partial derivatives of the active stage
-// programs go.
+// Computes the stage maps of a plane on demand, row by row: a program (the final one, or
+// a stage's) asks for the rows it is about to read, and each stage computes its input
+// and pooled map only that far (plus the rows its own window needs), so that the maps
+// are consumed while still in cache. absent: the plane's class has no pixel in the image
+// (G = 0 everywhere). saved: the plane in each kept map (empty: no backward pass), where
+// the kept maps and the partial derivatives of the active stage programs go.
 // only_inactive (backward pass): the P-independent stages only (the others are kept).
 template <typename T>
-void compute_stages(const Engine<T>& en, PlaneCtx<T>& cx, Scratch<T>& sc, Machine<T>& mc,
-                    bool absent, const std::vector<T*>& saved, bool only_inactive = false) {
-  const int64_t HW = en.H * en.W;
-  const bool keep = !saved.empty();
-  for (int64_t j = 0; j < en.num_stages(); ++j) {
-    const int64_t* st = en.stage(j);
-    if (only_inactive && st[3]) continue;
-    if (absent && !st[6]) continue;  // not needed where the class is absent
-    T* out = keep && en.slot_out[j] >= 0 ? saved[en.slot_out[j]] : sc.out[j].data();
-    T* in = st[2] ? nullptr
-                  : (keep && en.slot_in[j] >= 0 ? saved[en.slot_in[j]] : sc.in[j].data());
-    const double ac = en.absent[j];
-    if (absent && !st[3] && !std::isnan(ac)) {  // a constant map: so is its pool
-      std::fill(out, out + HW, static_cast<T>(ac));
-      if (in) std::fill(in, in + HW, static_cast<T>(ac));
+class Stages {
+ public:
+  Stages(const Engine<T>& en, PlaneCtx<T>& cx, Scratch<T>& sc, Machine<T>& mc, bool absent,
+         const std::vector<T*>& saved, bool only_inactive = false)
+      : en_(en), cx_(cx), sc_(sc), mc_(mc) {
+    const int64_t J = en.num_stages(), H = en.H, HW = en.H * en.W;
+    const bool keep = !saved.empty();
+    in_rows_.assign(J, H), out_rows_.assign(J, H), in_.assign(J, nullptr);
+    out_.assign(J, nullptr), partials_.assign(J, false), pcx_.resize(J);
+    for (int64_t j = 0; j < J; ++j) {
+      const int64_t* st = en.stage(j);
+      if (only_inactive && st[3]) continue;
+      if (absent && !st[6]) continue;  // not needed where the class is absent
+      T* out = keep && en.slot_out[j] >= 0 ? saved[en.slot_out[j]] : sc.out[j];
+      T* in = st[2] ? nullptr : (keep && en.slot_in[j] >= 0 ? saved[en.slot_in[j]] : sc.in[j]);
       cx.sin[j] = st[2] ? cx.p : in;
-      cx.pool[j] = out;
-      continue;
-    }
-    const T* src = cx.p;
-    if (!st[2]) {
-      const Program& pr = en.progs[kFirstStageProgram + j];
-      if (keep && !en.leaves[j].empty()) {
-        // value and partial derivatives (reverse mode seeded with 1) in one sweep
-        PlaneCtx<T> px = cx;
+      const double ac = en.absent[j];
+      if (absent && !st[3] && !std::isnan(ac)) {  // a constant map: so is its pool
+        std::fill(out, out + HW, static_cast<T>(ac));
+        if (in) std::fill(in, in + HW, static_cast<T>(ac));
+        cx.pool[j] = out;
+        continue;
+      }
+      in_[j] = in, out_[j] = out;
+      if (!st[2]) in_rows_[j] = 0;
+      if (!(absent && !st[7])) {
+        out_rows_[j] = 0;
+        cx.pool[j] = out;
+      }
+      if (keep && !st[2] && !en.leaves[j].empty()) {
+        // the stage program's partial derivatives go to their kept maps
+        partials_[j] = true;
+        PlaneCtx<T>& px = pcx_[j];
         px.dp = nullptr;
-        px.apool.assign(en.num_stages(), nullptr), px.asin.assign(en.num_stages(), nullptr);
+        px.apool.assign(J, nullptr), px.asin.assign(J, nullptr);
         for (size_t q = 0; q < en.leaves[j].size(); ++q) {
           T* plane = saved[en.slot_part[j][q]];
           const int64_t op = en.leaves[j][q].first, a = en.leaves[j][q].second;
@@ -828,38 +871,101 @@ void compute_stages(const Engine<T>& en, PlaneCtx<T>& cx, Scratch<T>& sc, Machin
           else if (op == OP_POOL) px.apool[a] = plane;
           else px.asin[a] = plane;
         }
-        const int64_t r = pr.outs[0];
-        const T one = T(1);
-        for (int64_t start = 0; start < HW; start += kBlock) {
-          const int64_t len = std::min(kBlock, HW - start);
-          run_forward(en, pr, px, mc, start, len, nullptr, true);
-          std::copy(mc.vp[r], mc.vp[r] + len, in + start);
-          run_reverse(en, pr, px, mc, start, len, nullptr, &one, nullptr, true);
-        }
-      } else {
-        program_to_plane(en, pr, cx, mc, in);
       }
-      src = in;
     }
-    cx.sin[j] = src;
-    if (absent && !st[7]) continue;
-    if (st[0] == 0)
-      pool_forward<T, true>(src, out, sc.pad.data(), en.H, en.W, st[1]);
-    else
-      pool_forward<T, false>(src, out, sc.pad.data(), en.H, en.W, st[1]);
-    cx.sin[j] = src;
-    cx.pool[j] = out;
   }
-}
+
+  // Rows [0, rows) of every map program pr reads.
+  void need(int64_t prog, int64_t rows) {
+    for (const auto& d : en_.deps[prog]) {
+      if (d.first == OP_POOL) need_out(d.second, rows);
+      else need_in(d.second, rows);
+    }
+  }
+
+  // Everything, as the backward pass expects.
+  void finish() {
+    for (int64_t j = 0; j < en_.num_stages(); ++j) need_out(j, en_.H), need_in(j, en_.H);
+  }
+
+ private:
+  void need_in(int64_t j, int64_t rows) {
+    rows = std::min(rows, en_.H);
+    if (in_rows_[j] >= rows) return;
+    const int64_t prog = kFirstStageProgram + j;
+    need(prog, rows);
+    const Program& pr = en_.progs[prog];
+    const int64_t W = en_.W, end = rows * W, r = pr.outs[0];
+    T* in = in_[j];
+    for (int64_t start = in_rows_[j] * W; start < end; start += kBlock) {
+      const int64_t len = std::min(kBlock, end - start);
+      if (r < 0) {
+        std::fill(in + start, in + start + len, static_cast<T>(pr.out_const[0]));
+      } else if (partials_[j]) {  // value and partial derivatives (reverse mode, seed 1)
+        PlaneCtx<T>& px = pcx_[j];
+        if (start == in_rows_[j] * W) {
+          px.p = cx_.p, px.lab = cx_.lab, px.mask = cx_.mask, px.c = cx_.c, px.x = cx_.x;
+          px.pool = cx_.pool, px.sin = cx_.sin;
+        }
+        const T one = T(1);
+        run_forward(en_, pr, px, mc_, start, len, nullptr, true);
+        std::copy(mc_.vp[r], mc_.vp[r] + len, in + start);
+        run_reverse(en_, pr, px, mc_, start, len, nullptr, &one, nullptr, true);
+      } else {
+        run_forward(en_, pr, cx_, mc_, start, len, nullptr, false);
+        std::copy(mc_.vp[r], mc_.vp[r] + len, in + start);
+      }
+    }
+    in_rows_[j] = rows;
+  }
+
+  void need_out(int64_t j, int64_t rows) {
+    rows = std::min(rows, en_.H);
+    if (out_rows_[j] >= rows) return;
+    const int64_t* st = en_.stage(j);
+    const int64_t r = st[1], H = en_.H, W = en_.W;
+    need_in(j, rows + r);
+    const T* src = cx_.sin[j];
+    for (int64_t h = out_rows_[j]; h < rows; ++h) {
+      const int64_t lo = h - r < 0 ? 0 : h - r, hi = h + r >= H ? H - 1 : h + r;
+      if (st[0] == 0) {
+        set_sentinels<T, true>(sc_.pad, W, r);
+        rows_pool<T, true>(src, lo, hi, W, sc_.pad + r);
+        row_pool<T, true>(sc_.pad, W, r, out_[j] + h * W);
+      } else {
+        set_sentinels<T, false>(sc_.pad, W, r);
+        rows_pool<T, false>(src, lo, hi, W, sc_.pad + r);
+        row_pool<T, false>(sc_.pad, W, r, out_[j] + h * W);
+      }
+    }
+    out_rows_[j] = rows;
+  }
+
+  const Engine<T>& en_;
+  PlaneCtx<T>& cx_;
+  Scratch<T>& sc_;
+  Machine<T>& mc_;
+  std::vector<int64_t> in_rows_, out_rows_;  // rows computed so far
+  std::vector<T*> in_, out_;
+  std::vector<bool> partials_;
+  std::vector<PlaneCtx<T>> pcx_;
+};
+
+// Rows per step when a plane is computed row by row.
+constexpr int64_t kRowStep = 4;
 
 // Labels as int32, the valid mask, and the pixels of each (image, class) grouped.
 template <typename T>
 struct LabelInfo {
-  std::vector<int32_t> lab, idx;
-  std::vector<T> mask;
+  int32_t *lab, *idx;
+  T* mask;
   std::vector<int64_t> offsets;  // (N, C + 1)
   LabelInfo(const int64_t* label, int64_t N, int64_t C, int64_t HW, int64_t ignore_index)
-      : lab(N * HW), idx(N * HW), mask(N * HW), offsets(N * (C + 1), 0) {
+      : offsets(N * (C + 1), 0) {
+    Arena<int32_t, kCallArena>& ia = thread_arena<int32_t, kCallArena>();
+    Arena<T, kCallArena>& ta = thread_arena<T, kCallArena>();
+    ia.reset(), ta.reset();
+    lab = ia.get(N * HW), idx = ia.get(N * HW), mask = ta.get(N * HW);
     at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
       for (int64_t n = n0; n < n1; ++n) {
         const int64_t* l = label + n * HW;
@@ -874,7 +980,7 @@ struct LabelInfo {
         }
         for (int64_t c = 0; c < C; ++c) count[c + 1] += count[c];
         std::copy(count.begin(), count.end(), off);
-        int32_t* ix = idx.data() + n * HW;
+        int32_t* ix = idx + n * HW;
         for (int64_t i = 0; i < HW; ++i) {
           const int32_t v = lab[n * HW + i];
           if (v >= 0) ix[count[v]++] = static_cast<int32_t>(i);
@@ -987,8 +1093,8 @@ std::vector<torch::Tensor> fused_engine(
 
     auto setup = [&](PlaneCtx<T>& cx, int64_t n, int64_t c) {
       cx.p = pp + (n * C + c) * HW;
-      cx.lab = li.lab.data() + n * HW;
-      cx.mask = li.mask.data() + n * HW;
+      cx.lab = li.lab + n * HW;
+      cx.mask = li.mask + n * HW;
       cx.c = static_cast<int32_t>(c);
       cx.x.resize(xp.size());
       for (size_t q = 0; q < xp.size(); ++q)
@@ -1005,17 +1111,31 @@ std::vector<torch::Tensor> fused_engine(
         Machine<T> mc(regs);
         Scratch<T> scr(en, false);
         PlaneCtx<T> cx;
-        std::vector<T> plane(HW);
+        T* plane = scr.plane;
         for (int64_t n = n0; n < n1; ++n) {
           T* o = out + n * HW;
           const int64_t* off = li.offsets.data() + n * (C + 1);
           for (int64_t c = c_lo; c < C; ++c) {
             setup(cx, n, c);
             const bool absent = off[c + 1] == off[c];
-            compute_stages(en, cx, scr, mc, absent, std::vector<T*>());
-            program_to_plane(en, en.progs[absent ? 2 : 0], cx, mc, plane.data());
+            Stages<T> stg(en, cx, scr, mc, absent, std::vector<T*>());
+            const int64_t fp = absent ? 2 : 0;
+            const Program& pr = en.progs[fp];
+            for (int64_t h0 = 0; h0 < H; h0 += kRowStep) {
+              const int64_t h1 = std::min(H, h0 + kRowStep), end = h1 * W;
+              stg.need(fp, h1);
+              for (int64_t start = h0 * W; start < end; start += kBlock) {
+                const int64_t len = std::min(kBlock, end - start);
+                if (pr.outs[0] < 0) {
+                  std::fill(plane + start, plane + start + len, static_cast<T>(pr.out_const[0]));
+                } else {
+                  run_forward(en, pr, cx, mc, start, len, nullptr, false);
+                  std::copy(mc.vp[pr.outs[0]], mc.vp[pr.outs[0]] + len, plane + start);
+                }
+              }
+            }
             if (c == c_lo) {
-              std::copy(plane.begin(), plane.end(), o);
+              std::copy(plane, plane + HW, o);
             } else {
               for (int64_t i = 0; i < HW; ++i) o[i] = plane[i] > o[i] ? plane[i] : o[i];
             }
@@ -1045,21 +1165,27 @@ std::vector<torch::Tensor> fused_engine(
           const int64_t n = plane / C, c = plane % C;
           setup(cx, n, c);
           const int64_t* off = li.offsets.data() + n * (C + 1);
-          const int32_t* ids = li.idx.data() + n * HW + off[c];
+          const int32_t* ids = li.idx + n * HW + off[c];
           const int64_t nl = correction ? off[c + 1] - off[c] : 0;
           for (size_t k = 0; k < kp.size(); ++k) kp[k] = keep_p[k] + plane * HW;
           const bool absent = off[c + 1] == off[c];
-          const Program& fin = en.progs[absent ? 2 : 0];
-          compute_stages(en, cx, scr, mc, absent, kp);
+          const int64_t fp = absent ? 2 : 0;
+          const Program& fin = en.progs[fp];
+          Stages<T> stg(en, cx, scr, mc, absent, kp);
           std::fill(acc.begin(), acc.end(), 0.0);
-          for (int64_t start = 0; start < HW; start += kBlock) {
-            const int64_t len = std::min(kBlock, HW - start);
-            run_forward(en, fin, cx, mc, start, len, nullptr, false);
-            for (int64_t s = 0; s < S; ++s) {
-              const int64_t r = fin.outs[s];
-              acc[s] += r >= 0 ? v_sum(mc.vp[r], len) : fin.out_const[s] * len;
+          for (int64_t h0 = 0; h0 < H; h0 += kRowStep) {
+            const int64_t h1 = std::min(H, h0 + kRowStep), end = h1 * W;
+            stg.need(fp, h1);
+            for (int64_t start = h0 * W; start < end; start += kBlock) {
+              const int64_t len = std::min(kBlock, end - start);
+              run_forward(en, fin, cx, mc, start, len, nullptr, false);
+              for (int64_t s = 0; s < S; ++s) {
+                const int64_t r = fin.outs[s];
+                acc[s] += r >= 0 ? v_sum(mc.vp[r], len) : fin.out_const[s] * len;
+              }
             }
           }
+          if (nl > 0) stg.need(1, H);
           for (int64_t start = 0; start < nl; start += kBlock) {
             const int64_t len = std::min(kBlock, nl - start);
             run_forward(en, cor, cx, mc, 0, len, ids + start, false);
@@ -1068,6 +1194,7 @@ std::vector<torch::Tensor> fused_engine(
               acc[s] += r >= 0 ? v_sum(mc.vp[r], len) : cor.out_const[s] * len;
             }
           }
+          if (!kp.empty()) stg.finish();  // the kept maps, whole
           double* res = sums.data_ptr<double>() + plane * S;
           for (int64_t s = 0; s < S; ++s) res[s] = acc[s];
         }
@@ -1097,35 +1224,38 @@ std::vector<torch::Tensor> fused_engine(
         const int64_t n = plane / C, c = plane % C;
         setup(cx, n, c);
         const int64_t* off = li.offsets.data() + n * (C + 1);
-        const int32_t* ids = li.idx.data() + n * HW + off[c];
+        const int32_t* ids = li.idx + n * HW + off[c];
         const int64_t nl = correction ? off[c + 1] - off[c] : 0;
         auto kp = [&](int64_t slot) { return keep_p[slot] + plane * HW; };
         T* dp = result.data_ptr<T>() + plane * HW;
         std::fill(dp, dp + HW, T(0));
         cx.dp = dp;
         const bool absent = off[c + 1] == off[c];
-        const Program& fin = en.progs[absent ? 2 : 0];
-        compute_stages(en, cx, scr, mc, absent, std::vector<T*>(), true);
+        const int64_t fp = absent ? 2 : 0;
+        const Program& fin = en.progs[fp];
+        Stages<T> stg(en, cx, scr, mc, absent, std::vector<T*>(), true);
         for (int64_t j = 0; j < J; ++j) {
           const int64_t* st = en.stage(j);
           if (!st[3] || (absent && !st[6])) continue;
           if (en.slot_out[j] >= 0) cx.pool[j] = kp(en.slot_out[j]);
           cx.sin[j] = st[2] ? cx.p : (en.slot_in[j] >= 0 ? kp(en.slot_in[j]) : nullptr);
-          std::fill(scr.aout[j].begin(), scr.aout[j].end(), T(0));
-          cx.apool[j] = scr.aout[j].data();
+          std::fill(scr.aout[j], scr.aout[j] + HW, T(0));
+          cx.apool[j] = scr.aout[j];
           if (st[2]) {
             cx.asin[j] = dp;
           } else {
-            std::fill(scr.ain[j].begin(), scr.ain[j].end(), T(0));
-            cx.asin[j] = scr.ain[j].data();
+            std::fill(scr.ain[j], scr.ain[j] + HW, T(0));
+            cx.asin[j] = scr.ain[j];
           }
         }
         for (int64_t s = 0; s < S; ++s) w[s] = static_cast<T>(gsp[s * C + c]);
         for (int64_t start = 0; start < HW; start += kBlock) {
           const int64_t len = std::min(kBlock, HW - start);
+          stg.need(fp, (start + len + W - 1) / W + kRowStep);
           run_forward(en, fin, cx, mc, start, len, nullptr, true, true);
           run_reverse(en, fin, cx, mc, start, len, nullptr, w.data(), nullptr);
         }
+        if (nl > 0) stg.need(1, H);
         for (int64_t start = 0; start < nl; start += kBlock) {
           const int64_t len = std::min(kBlock, nl - start);
           run_forward(en, cor, cx, mc, 0, len, ids + start, true, true);
@@ -1136,15 +1266,15 @@ std::vector<torch::Tensor> fused_engine(
           if (!st[3] || (absent && !st[6])) continue;
           if (absent && !st[7]) {  // pool unused where the class is absent
           } else if (st[0] == 0)
-            pool_backward<T, true>(cx.sin[j], scr.aout[j].data(), cx.asin[j], scr.pad.data(),
-                                   scr.yrow.data(), scr.arow.data(), scr.pend.data(), H, W,
+            pool_backward<T, true>(cx.sin[j], scr.aout[j], cx.asin[j], scr.pad,
+                                   scr.yrow, scr.arow, scr.pend, H, W,
                                    st[1]);
           else
-            pool_backward<T, false>(cx.sin[j], scr.aout[j].data(), cx.asin[j], scr.pad.data(),
-                                    scr.yrow.data(), scr.arow.data(), scr.pend.data(), H, W,
+            pool_backward<T, false>(cx.sin[j], scr.aout[j], cx.asin[j], scr.pad,
+                                    scr.yrow, scr.arow, scr.pend, H, W,
                                     st[1]);
           if (st[2]) continue;
-          const T* g = scr.ain[j].data();
+          const T* g = scr.ain[j];
           for (size_t q = 0; q < en.leaves[j].size(); ++q) {
             const int64_t op = en.leaves[j][q].first, a = en.leaves[j][q].second;
             T* target = op == OP_P ? cx.dp : (op == OP_POOL ? cx.apool[a] : cx.asin[a]);
