@@ -443,20 +443,21 @@ void pool_forward(const T* in, T* out, T* pad, int64_t H, int64_t W, int64_t r) 
 // first position of its W window where rm equals the output, then to the first position
 // of that column's H window where in equals rm (two window_max_backward passes). rm and
 // the output are recomputed row by row. Sparse adjoints (BF1's dilated boundary) are
-// routed one by one. Scratch: pad (W + 2r), yrow, arow, pend (W each).
+// routed one by one. Output rows [h0, h1) (their gradient goes to the rows within r).
+// Scratch: pad (W + 2r), yrow, arow, pend (W each).
 template <typename T, bool MAX>
 void pool_backward(const T* in, const T* aout, T* ain, T* pad, T* yrow, T* arow, T* pend,
-                   int64_t H, int64_t W, int64_t r) {
-  const int64_t HW = H * W, k = 2 * r + 1;
+                   int64_t H, int64_t W, int64_t r, int64_t h0, int64_t h1) {
+  const int64_t i0 = h0 * W, i1 = h1 * W, k = 2 * r + 1;
   int64_t nnz = 0;
 #pragma omp simd reduction(+ : nnz)
-  for (int64_t i = 0; i < HW; ++i) nnz += aout[i] != T(0) ? 1 : 0;
+  for (int64_t i = i0; i < i1; ++i) nnz += aout[i] != T(0) ? 1 : 0;
   if (nnz == 0) return;
-  if (nnz * k * 4 < HW) {
+  if (nnz * k * 4 < i1 - i0) {
     T* rmw = pad;  // rm of the 2r + 1 columns of one window
     constexpr int64_t kScan = 32;
-    for (int64_t i = 0; i < HW; ++i) {
-      if (i % kScan == 0 && i + kScan <= HW) {  // skip zero runs a vector at a time
+    for (int64_t i = i0; i < i1; ++i) {
+      if ((i - i0) % kScan == 0 && i + kScan <= i1) {  // skip zero runs a vector at a time
         int any = 0;
 #pragma omp simd reduction(| : any)
         for (int64_t q = 0; q < kScan; ++q) any |= aout[i + q] != T(0) ? 1 : 0;
@@ -489,7 +490,7 @@ void pool_backward(const T* in, const T* aout, T* ain, T* pad, T* yrow, T* arow,
   }
   set_sentinels<T, MAX>(pad, W, r);
   const T* s = pad + r;  // rm of row h
-  for (int64_t h = 0; h < H; ++h) {
+  for (int64_t h = h0; h < h1; ++h) {
     const int64_t lo = h - r < 0 ? 0 : h - r, hi = h + r >= H ? H - 1 : h + r;
     rows_pool<T, MAX>(in, lo, hi, W, pad + r);
     row_pool<T, MAX>(pad, W, r, yrow);
@@ -595,6 +596,8 @@ struct Engine {
   int64_t num_saved = 0;
   // the stage maps each program reads: (OP_POOL or OP_STAGEIN, stage)
   std::vector<std::vector<std::pair<int64_t, int64_t>>> deps;
+  // the stages whose kept partial derivatives add to stage j's pooled / input adjoint
+  std::vector<std::vector<int64_t>> pool_users, input_users;
   int64_t num_stages() const { return static_cast<int64_t>(stages.size() / kStageCols); }
   const int64_t* stage(int64_t j) const { return stages.data() + j * kStageCols; }
 
@@ -604,6 +607,7 @@ struct Engine {
     slot_in.assign(J, -1), slot_out.assign(J, -1), slot_part.assign(J, {});
     num_saved = 0;
     deps.assign(progs.size(), {});
+    pool_users.assign(J, {}), input_users.assign(J, {});
     for (size_t i = 0; i < progs.size(); ++i)
       for (int64_t ii = 0; ii < progs[i].ni; ++ii) {
         const int64_t* row = progs[i].code.data() + ii * kCols;
@@ -622,6 +626,8 @@ struct Engine {
         if (row[4] && (row[0] == OP_P || row[0] == OP_POOL || row[0] == OP_STAGEIN)) {
           leaves[j].emplace_back(row[0], row[2]);
           slot_part[j].push_back(num_saved++);
+          if (row[0] == OP_POOL) pool_users[row[2]].push_back(j);
+          if (row[0] == OP_STAGEIN) input_users[row[2]].push_back(j);
         }
       }
     }
@@ -657,12 +663,13 @@ inline void store(T* dst, int64_t start, int64_t n, const int32_t* idx, const T*
 template <typename T>
 void run_forward(const Engine<T>& en, const Program& pr, const PlaneCtx<T>& cx, Machine<T>& mc,
                  int64_t start, int64_t n, const int32_t* idx, bool need_der,
-                 bool only_needed = false) {
+                 bool only_needed = false, int64_t out_reg = -1, T* out = nullptr) {
   for (int64_t ii = 0; ii < pr.ni; ++ii) {
     const int64_t* in = pr.code.data() + ii * kCols;
     if (only_needed && !in[5]) continue;
     const int64_t op = in[0], dst = in[1], a = in[2], b = in[3];
-    T* v = mc.val.data() + dst * kBlock;
+    // out: where register out_reg goes (a computed register; a leaf is only pointed at)
+    T* v = dst == out_reg ? out : mc.val.data() + dst * kBlock;
     const T** vp = mc.vp.data();
     switch (op) {
       case OP_P: vp[dst] = load(cx.p, start, n, idx, v); break;
@@ -908,12 +915,12 @@ class Stages {
           px.pool = cx_.pool, px.sin = cx_.sin;
         }
         const T one = T(1);
-        run_forward(en_, pr, px, mc_, start, len, nullptr, true);
-        std::copy(mc_.vp[r], mc_.vp[r] + len, in + start);
+        run_forward(en_, pr, px, mc_, start, len, nullptr, true, false, r, in + start);
+        if (mc_.vp[r] != in + start) std::copy(mc_.vp[r], mc_.vp[r] + len, in + start);
         run_reverse(en_, pr, px, mc_, start, len, nullptr, &one, nullptr, true);
       } else {
-        run_forward(en_, pr, cx_, mc_, start, len, nullptr, false);
-        std::copy(mc_.vp[r], mc_.vp[r] + len, in + start);
+        run_forward(en_, pr, cx_, mc_, start, len, nullptr, false, false, r, in + start);
+        if (mc_.vp[r] != in + start) std::copy(mc_.vp[r], mc_.vp[r] + len, in + start);
       }
     }
     in_rows_[j] = rows;
@@ -1220,6 +1227,7 @@ std::vector<torch::Tensor> fused_engine(
       Scratch<T> scr(en, true);
       PlaneCtx<T> cx;
       std::vector<T> w(S);
+      std::vector<int64_t> routed(J), applied(J);  // rows done, per stage
       for (int64_t plane = b0; plane < b1; ++plane) {
         const int64_t n = plane / C, c = plane % C;
         setup(cx, n, c);
@@ -1249,36 +1257,57 @@ std::vector<torch::Tensor> fused_engine(
           }
         }
         for (int64_t s = 0; s < S; ++s) w[s] = static_cast<T>(gsp[s * C + c]);
-        for (int64_t start = 0; start < HW; start += kBlock) {
-          const int64_t len = std::min(kBlock, HW - start);
-          stg.need(fp, (start + len + W - 1) / W + kRowStep);
-          run_forward(en, fin, cx, mc, start, len, nullptr, true, true);
-          run_reverse(en, fin, cx, mc, start, len, nullptr, w.data(), nullptr);
-        }
+        // The labelled pixels first (their adjoints land anywhere in the plane), then the
+        // plane row by row: the final program's reverse sweep, and every stage's gradient
+        // routing and partial derivatives as far as their adjoints are complete.
         if (nl > 0) stg.need(1, H);
         for (int64_t start = 0; start < nl; start += kBlock) {
           const int64_t len = std::min(kBlock, nl - start);
           run_forward(en, cor, cx, mc, 0, len, ids + start, true, true);
           run_reverse(en, cor, cx, mc, 0, len, ids + start, w.data(), nullptr);
         }
-        for (int64_t j = J - 1; j >= 0; --j) {
-          const int64_t* st = en.stage(j);
-          if (!st[3] || (absent && !st[6])) continue;
-          if (absent && !st[7]) {  // pool unused where the class is absent
-          } else if (st[0] == 0)
-            pool_backward<T, true>(cx.sin[j], scr.aout[j], cx.asin[j], scr.pad,
-                                   scr.yrow, scr.arow, scr.pend, H, W,
-                                   st[1]);
-          else
-            pool_backward<T, false>(cx.sin[j], scr.aout[j], cx.asin[j], scr.pad,
-                                    scr.yrow, scr.arow, scr.pend, H, W,
-                                    st[1]);
-          if (st[2]) continue;
-          const T* g = scr.ain[j];
-          for (size_t q = 0; q < en.leaves[j].size(); ++q) {
-            const int64_t op = en.leaves[j][q].first, a = en.leaves[j][q].second;
-            T* target = op == OP_P ? cx.dp : (op == OP_POOL ? cx.apool[a] : cx.asin[a]);
-            if (target) v_acc_mul(target, g, kp(en.slot_part[j][q]), HW);
+        std::fill(routed.begin(), routed.end(), 0);
+        std::fill(applied.begin(), applied.end(), 0);
+        for (int64_t h0 = 0; h0 < H; h0 += kRowStep) {
+          const int64_t h1 = std::min(H, h0 + kRowStep), end = h1 * W;
+          stg.need(fp, h1);
+          for (int64_t start = h0 * W; start < end; start += kBlock) {
+            const int64_t len = std::min(kBlock, end - start);
+            run_forward(en, fin, cx, mc, start, len, nullptr, true, true);
+            run_reverse(en, fin, cx, mc, start, len, nullptr, w.data(), nullptr);
+          }
+          for (int64_t j = J - 1; j >= 0; --j) {
+            const int64_t* st = en.stage(j);
+            if (!st[3] || (absent && !st[6])) continue;
+            const int64_t r = st[1];
+            // rows of the pooled map's adjoint that nothing will add to any more
+            int64_t a = h1;
+            for (int64_t k : en.pool_users[j]) a = std::min(a, applied[k]);
+            if (a > routed[j]) {
+              if (absent && !st[7]) {  // pool unused where the class is absent
+              } else if (st[0] == 0) {
+                pool_backward<T, true>(cx.sin[j], scr.aout[j], cx.asin[j], scr.pad, scr.yrow,
+                                       scr.arow, scr.pend, H, W, r, routed[j], a);
+              } else {
+                pool_backward<T, false>(cx.sin[j], scr.aout[j], cx.asin[j], scr.pad,
+                                        scr.yrow, scr.arow, scr.pend, H, W, r, routed[j], a);
+              }
+              routed[j] = a;
+            }
+            if (st[2] || en.leaves[j].empty()) continue;
+            // rows of the input map's adjoint that are complete
+            int64_t b = std::min(h1, routed[j] == H ? H : std::max<int64_t>(0, routed[j] - r));
+            for (int64_t k : en.input_users[j]) b = std::min(b, applied[k]);
+            if (b > applied[j]) {
+              const int64_t lo = applied[j] * W, n = (b - applied[j]) * W;
+              const T* g = scr.ain[j] + lo;
+              for (size_t q = 0; q < en.leaves[j].size(); ++q) {
+                const int64_t op = en.leaves[j][q].first, l = en.leaves[j][q].second;
+                T* target = op == OP_P ? cx.dp : (op == OP_POOL ? cx.apool[l] : cx.asin[l]);
+                if (target) v_acc_mul(target + lo, g, kp(en.slot_part[j][q]) + lo, n);
+              }
+              applied[j] = b;
+            }
           }
         }
       }
