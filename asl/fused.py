@@ -384,17 +384,62 @@ class FusedPlan:
             need_in[j] |= need_pool[j]
             if need_in[j] and not self.stages[j]['direct_p']:
                 refs(codes[3 + j])
+        masks = self._pool_masks(codes)
         stages = torch.tensor([[0 if s['how'] == 'max' else 1, s['r'], int(s['direct_p']),
-                                int(s['active']), int(i), int(o), int(a), int(b)]
-                               for s, i, o, a, b in zip(self.stages, save_in, save_out,
-                                                         need_in, need_pool)],
-                              dtype=torch.long).reshape(-1, 8)
+                                int(s['active']), int(i), int(o), int(a), int(b), *mk]
+                               for s, i, o, a, b, mk in zip(self.stages, save_in, save_out,
+                                                             need_in, need_pool, masks)],
+                              dtype=torch.long).reshape(-1, 10)
         absent = torch.tensor([s['absent'] for s in self.stages], dtype=torch.float64)
         program = (list(codes), list(outs), list(oconsts), stages, absent,
                    torch.tensor(self.consts + [0.0], dtype=torch.float64), table, ks,
                    int(self.has_correction))
         self._tensors = (tuple(curves), program)
         return program
+
+
+    def _pool_masks(self, codes) -> List[Tuple[int, int]]:
+        """Per stage, the leaf (op, a) of a P-independent map Y such that the pooled map
+        is only used in products with Y (BF1's ``dilate(bp) & bg``): the kernel may then
+        compute the pool only where Y is not 0. (-1, -1) where there is none."""
+        nst = len(self.stages)
+        mask: List[Optional[Tuple[int, int]]] = [None] * nst
+        bad = [False] * nst
+        for k, code in enumerate(codes):
+            rows = code.tolist()
+            pool_reg = {}  # register -> stage of its POOL leaf
+            for op, dst, a, b, act, _ in rows:
+                if op == OP_POOL:
+                    if k >= 3:
+                        bad[a] = True  # read by a stage program
+                    pool_reg[dst] = a
+            if not pool_reg:
+                continue
+            leaf = {dst: (op, a) for op, dst, a, b, act, _ in rows
+                    if op in (OP_M, OP_X, OP_POOL, OP_STAGEIN) and not act}
+            for op, dst, a, b, act, _ in rows:
+                for reg, other in ((a, b), (b, a)) if op == OP_MUL else ((a, None), (b, None)):
+                    if reg not in pool_reg or op in (OP_POOL, OP_STAGEIN, OP_X, OP_CONST):
+                        continue
+                    j = pool_reg[reg]
+                    if op != OP_MUL or other not in leaf:
+                        bad[j] = True
+                    elif mask[j] not in (None, leaf[other]):
+                        bad[j] = True
+                    else:
+                        mask[j] = leaf[other]
+        for k, prog in enumerate([self.final, self.correction, self.absent_final]):
+            _, regs = prog.live_code()
+            rows = codes[k].tolist()
+            for r in regs:
+                if r >= 0 and rows[r][0] == OP_POOL:
+                    bad[rows[r][2]] = True  # a statistic of the pool itself
+        out = []
+        for j in range(nst):
+            m = mask[j]
+            ok = m is not None and not bad[j] and (m[0] in (OP_M, OP_X) or m[1] < j)
+            out.append(m if ok else (-1, -1))
+        return out
 
 
 def _class_max_plan(node: MapNode) -> Optional[FusedPlan]:
@@ -419,14 +464,19 @@ def _run(program, p, label, extras, ignore_index, mode=0, grad=None, saved=(), s
 
 
 class _FusedStats(torch.autograd.Function):
+    """The plan's sums of ``p``, or with ``from_logits`` of ``softmax(x, 1)`` (the softmax
+    and its backward then run here: its output is kept, and the gradient is turned into
+    the logits' gradient in place)."""
 
     @staticmethod
-    def forward(ctx, p, label, program, ignore_index, *extras):
+    def forward(ctx, x, label, program, ignore_index, from_logits, *extras):
         save = ctx.needs_input_grad[0]
+        p = x.softmax(1) if from_logits else x
         res = _run(program, p, label, extras, ignore_index, save=save)
         n, c = p.shape[:2]
         ctx.save_for_backward(p, label, *extras, *res[1:])
         ctx.program, ctx.ignore_index, ctx.num_extras = program, ignore_index, len(extras)
+        ctx.from_logits = from_logits
         return res[0].view(n, c, -1).sum(0).t().to(p.dtype)  # (S, C)
 
     @staticmethod
@@ -435,7 +485,9 @@ class _FusedStats(torch.autograd.Function):
         extras, saved = rest[:ctx.num_extras], rest[ctx.num_extras:]
         (dp, ) = _run(ctx.program, p, label, extras, ctx.ignore_index, grad=grad.contiguous(),
                       saved=saved)
-        return (dp, None, None, None) + (None, ) * len(extras)
+        if ctx.from_logits:
+            _ext.softmax_backward_(p, dp)
+        return (dp, None, None, None, None) + (None, ) * len(extras)
 
 
 def plan_fused(compiled: CompiledMetric) -> FusedPlan:
@@ -461,9 +513,10 @@ def fused_class_max(plan: FusedPlan, index: int, curves: Sequence[Curve], p: tor
 
 
 def fused_stat_sums(plan: FusedPlan, curves: Sequence[Curve], p: torch.Tensor,
-                    label: torch.Tensor, ignore_index: int,
-                    extras: Sequence[torch.Tensor]) -> torch.Tensor:
-    """(S, C) sums of the plan's statistics, differentiable with respect to ``p``."""
+                    label: torch.Tensor, ignore_index: int, extras: Sequence[torch.Tensor],
+                    from_logits: bool = False) -> torch.Tensor:
+    """(S, C) sums of the plan's statistics, differentiable with respect to ``p`` (or, with
+    ``from_logits``, with respect to the logits ``p`` whose softmax over dim 1 is P)."""
     program = plan.tensors(curves)
-    return _FusedStats.apply(p, label, program, ignore_index,
+    return _FusedStats.apply(p.contiguous(), label, program, ignore_index, from_logits,
                              *[e.contiguous() for e in extras])

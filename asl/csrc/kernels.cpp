@@ -12,6 +12,7 @@
 #include <ATen/Parallel.h>
 #include <cmath>
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <vector>
 
@@ -574,8 +575,10 @@ struct Machine {
 
 // Stage rows: how (0 max, 1 min), r, direct_p (the input is P), active (depends on P),
 // save_in, save_out (kept by the forward pass for the backward pass), absent_in,
-// absent_pool (needed in a plane whose class is absent from the image).
-constexpr int64_t kStageCols = 8;
+// absent_pool (needed in a plane whose class is absent from the image), mask_op, mask_a
+// (the leaf of the P-independent map whose products with the pool are its only uses,
+// op -1: none; OP_M, OP_X, OP_POOL or OP_STAGEIN of an earlier stage).
+constexpr int64_t kStageCols = 10;
 constexpr int64_t kFirstStageProgram = 3;  // programs: final, correction, absent final
 
 template <typename T>
@@ -828,6 +831,23 @@ struct Scratch {
   }
 };
 
+// Calls f(i) for the i in [i0, i1) where v[i] != 0, skipping zero runs a vector at a time.
+template <typename T, typename F>
+void for_nonzero(const T* v, int64_t i0, int64_t i1, F&& f) {
+  constexpr int64_t kScan = 32;
+  int64_t i = i0;
+  for (; i + kScan <= i1; i += kScan) {
+    int any = 0;
+#pragma omp simd reduction(| : any)
+    for (int64_t q = 0; q < kScan; ++q) any |= v[i + q] != T(0) ? 1 : 0;
+    if (!any) continue;
+    for (int64_t q = 0; q < kScan; ++q)
+      if (v[i + q] != T(0)) f(i + q);
+  }
+  for (; i < i1; ++i)
+    if (v[i] != T(0)) f(i);
+}
+
 // Computes the stage maps of a plane on demand, row by row: a program (the final one, or
 // a stage's) asks for the rows it is about to read, and each stage computes its input
 // and pooled map only that far (plus the rows its own window needs), so that the maps
@@ -930,23 +950,98 @@ class Stages {
     rows = std::min(rows, en_.H);
     if (out_rows_[j] >= rows) return;
     const int64_t* st = en_.stage(j);
-    const int64_t r = st[1], H = en_.H, W = en_.W;
+    const int64_t r = st[1], H = en_.H, W = en_.W, o0 = out_rows_[j], k = 2 * r + 1;
+    T* out = out_[j];
+    if (st[0] == 0 && !st[3] && o0 == 0) {
+      // A max pool of a sparse P-independent map without negative values (BF1's
+      // ground-truth boundaries): its values are spread over their windows instead.
+      need_in(j, H);
+      const T* src = cx_.sin[j];
+      int64_t nnz = 0, neg = 0;
+#pragma omp simd reduction(+ : nnz, neg)
+      for (int64_t i = 0; i < H * W; ++i) {
+        nnz += src[i] != T(0) ? 1 : 0;
+        neg += src[i] < T(0) || src[i] != src[i] ? 1 : 0;
+      }
+      if (neg == 0 && nnz * k * 4 < H * W) {
+        std::fill(out, out + H * W, T(0));
+        for_nonzero(src, 0, H * W, [&](int64_t i) {
+          const T v = src[i];
+          const int64_t h = i / W, w = i % W;
+          const int64_t hlo = std::max<int64_t>(0, h - r), hhi = std::min(H - 1, h + r);
+          const int64_t wlo = std::max<int64_t>(0, w - r), whi = std::min(W - 1, w + r);
+          for (int64_t y = hlo; y <= hhi; ++y) {
+            T* o = out + y * W;
+            for (int64_t x = wlo; x <= whi; ++x) o[x] = v > o[x] ? v : o[x];
+          }
+        });
+        out_rows_[j] = H;
+        return;
+      }
+    }
     need_in(j, rows + r);
     const T* src = cx_.sin[j];
-    for (int64_t h = out_rows_[j]; h < rows; ++h) {
+    const T* mask = mask_of(j, rows);
+    if (mask) {
+      // Only the products with a P-independent map use this pool: it is computed where
+      // that map is not 0 (0 elsewhere), if that is a small part of the rows.
+      int64_t nnz = 0;
+#pragma omp simd reduction(+ : nnz)
+      for (int64_t i = o0 * W; i < rows * W; ++i) nnz += mask[i] != T(0) ? 1 : 0;
+      if (nnz * k < (rows - o0) * W / 4) {
+        std::fill(out + o0 * W, out + rows * W, T(0));
+        if (st[0] == 0)
+          for_nonzero(mask, o0 * W, rows * W, [&](int64_t i) { out[i] = window<true>(src, i, r); });
+        else
+          for_nonzero(mask, o0 * W, rows * W, [&](int64_t i) { out[i] = window<false>(src, i, r); });
+        out_rows_[j] = rows;
+        return;
+      }
+    }
+    for (int64_t h = o0; h < rows; ++h) {
       const int64_t lo = h - r < 0 ? 0 : h - r, hi = h + r >= H ? H - 1 : h + r;
       if (st[0] == 0) {
         set_sentinels<T, true>(sc_.pad, W, r);
         rows_pool<T, true>(src, lo, hi, W, sc_.pad + r);
-        row_pool<T, true>(sc_.pad, W, r, out_[j] + h * W);
+        row_pool<T, true>(sc_.pad, W, r, out + h * W);
       } else {
         set_sentinels<T, false>(sc_.pad, W, r);
         rows_pool<T, false>(src, lo, hi, W, sc_.pad + r);
-        row_pool<T, false>(sc_.pad, W, r, out_[j] + h * W);
+        row_pool<T, false>(sc_.pad, W, r, out + h * W);
       }
     }
     out_rows_[j] = rows;
   }
+
+  // The pool of src at pixel i, computed directly.
+  template <bool MAX>
+  T window(const T* src, int64_t i, int64_t r) const {
+    const int64_t H = en_.H, W = en_.W, h = i / W, w = i % W;
+    const int64_t hlo = std::max<int64_t>(0, h - r), hhi = std::min(H - 1, h + r);
+    const int64_t wlo = std::max<int64_t>(0, w - r), whi = std::min(W - 1, w + r);
+    T m = src[hlo * W + wlo];
+    for (int64_t y = hlo; y <= hhi; ++y)
+      for (int64_t x = wlo; x <= whi; ++x) m = pick<T, MAX>(m, src[y * W + x]);
+    return m;
+  }
+
+  // The P-independent map whose products with stage j's pool are its only uses (rows
+  // [0, rows) made available), or null.
+  const T* mask_of(int64_t j, int64_t rows) {
+    const int64_t* st = en_.stage(j);
+    const int64_t op = st[8], a = st[9];
+    if (op < 0) return nullptr;
+    if (op == OP_POOL) need_out(a, rows);
+    if (op == OP_STAGEIN) need_in(a, rows);
+    switch (op) {
+      case OP_M: return cx_.mask;
+      case OP_X: return cx_.x[a];
+      case OP_POOL: return cx_.pool[a];
+      case OP_STAGEIN: return cx_.sin[a];
+      default: return nullptr;
+    }
+  }
+
 
   const Engine<T>& en_;
   PlaneCtx<T>& cx_;
@@ -996,6 +1091,16 @@ struct LabelInfo {
     });
   }
 };
+
+// Calls worker(next) once on each of torch's threads (at most n); the workers take items
+// [0, n) one at a time from next, so that the threads stay busy when items differ in cost
+// (planes of absent classes are cheap) or a thread is held up.
+template <typename F>
+void run_workers(int64_t n, F&& worker) {
+  std::atomic<int64_t> next(0);
+  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n));
+  at::parallel_for(0, nt, 1, [&](int64_t, int64_t) { worker(next); });
+}
 
 // mode 0: per-plane sums (N * C, S) float64 and, with save, the K maps the backward pass
 // needs, one (N * C, H * W) tensor each (separate tensors: allocations above 32 MB are
@@ -1067,9 +1172,14 @@ std::vector<torch::Tensor> fused_engine(
         TORCH_CHECK(outs[i].numel() == 1, "fused_engine: a stage program has one output");
     }
     en.stages.assign(sc.data_ptr<int64_t>(), sc.data_ptr<int64_t>() + sc.numel());
-    for (int64_t j = 0; j < J; ++j)
-      TORCH_CHECK(en.stage(j)[1] >= 0 && (!en.stage(j)[2] || en.stage(j)[3]),
-                  "fused_engine: bad stage row ", j);
+    for (int64_t j = 0; j < J; ++j) {
+      const int64_t* st = en.stage(j);
+      const int64_t mo = st[8], ma = st[9];
+      const bool mask_ok = mo == -1 || mo == OP_M ||
+                           (mo == OP_X && ma >= 0 && ma < static_cast<int64_t>(xcs.size())) ||
+                           ((mo == OP_POOL || mo == OP_STAGEIN) && ma >= 0 && ma < j);
+      TORCH_CHECK(st[1] >= 0 && (!st[2] || st[3]) && mask_ok, "fused_engine: bad stage row ", j);
+    }
     auto ab = absent.to(torch::kDouble).contiguous();
     TORCH_CHECK(ab.numel() == J, "fused_engine: one absent value per stage");
     en.absent.assign(ab.data_ptr<double>(), ab.data_ptr<double>() + J);
@@ -1114,41 +1224,63 @@ std::vector<torch::Tensor> fused_engine(
     if (mode == 1) {
       auto result = torch::zeros({N, 1, H, W}, pc.options());
       T* out = result.data_ptr<T>();
-      at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+      const int64_t nc = std::max<int64_t>(0, C - c_lo), nt = at::get_num_threads();
+      std::vector<std::vector<T>> acc(nt);  // per worker: max so far per image
+      std::vector<std::vector<char>> seen(nt);
+      std::atomic<int64_t> slots(0);
+      run_workers(N * nc, [&](std::atomic<int64_t>& next) {
+        const int64_t slot = slots.fetch_add(1);
+        TORCH_CHECK(slot < nt, "fused_engine: more workers than threads");
+        acc[slot].assign(N * HW, T(0));
+        seen[slot].assign(N, 0);
         Machine<T> mc(regs);
         Scratch<T> scr(en, false);
         PlaneCtx<T> cx;
         T* plane = scr.plane;
-        for (int64_t n = n0; n < n1; ++n) {
-          T* o = out + n * HW;
+        for (int64_t item; (item = next.fetch_add(1)) < N * nc;) {
+          const int64_t n = item / nc, c = c_lo + item % nc;
           const int64_t* off = li.offsets.data() + n * (C + 1);
-          for (int64_t c = c_lo; c < C; ++c) {
-            setup(cx, n, c);
-            const bool absent = off[c + 1] == off[c];
-            Stages<T> stg(en, cx, scr, mc, absent, std::vector<T*>());
-            const int64_t fp = absent ? 2 : 0;
-            const Program& pr = en.progs[fp];
-            for (int64_t h0 = 0; h0 < H; h0 += kRowStep) {
-              const int64_t h1 = std::min(H, h0 + kRowStep), end = h1 * W;
-              stg.need(fp, h1);
-              for (int64_t start = h0 * W; start < end; start += kBlock) {
-                const int64_t len = std::min(kBlock, end - start);
-                if (pr.outs[0] < 0) {
-                  std::fill(plane + start, plane + start + len, static_cast<T>(pr.out_const[0]));
-                } else {
-                  run_forward(en, pr, cx, mc, start, len, nullptr, false);
-                  std::copy(mc.vp[pr.outs[0]], mc.vp[pr.outs[0]] + len, plane + start);
-                }
+          setup(cx, n, c);
+          const bool absent = off[c + 1] == off[c];
+          Stages<T> stg(en, cx, scr, mc, absent, std::vector<T*>());
+          const int64_t fp = absent ? 2 : 0;
+          const Program& pr = en.progs[fp];
+          for (int64_t h0 = 0; h0 < H; h0 += kRowStep) {
+            const int64_t h1 = std::min(H, h0 + kRowStep), end = h1 * W;
+            stg.need(fp, h1);
+            for (int64_t start = h0 * W; start < end; start += kBlock) {
+              const int64_t len = std::min(kBlock, end - start);
+              if (pr.outs[0] < 0) {
+                std::fill(plane + start, plane + start + len, static_cast<T>(pr.out_const[0]));
+              } else {
+                run_forward(en, pr, cx, mc, start, len, nullptr, false);
+                std::copy(mc.vp[pr.outs[0]], mc.vp[pr.outs[0]] + len, plane + start);
               }
             }
-            if (c == c_lo) {
-              std::copy(plane, plane + HW, o);
-            } else {
-              for (int64_t i = 0; i < HW; ++i) o[i] = plane[i] > o[i] ? plane[i] : o[i];
-            }
+          }
+          T* o = acc[slot].data() + n * HW;
+          if (!seen[slot][n]) {
+            std::copy(plane, plane + HW, o);
+            seen[slot][n] = 1;
+          } else {
+            for (int64_t i = 0; i < HW; ++i) o[i] = plane[i] > o[i] ? plane[i] : o[i];
           }
         }
       });
+      for (int64_t n = 0; n < N; ++n) {  // the workers' maxima
+        T* o = out + n * HW;
+        bool first = true;
+        for (int64_t s = 0; s < nt; ++s) {
+          if (seen[s].empty() || !seen[s][n]) continue;
+          const T* a = acc[s].data() + n * HW;
+          if (first) {
+            std::copy(a, a + HW, o);
+            first = false;
+          } else {
+            for (int64_t i = 0; i < HW; ++i) o[i] = a[i] > o[i] ? a[i] : o[i];
+          }
+        }
+      }
       results.push_back(result);
       return;
     }
@@ -1162,13 +1294,13 @@ std::vector<torch::Tensor> fused_engine(
         keep.push_back(torch::empty({N * C, HW}, pc.options()));
         keep_p.push_back(keep.back().data_ptr<T>());
       }
-      at::parallel_for(0, N * C, 1, [&](int64_t b0, int64_t b1) {
+      run_workers(N * C, [&](std::atomic<int64_t>& next) {
         Machine<T> mc(regs);
         Scratch<T> scr(en, false);
         PlaneCtx<T> cx;
         std::vector<double> acc(S);
         std::vector<T*> kp(keep_p.size());
-        for (int64_t plane = b0; plane < b1; ++plane) {
+        for (int64_t plane; (plane = next.fetch_add(1)) < N * C;) {
           const int64_t n = plane / C, c = plane % C;
           setup(cx, n, c);
           const int64_t* off = li.offsets.data() + n * (C + 1);
@@ -1222,13 +1354,13 @@ std::vector<torch::Tensor> fused_engine(
       keep_p.push_back(keep.back().data_ptr<T>());
     }
     auto result = torch::empty_like(pc);
-    at::parallel_for(0, N * C, 1, [&](int64_t b0, int64_t b1) {
+    run_workers(N * C, [&](std::atomic<int64_t>& next) {
       Machine<T> mc(regs);
       Scratch<T> scr(en, true);
       PlaneCtx<T> cx;
       std::vector<T> w(S);
       std::vector<int64_t> routed(J), applied(J);  // rows done, per stage
-      for (int64_t plane = b0; plane < b1; ++plane) {
+      for (int64_t plane; (plane = next.fetch_add(1)) < N * C;) {
         const int64_t n = plane / C, c = plane % C;
         setup(cx, n, c);
         const int64_t* off = li.offsets.data() + n * (C + 1);
@@ -1317,12 +1449,44 @@ std::vector<torch::Tensor> fused_engine(
   return results;
 }
 
+// Softmax backward over dim 1, in place: g <- p * (g - sum_c p * g), p = softmax output
+// (N, C, H, W). Pixels in blocks, so that a block of every class stays in cache.
+void softmax_backward_(torch::Tensor p, torch::Tensor g) {
+  TORCH_CHECK(p.device().is_cpu() && p.dim() == 4 && p.sizes() == g.sizes() &&
+                  p.scalar_type() == g.scalar_type() && p.is_contiguous() && g.is_contiguous(),
+              "softmax_backward_: p and g must be contiguous (N, C, H, W) CPU tensors alike");
+  const int64_t N = p.size(0), C = p.size(1), HW = p.size(2) * p.size(3);
+  const int64_t blocks = (HW + kBlock - 1) / kBlock;
+  AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "softmax_backward_", [&] {
+    const scalar_t* pp = p.data_ptr<scalar_t>();
+    scalar_t* gp = g.data_ptr<scalar_t>();
+    at::parallel_for(0, N * blocks, 1, [&](int64_t b0, int64_t b1) {
+      scalar_t acc[kBlock];
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t n = b / blocks, i0 = (b % blocks) * kBlock;
+        const int64_t len = std::min(kBlock, HW - i0);
+        std::fill(acc, acc + len, scalar_t(0));
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t o = (n * C + c) * HW + i0;
+          v_acc_mul(acc, pp + o, gp + o, len);
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* __restrict__ x = pp + (n * C + c) * HW + i0;
+          scalar_t* __restrict__ y = gp + (n * C + c) * HW + i0;
+          for (int64_t i = 0; i < len; ++i) y[i] = x[i] * (y[i] - acc[i]);
+        }
+      }
+    });
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bezier_forward", &bezier_forward, "Piecewise quadratic Bezier curve (value, dy/dx)");
   m.def("window_max_forward", &window_max_forward, "Window max along one dim");
   m.def("window_max_backward", &window_max_backward, "Gradient of window_max_forward");
+  m.def("softmax_backward_", &softmax_backward_, "In-place softmax backward over dim 1");
   m.def("fused_engine", &fused_engine,
         "Fused per-class sums of elementwise and pooled maps (or dL/dP, or a class max)");
 }
