@@ -601,6 +601,17 @@ struct Engine {
   std::vector<std::vector<std::pair<int64_t, int64_t>>> deps;
   // the stages whose kept partial derivatives add to stage j's pooled / input adjoint
   std::vector<std::vector<int64_t>> pool_users, input_users;
+  // How the backward pass starts the adjoint maps of a plane, for the final program (0)
+  // and the one of absent classes (1): the first write to a map that has a single first
+  // writer assigns instead of adding to zeros.
+  struct Init {
+    std::vector<char> assign_rows;  // final program leaves that write their adjoint map
+    bool zero_dp = true;
+    std::vector<char> zero_aout, zero_ain;
+    std::vector<std::vector<char>> part_assign;  // [stage][leaf]: the partial writes
+    std::vector<char> ain_by_final;  // ain written by the final program: route behind it
+  };
+  Init init[2];
   int64_t num_stages() const { return static_cast<int64_t>(stages.size() / kStageCols); }
   const int64_t* stage(int64_t j) const { return stages.data() + j * kStageCols; }
 
@@ -632,6 +643,61 @@ struct Engine {
           if (row[0] == OP_POOL) pool_users[row[2]].push_back(j);
           if (row[0] == OP_STAGEIN) input_users[row[2]].push_back(j);
         }
+      }
+    }
+    for (int v = 0; v < 2; ++v) plan_init(v);
+  }
+
+  void plan_init(int v) {
+    const int64_t J = num_stages();
+    const Program& fin = progs[v ? 2 : 0];
+    Init& it = init[v];
+    // active leaves the correction program (run first; none where the class is absent)
+    // and the final program write
+    std::vector<char> cor_pool(J, 0), cor_in(J, 0), fin_pool(J, 0), fin_in(J, 0);
+    bool fin_p = false;
+    if (!v) {
+      const Program& cor = progs[1];
+      for (int64_t ii = 0; ii < cor.ni; ++ii) {
+        const int64_t* row = cor.code.data() + ii * kCols;
+        if (!row[4]) continue;
+        if (row[0] == OP_POOL) cor_pool[row[2]] = 1;
+        if (row[0] == OP_STAGEIN) cor_in[row[2]] = 1;
+      }
+    }
+    it.assign_rows.assign(std::max<int64_t>(fin.ni, 1), 0);
+    for (int64_t ii = 0; ii < fin.ni; ++ii) {
+      const int64_t* row = fin.code.data() + ii * kCols;
+      if (!row[4]) continue;
+      if (row[0] == OP_P && J == 0) {  // no stages: the final program runs first
+        it.assign_rows[ii] = 1;
+        fin_p = true;
+      } else if (row[0] == OP_POOL && !cor_pool[row[2]]) {
+        it.assign_rows[ii] = 1;
+        fin_pool[row[2]] = 1;
+      } else if (row[0] == OP_STAGEIN && !cor_in[row[2]]) {
+        it.assign_rows[ii] = 1;
+        fin_in[row[2]] = 1;
+      }
+    }
+    it.zero_dp = !fin_p;
+    it.zero_aout.assign(J, 1), it.zero_ain.assign(J, 1), it.ain_by_final = fin_in;
+    it.part_assign.assign(J, {});
+    for (int64_t j = 0; j < J; ++j) it.part_assign[j].assign(leaves[j].size(), 0);
+    for (int64_t j = 0; j < J; ++j) {
+      const int64_t* st = stage(j);
+      if (!st[3]) continue;
+      it.zero_ain[j] = !fin_in[j];
+      bool used_v = true;  // (stages a plane of an absent class skips write nothing)
+      for (int64_t k : pool_users[j]) used_v = used_v && (!v || stage(k)[6]);
+      if (fin_pool[j]) {
+        it.zero_aout[j] = 0;
+      } else if (pool_users[j].size() == 1 && !cor_pool[j] && used_v) {
+        const int64_t k = pool_users[j][0];  // the only writer: its partial
+        for (size_t q = 0; q < leaves[k].size(); ++q)
+          if (leaves[k][q].first == OP_POOL && leaves[k][q].second == j)
+            it.part_assign[k][q] = 1;
+        it.zero_aout[j] = 0;
       }
     }
   }
@@ -723,7 +789,8 @@ struct Same {  // a non-deduced context (for nullptr arguments)
 template <typename T>
 void run_reverse(const Engine<T>& /*en*/, const Program& pr, const PlaneCtx<T>& cx, Machine<T>& mc,
                  int64_t start, int64_t n, const int32_t* idx, const typename Same<T>::type* w,
-                 const typename Same<T>::type* seed, bool assign = false) {
+                 const typename Same<T>::type* seed, bool assign = false,
+                 const char* assign_rows = nullptr) {
   const int64_t* code = pr.code.data();
   T* adj = mc.adj.data();
   // The first contribution to an adjoint writes it, later ones add (no zeroing).
@@ -761,26 +828,27 @@ void run_reverse(const Engine<T>& /*en*/, const Program& pr, const PlaneCtx<T>& 
     }
     any = true;
   }
-  if (!any && !assign) return;
+  if (!any && !assign && !assign_rows) return;
   const T** vp = mc.vp.data();
   for (int64_t ii = pr.ni - 1; ii >= 0; --ii) {
     const int64_t* in = code + ii * kCols;
     if (!in[4]) continue;
     const int64_t op = in[0], dst = in[1], a = in[2], b = in[3];
+    const bool set = assign || (assign_rows && assign_rows[ii]);  // write, not add
     if (!done[ii]) {  // no path to an output: a zero adjoint
-      if (!assign) continue;
+      if (!set) continue;
       std::fill(adj + dst * kBlock, adj + dst * kBlock + n, T(0));
       done[ii] = 1;
     }
     const T* g = adj + dst * kBlock;
     const bool act_a = a >= 0 && code[a * kCols + 4], act_b = b >= 0 && code[b * kCols + 4];
     switch (op) {
-      case OP_P: store(cx.dp, start, n, idx, g, assign); break;
+      case OP_P: store(cx.dp, start, n, idx, g, set); break;
       case OP_POOL:
-        if (cx.apool[a]) store(cx.apool[a], start, n, idx, g, assign);
+        if (cx.apool[a]) store(cx.apool[a], start, n, idx, g, set);
         break;
       case OP_STAGEIN:
-        if (cx.asin[a]) store(cx.asin[a], start, n, idx, g, assign);
+        if (cx.asin[a]) store(cx.asin[a], start, n, idx, g, set);
         break;
       case OP_CURVE: acc_mul(a, g, mc.der.data() + dst * kBlock); break;
       case OP_MUL:
@@ -1368,23 +1436,24 @@ std::vector<torch::Tensor> fused_engine(
         const int64_t nl = correction ? off[c + 1] - off[c] : 0;
         auto kp = [&](int64_t slot) { return keep_p[slot] + plane * HW; };
         T* dp = result.data_ptr<T>() + plane * HW;
-        std::fill(dp, dp + HW, T(0));
-        cx.dp = dp;
         const bool absent = off[c + 1] == off[c];
         const int64_t fp = absent ? 2 : 0;
         const Program& fin = en.progs[fp];
+        const typename Engine<T>::Init& it = en.init[absent ? 1 : 0];
+        if (it.zero_dp) std::fill(dp, dp + HW, T(0));
+        cx.dp = dp;
         Stages<T> stg(en, cx, scr, mc, absent, std::vector<T*>(), true);
         for (int64_t j = 0; j < J; ++j) {
           const int64_t* st = en.stage(j);
           if (!st[3] || (absent && !st[6])) continue;
           if (en.slot_out[j] >= 0) cx.pool[j] = kp(en.slot_out[j]);
           cx.sin[j] = st[2] ? cx.p : (en.slot_in[j] >= 0 ? kp(en.slot_in[j]) : nullptr);
-          std::fill(scr.aout[j], scr.aout[j] + HW, T(0));
+          if (it.zero_aout[j]) std::fill(scr.aout[j], scr.aout[j] + HW, T(0));
           cx.apool[j] = scr.aout[j];
           if (st[2]) {
             cx.asin[j] = dp;
           } else {
-            std::fill(scr.ain[j], scr.ain[j] + HW, T(0));
+            if (it.zero_ain[j]) std::fill(scr.ain[j], scr.ain[j] + HW, T(0));
             cx.asin[j] = scr.ain[j];
           }
         }
@@ -1392,12 +1461,17 @@ std::vector<torch::Tensor> fused_engine(
         // The labelled pixels first (their adjoints land anywhere in the plane), then the
         // plane row by row: the final program's reverse sweep, and every stage's gradient
         // routing and partial derivatives as far as their adjoints are complete.
-        if (nl > 0) stg.need(1, H);
-        for (int64_t start = 0; start < nl; start += kBlock) {
-          const int64_t len = std::min(kBlock, nl - start);
-          run_forward(en, cor, cx, mc, 0, len, ids + start, true, true);
-          run_reverse(en, cor, cx, mc, 0, len, ids + start, w.data(), nullptr);
-        }
+        // (Without stages, the final program first: it writes dL/dP, the labelled pixels
+        // add to it.)
+        auto labelled = [&]() {
+          if (nl > 0) stg.need(1, H);
+          for (int64_t start = 0; start < nl; start += kBlock) {
+            const int64_t len = std::min(kBlock, nl - start);
+            run_forward(en, cor, cx, mc, 0, len, ids + start, true, true);
+            run_reverse(en, cor, cx, mc, 0, len, ids + start, w.data(), nullptr);
+          }
+        };
+        if (J > 0) labelled();
         std::fill(routed.begin(), routed.end(), 0);
         std::fill(applied.begin(), applied.end(), 0);
         for (int64_t h0 = 0; h0 < H; h0 += kRowStep) {
@@ -1406,7 +1480,8 @@ std::vector<torch::Tensor> fused_engine(
           for (int64_t start = h0 * W; start < end; start += kBlock) {
             const int64_t len = std::min(kBlock, end - start);
             run_forward(en, fin, cx, mc, start, len, nullptr, true, true);
-            run_reverse(en, fin, cx, mc, start, len, nullptr, w.data(), nullptr);
+            run_reverse(en, fin, cx, mc, start, len, nullptr, w.data(), nullptr, false,
+                        it.assign_rows.data());
           }
           for (int64_t j = J - 1; j >= 0; --j) {
             const int64_t* st = en.stage(j);
@@ -1415,6 +1490,8 @@ std::vector<torch::Tensor> fused_engine(
             // rows of the pooled map's adjoint that nothing will add to any more
             int64_t a = h1;
             for (int64_t k : en.pool_users[j]) a = std::min(a, applied[k]);
+            // (the final program writes the input map's adjoint: route behind it)
+            if (it.ain_by_final[j] && h1 < H) a = std::min(a, std::max<int64_t>(0, h1 - r));
             if (a > routed[j]) {
               if (absent && !st[7]) {  // pool unused where the class is absent
               } else if (st[0] == 0) {
@@ -1436,12 +1513,17 @@ std::vector<torch::Tensor> fused_engine(
               for (size_t q = 0; q < en.leaves[j].size(); ++q) {
                 const int64_t op = en.leaves[j][q].first, l = en.leaves[j][q].second;
                 T* target = op == OP_P ? cx.dp : (op == OP_POOL ? cx.apool[l] : cx.asin[l]);
-                if (target) v_acc_mul(target + lo, g, kp(en.slot_part[j][q]) + lo, n);
+                if (!target) continue;
+                if (it.part_assign[j][q])
+                  v_mul(g, kp(en.slot_part[j][q]) + lo, target + lo, n);
+                else
+                  v_acc_mul(target + lo, g, kp(en.slot_part[j][q]) + lo, n);
               }
               applied[j] = b;
             }
           }
         }
+        if (J == 0) labelled();
       }
     });
     results.push_back(result);
