@@ -429,18 +429,7 @@ void set_sentinels(T* pad, int64_t W, int64_t r) {
   std::fill(pad + r + W, pad + 2 * r + W, s);
 }
 
-// out = pool of in; pad: W + 2r scratch (its middle holds the last row of rm).
-template <typename T, bool MAX>
-void pool_forward(const T* in, T* out, T* pad, int64_t H, int64_t W, int64_t r) {
-  set_sentinels<T, MAX>(pad, W, r);
-  for (int64_t h = 0; h < H; ++h) {
-    const int64_t lo = h - r < 0 ? 0 : h - r, hi = h + r >= H ? H - 1 : h + r;
-    rows_pool<T, MAX>(in, lo, hi, W, pad + r);
-    row_pool<T, MAX>(pad, W, r, out + h * W);
-  }
-}
-
-// Adds to ain the gradient of pool_forward(in): the adjoint of each output goes to the
+// Adds to ain the gradient of the pool of in (rows_pool, then row_pool): the adjoint of each output goes to the
 // first position of its W window where rm equals the output, then to the first position
 // of that column's H window where in equals rm (two window_max_backward passes). rm and
 // the output are recomputed row by row. Sparse adjoints (BF1's dilated boundary) are
