@@ -471,7 +471,7 @@ class _FusedStats(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, label, program, ignore_index, from_logits, *extras):
         save = ctx.needs_input_grad[0]
-        p = x.softmax(1) if from_logits else x
+        p = _ext.softmax_forward(x) if from_logits else x
         res = _run(program, p, label, extras, ignore_index, save=save)
         n, c = p.shape[:2]
         ctx.save_for_backward(p, label, *extras, *res[1:])
