@@ -26,6 +26,7 @@ FORMULAS = [
     'mean_c(sum(dilate(boundary(P) & ~G, 2) + erode(1 - G) * P) / sum(G + 1))',
     'b = max_c(dilate(G, 1)); mean_c(sum(b * (P & G)) / sum(b * (P | G)))',
     'x = P ^ G; mean_c(sum(x * dilate(x, 1)) / sum(G + 1))',
+    'mean_c(sum(min_pool(G, 5) * P + erode(G) * (1 - P) + dilate(G, 2) * P) / sum(G + 1))',
 ]
 
 

@@ -525,6 +525,7 @@ struct PlaneCtx {
   std::vector<const T*> pool, sin;  // pooled map and input map of each stage
   T* dp = nullptr;                  // dL/dP of the plane
   std::vector<T*> apool, asin;      // adjoints of pool and sin (null: inactive)
+  std::vector<const int32_t*> uniform;  // stages eroding G: the image's uniform classes
 };
 
 // Per-thread memory reused across calls: plane-sized buffers allocated afresh on every
@@ -602,6 +603,8 @@ struct Engine {
     std::vector<char> ain_by_final;  // ain written by the final program: route behind it
   };
   Init init[2];
+  // stages that erode G itself (a min pool of the one-hot map): computed from the labels
+  std::vector<char> g_erode;
   int64_t num_stages() const { return static_cast<int64_t>(stages.size() / kStageCols); }
   const int64_t* stage(int64_t j) const { return stages.data() + j * kStageCols; }
 
@@ -612,6 +615,12 @@ struct Engine {
     num_saved = 0;
     deps.assign(progs.size(), {});
     pool_users.assign(J, {}), input_users.assign(J, {});
+    g_erode.assign(J, 0);
+    for (int64_t j = 0; j < J; ++j) {
+      const Program& pr = progs[kFirstStageProgram + j];
+      g_erode[j] = stage(j)[0] == 1 && !stage(j)[2] && pr.ni == 1 && pr.code[0] == OP_G &&
+                   pr.outs[0] == 0;
+    }
     for (size_t i = 0; i < progs.size(); ++i)
       for (int64_t ii = 0; ii < progs[i].ni; ++ii) {
         const int64_t* row = progs[i].code.data() + ii * kCols;
@@ -938,7 +947,7 @@ class Stages {
         continue;
       }
       in_[j] = in, out_[j] = out;
-      if (!st[2]) in_rows_[j] = 0;
+      if (!st[2] && !en.g_erode[j]) in_rows_[j] = 0;
       if (!(absent && !st[7])) {
         out_rows_[j] = 0;
         cx.pool[j] = out;
@@ -1010,6 +1019,13 @@ class Stages {
     const int64_t* st = en_.stage(j);
     const int64_t r = st[1], H = en_.H, W = en_.W, o0 = out_rows_[j], k = 2 * r + 1;
     T* out = out_[j];
+    if (en_.g_erode[j]) {  // from the image's uniform classes
+      const int32_t* u = cx_.uniform[j];
+      const int32_t c = cx_.c;
+      for (int64_t i = o0 * W; i < rows * W; ++i) out[i] = u[i] == c ? T(1) : T(0);
+      out_rows_[j] = rows;
+      return;
+    }
     if (st[0] == 0 && !st[3] && o0 == 0) {
       // A max pool of a sparse P-independent map without negative values (BF1's
       // ground-truth boundaries): its values are spread over their windows instead.
@@ -1148,6 +1164,51 @@ struct LabelInfo {
       }
     });
   }
+
+  // Per r: each pixel's class where every pixel of its (2r + 1)^2 window (clipped to the
+  // image) has that class, else -1. The erosion of G (a min pool of the one-hot map) of
+  // class c is then [uniform == c], for every class at once.
+  std::vector<std::pair<int64_t, const int32_t*>> uniform;
+
+  const int32_t* uniform_of(int64_t r) const {
+    for (const auto& u : uniform)
+      if (u.first == r) return u.second;
+    return nullptr;
+  }
+
+  void add_uniform(int64_t r, int64_t N, int64_t H, int64_t W) {
+    if (uniform_of(r)) return;
+    Arena<int32_t, kCallArena>& ia = thread_arena<int32_t, kCallArena>();
+    const int64_t HW = H * W;
+    int32_t* out = ia.get(N * HW);
+    int32_t* rowu = ia.get(N * HW);
+    at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n) {
+        const int32_t* L = lab + n * HW;
+        int32_t* R = rowu + n * HW;
+        int32_t* U = out + n * HW;
+        for (int64_t h = 0; h < H; ++h) {  // along W
+          const int32_t* __restrict__ l = L + h * W;
+          int32_t* __restrict__ t = R + h * W;
+          std::copy(l, l + W, t);
+          for (int64_t o = 1; o <= r && o < W; ++o) {
+            for (int64_t w = 0; w + o < W; ++w) t[w] = l[w + o] != l[w] ? -1 : t[w];
+            for (int64_t w = o; w < W; ++w) t[w] = l[w - o] != l[w] ? -1 : t[w];
+          }
+        }
+        for (int64_t h = 0; h < H; ++h) {  // along H
+          const int32_t* __restrict__ l = L + h * W;
+          int32_t* __restrict__ u = U + h * W;
+          std::copy(R + h * W, R + (h + 1) * W, u);
+          for (int64_t y = std::max<int64_t>(0, h - r); y <= std::min(H - 1, h + r); ++y) {
+            const int32_t* __restrict__ t = R + y * W;
+            for (int64_t w = 0; w < W; ++w) u[w] = t[w] != l[w] ? -1 : u[w];
+          }
+        }
+      }
+    });
+    uniform.emplace_back(r, out);
+  }
 };
 
 // Calls worker(next) once on each of torch's threads (at most n); the workers take items
@@ -1260,6 +1321,8 @@ std::vector<torch::Tensor> fused_engine(
     int64_t regs = 1;
     for (auto& pr : en.progs) regs = std::max(regs, pr.ni);
     LabelInfo<T> li(lc.data_ptr<int64_t>(), N, C, HW, ignore_index);
+    for (int64_t j = 0; j < J; ++j)
+      if (en.g_erode[j]) li.add_uniform(en.stage(j)[1], N, H, W);
     const T* pp = pc.data_ptr<T>();
     std::vector<const T*> xp;
     for (auto& x : xcs) xp.push_back(x.data_ptr<T>());
@@ -1277,6 +1340,9 @@ std::vector<torch::Tensor> fused_engine(
       cx.pool.assign(J, nullptr), cx.sin.assign(J, nullptr);
       cx.apool.assign(J, nullptr), cx.asin.assign(J, nullptr);
       cx.dp = nullptr;
+      cx.uniform.assign(J, nullptr);
+      for (int64_t j = 0; j < J; ++j)
+        if (en.g_erode[j]) cx.uniform[j] = li.uniform_of(en.stage(j)[1]) + n * HW;
     };
 
     if (mode == 1) {
