@@ -7,16 +7,21 @@ is evaluated by one C++ kernel, plane by plane (one image and one class at a tim
 without materializing any (N, C, H, W) intermediate:
 
 * the elementwise parts are small register programs run on blocks of pixels;
-* the input of every pool is materialized for the plane only and pooled there (a
-  *stage*); the programs read pooled maps and stage inputs as leaves;
+* the input of every pool is computed for the plane only, row by row as the programs
+  reading its pooled map need it (a *stage*); the programs read pooled maps and stage
+  inputs as leaves;
 * ``G`` is one-hot, so in a class plane it is 0 except at the pixels labelled with that
   class. The final program is compiled twice: with ``G = 0`` (run on every pixel) and as
   the difference ``(G = 1, M = 1) - (G = 0)`` (run on the labelled pixels only). For
-  mIoU this evaluates one curve per element instead of two;
-* the backward pass recomputes the plane and propagates ``dL/d(map)`` in reverse
-  through the programs and the pools (the gradient of a pool goes to the first maximum
-  of each window, along W then H, as :func:`asl.functional._window_max` does), and
-  writes ``dL/dP`` plane by plane.
+  mIoU this evaluates one curve per element instead of two. Planes of classes absent
+  from an image run a third version, folded for ``G = 0`` everywhere;
+* the forward pass keeps the stage maps and the partial derivatives of the
+  ``P``-dependent stage programs that the backward pass needs; the backward pass runs
+  the programs in reverse mode and propagates ``dL/d(map)`` through the pools (the
+  gradient of a pool goes to the first maximum of each window, along W then H, as
+  :func:`asl.functional._window_max` does), and writes ``dL/dP`` plane by plane;
+* from logits, the softmax runs in the same autograd function and its backward turns
+  ``dL/dP`` into the logits' gradient in place.
 
 Class maxima (``max_c``) of ``P``-independent maps (BIoU's band) are computed by the same
 kernel in a map mode and fed in as extra single-channel maps; anything else (class
