@@ -1035,7 +1035,7 @@ class Stages {
 #pragma omp simd reduction(+ : nnz, neg)
       for (int64_t i = 0; i < H * W; ++i) {
         nnz += src[i] != T(0) ? 1 : 0;
-        neg += src[i] < T(0) || src[i] != src[i] ? 1 : 0;
+        neg += src[i] >= T(0) ? 0 : 1;  // negative or NaN
       }
       if (neg == 0 && nnz * k * 4 < H * W) {
         std::fill(out, out + H * W, T(0));
