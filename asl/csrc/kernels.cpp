@@ -873,7 +873,7 @@ void run_reverse(const Engine<T>& /*en*/, const Program& pr, const PlaneCtx<T>& 
 template <typename T>
 struct Scratch {
   std::vector<T*> in, out, ain, aout;  // planes (null: not needed)
-  T *pad, *yrow, *arow, *pend, *plane;
+  T *pad, *yrow, *arow, *pend, *plane, *tmp;
   Scratch(const Engine<T>& en, bool backward) {
     const int64_t J = en.num_stages(), HW = en.H * en.W;
     Arena<T, kWorkerArena>& arena = thread_arena<T, kWorkerArena>();
@@ -894,7 +894,7 @@ struct Scratch {
     }
     pad = arena.get(en.W + 2 * rmax + 2 * kChunk);
     yrow = arena.get(en.W), arow = arena.get(en.W), pend = arena.get(en.W);
-    plane = arena.get(HW);
+    plane = arena.get(HW), tmp = arena.get(HW);
   }
 };
 
@@ -1038,15 +1038,24 @@ class Stages {
         neg += src[i] >= T(0) ? 0 : 1;  // negative or NaN
       }
       if (neg == 0 && nnz * k * 4 < H * W) {
-        std::fill(out, out + H * W, T(0));
+        // along W into tmp, then along H from tmp's nonzero pixels (fewer than k per
+        // pixel of src where src lies along lines, as boundaries do)
+        T* tmp = sc_.tmp;
+        std::fill(tmp, tmp + H * W, T(0));
         for_nonzero(src, 0, H * W, [&](int64_t i) {
           const T v = src[i];
+          const int64_t w = i % W, row = i - w;
+          T* o = tmp + row;
+          for (int64_t x = std::max<int64_t>(0, w - r); x <= std::min(W - 1, w + r); ++x)
+            o[x] = v > o[x] ? v : o[x];
+        });
+        std::fill(out, out + H * W, T(0));
+        for_nonzero(tmp, 0, H * W, [&](int64_t i) {
+          const T v = tmp[i];
           const int64_t h = i / W, w = i % W;
-          const int64_t hlo = std::max<int64_t>(0, h - r), hhi = std::min(H - 1, h + r);
-          const int64_t wlo = std::max<int64_t>(0, w - r), whi = std::min(W - 1, w + r);
-          for (int64_t y = hlo; y <= hhi; ++y) {
-            T* o = out + y * W;
-            for (int64_t x = wlo; x <= whi; ++x) o[x] = v > o[x] ? v : o[x];
+          for (int64_t y = std::max<int64_t>(0, h - r); y <= std::min(H - 1, h + r); ++y) {
+            T* o = out + y * W + w;
+            *o = v > *o ? v : *o;
           }
         });
         out_rows_[j] = H;
