@@ -175,8 +175,22 @@ def _surrogate_stats_fused(compiled: CompiledMetric, curves: Sequence[Curve],
     """Same sums as :func:`evaluate_stats` of ``P = softmax(logits)``, fusable ones through
     the C++ kernel (which then also runs the softmax, unless PyTorch needs ``P`` too)."""
     plan = plan_fused(compiled)
-    check_labels(label, logits.shape[1], ignore_index)
+    if label.dim() != 3:
+        check_labels(label, logits.shape[1], ignore_index)  # raises
+    try:
+        return _fused_sums(plan, compiled, curves, logits, label, ignore_index)
+    except RuntimeError as e:  # the kernel validates the labels as it reads them
+        if 'invalid label values' in str(e):
+            check_labels(label, logits.shape[1], ignore_index)  # raises the ValueError
+        raise
+
+
+def _fused_sums(plan, compiled: CompiledMetric, curves: Sequence[Curve], logits: torch.Tensor,
+                label: torch.Tensor, ignore_index: int) -> List[torch.Tensor]:
+    """The work of :func:`_surrogate_stats_fused` (the kernel checks the labels)."""
     rest = [i for i in range(len(compiled.stats)) if i not in plan.fused]
+    if rest:
+        check_labels(label, logits.shape[1], ignore_index)
     from_logits = not rest and all(sub is not None for sub in plan.extra_plans)
     p = logits if from_logits else logits.softmax(1)
     memo: Dict[int, torch.Tensor] = {}

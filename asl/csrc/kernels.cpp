@@ -1145,6 +1145,7 @@ struct LabelInfo {
   int32_t *lab, *idx;
   T* mask;
   std::vector<int64_t> offsets;  // (N, C + 1)
+  std::atomic<bool> invalid{false};  // a label neither a class nor ignore_index
   LabelInfo(const int64_t* label, int64_t N, int64_t C, int64_t HW, int64_t ignore_index)
       : offsets(N * (C + 1), 0) {
     Arena<int32_t, kCallArena>& ia = thread_arena<int32_t, kCallArena>();
@@ -1155,20 +1156,40 @@ struct LabelInfo {
       for (int64_t n = n0; n < n1; ++n) {
         const int64_t* l = label + n * HW;
         int64_t* off = offsets.data() + n * (C + 1);
-        std::vector<int64_t> count(C + 1, 0);
+        int32_t* ln = lab + n * HW;
+        T* mn = mask + n * HW;
+        int64_t bad = 0;
         for (int64_t i = 0; i < HW; ++i) {
           const int64_t v = l[i];
           const bool cls = v >= 0 && v < C;
-          lab[n * HW + i] = cls ? static_cast<int32_t>(v) : -1;
-          mask[n * HW + i] = v != ignore_index ? T(1) : T(0);
-          if (cls) ++count[v + 1];
+          ln[i] = cls ? static_cast<int32_t>(v) : -1;
+          mn[i] = v != ignore_index ? T(1) : T(0);
+          bad += !cls && v != ignore_index ? 1 : 0;
+        }
+        if (bad) invalid = true;
+        // counting sort of the pixels by class, run by run (labels come in runs; one
+        // counter update per run instead of a chain of dependent updates per pixel)
+        std::vector<int64_t> count(C + 1, 0);
+        for (int64_t i = 0; i < HW;) {
+          const int32_t v = ln[i];
+          int64_t e = i + 1;
+          while (e < HW && ln[e] == v) ++e;
+          if (v >= 0) count[v + 1] += e - i;
+          i = e;
         }
         for (int64_t c = 0; c < C; ++c) count[c + 1] += count[c];
         std::copy(count.begin(), count.end(), off);
         int32_t* ix = idx + n * HW;
-        for (int64_t i = 0; i < HW; ++i) {
-          const int32_t v = lab[n * HW + i];
-          if (v >= 0) ix[count[v]++] = static_cast<int32_t>(i);
+        for (int64_t i = 0; i < HW;) {
+          const int32_t v = ln[i];
+          int64_t e = i + 1;
+          while (e < HW && ln[e] == v) ++e;
+          if (v >= 0) {
+            int32_t* d = ix + count[v];
+            for (int64_t q = i; q < e; ++q) d[q - i] = static_cast<int32_t>(q);
+            count[v] += e - i;
+          }
+          i = e;
         }
       }
     });
@@ -1330,6 +1351,7 @@ std::vector<torch::Tensor> fused_engine(
     int64_t regs = 1;
     for (auto& pr : en.progs) regs = std::max(regs, pr.ni);
     LabelInfo<T> li(lc.data_ptr<int64_t>(), N, C, HW, ignore_index);
+    TORCH_CHECK(!li.invalid, "fused_engine: invalid label values");
     for (int64_t j = 0; j < J; ++j)
       if (en.g_erode[j]) li.add_uniform(en.stage(j)[1], N, H, W);
     const T* pp = pc.data_ptr<T>();
