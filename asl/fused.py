@@ -461,11 +461,11 @@ def _class_max_plan(node: MapNode) -> Optional[FusedPlan]:
 
 
 def _run(program, p, label, extras, ignore_index, mode=0, grad=None, saved=(), save=False,
-         c_lo=0):
+         c_lo=0, out_slot=-1):
     codes, outs, oconsts, stages, absent, consts, table, ks, corr = program
     return _ext.fused_engine(codes, outs, oconsts, stages, absent, consts, table, ks, bool(corr), p,
                              label, list(extras), ignore_index, MIN_SLOPE_DENOMINATOR, grad,
-                             list(saved), save, mode, c_lo)
+                             list(saved), save, mode, c_lo, out_slot)
 
 
 class _FusedStats(torch.autograd.Function):
@@ -488,8 +488,12 @@ class _FusedStats(torch.autograd.Function):
     def backward(ctx, grad):
         p, label, *rest = ctx.saved_tensors
         extras, saved = rest[:ctx.num_extras], rest[ctx.num_extras:]
+        if getattr(ctx, 'consumed', False):  # a second backward (retain_graph): recompute
+            saved = _run(ctx.program, p, label, extras, ctx.ignore_index, save=True)[1:]
+        # dL/dP goes into the first kept map (no new tensor to fault in); it is used up
         (dp, ) = _run(ctx.program, p, label, extras, ctx.ignore_index, grad=grad.contiguous(),
-                      saved=saved)
+                      saved=saved, out_slot=0 if saved else -1)
+        ctx.consumed = bool(saved)
         if ctx.from_logits:
             _ext.softmax_backward_(p, dp)
         return (dp, None, None, None, None) + (None, ) * len(extras)

@@ -180,3 +180,18 @@ def test_sparse_ground_truth_maps(formula):
     vb.backward()
     assert va.item() == pytest.approx(vb.item(), abs=2e-7, rel=1e-6)
     assert torch.allclose(a.grad, b.grad, atol=1e-9, rtol=1e-5)
+
+
+def test_backward_twice():
+    """The backward pass writes dL/dP over a map kept by the forward pass; a second
+    backward (retain_graph) recomputes it and gives the same gradient."""
+    s = surrogate('BF1')
+    logits, label = case('all')
+    x = logits.clone().requires_grad_()
+    v = surrogate_value(s.compiled, s.curves, x, label, fused=True)
+    (g1, ) = torch.autograd.grad(v, x, retain_graph=True)
+    (g2, ) = torch.autograd.grad(v, x)
+    y = logits.clone().requires_grad_()
+    surrogate_value(s.compiled, s.curves, y, label, fused=False).backward()
+    assert torch.equal(g1, g2)
+    assert torch.allclose(g1, y.grad, atol=1e-9, rtol=1e-5)

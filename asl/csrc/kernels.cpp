@@ -1253,7 +1253,8 @@ void run_workers(int64_t n, F&& worker) {
 
 // mode 0: per-plane sums (N * C, S) float64 and, with save, the K maps the backward pass
 // needs, one (N * C, H * W) tensor each (separate tensors: allocations above 32 MB are
-// fresh pages every time); with grad (S, C) and those maps: dL/dP (N, C, H, W).
+// fresh pages every time); with grad (S, C) and those maps: dL/dP (N, C, H, W), written
+// into kept map out_slot (>= 0; its contents are then gone) or a new tensor.
 // mode 1: the final program's map reduced by a maximum over the classes [c_lo, C),
 // (N, 1, H, W) (P-independent programs; no gradient).
 std::vector<torch::Tensor> fused_engine(
@@ -1262,7 +1263,7 @@ std::vector<torch::Tensor> fused_engine(
     torch::Tensor consts, torch::Tensor curves, torch::Tensor curve_k, bool correction,
     torch::Tensor p, torch::Tensor label, std::vector<torch::Tensor> xs, int64_t ignore_index,
     double min_slope, c10::optional<torch::Tensor> grad, std::vector<torch::Tensor> saved,
-    bool save, int64_t mode, int64_t c_lo) {
+    bool save, int64_t mode, int64_t c_lo, int64_t out_slot) {
   TORCH_CHECK(p.device().is_cpu() && p.dim() == 4, "fused_engine: p must be (N, C, H, W) on CPU");
   TORCH_CHECK(label.dim() == 3 && label.size(0) == p.size(0) && label.size(1) == p.size(2) &&
                   label.size(2) == p.size(3),
@@ -1508,10 +1509,14 @@ std::vector<torch::Tensor> fused_engine(
       keep.push_back(t.contiguous());
       keep_p.push_back(keep.back().data_ptr<T>());
     }
-    auto result = torch::empty_like(pc);
+    // dL/dP goes into a kept map (whose plane is no longer needed once the plane is
+    // done: dL/dP is built in a scratch plane and copied there), or into a new tensor.
+    TORCH_CHECK(out_slot < K, "fused_engine: out_slot");
+    auto result = out_slot >= 0 ? keep[out_slot].view(pc.sizes()) : torch::empty_like(pc);
     run_workers(N * C, [&](std::atomic<int64_t>& next) {
       Machine<T> mc(regs);
       Scratch<T> scr(en, true);
+      T* dp_scratch = out_slot >= 0 ? thread_arena<T, kWorkerArena>().get(HW) : nullptr;
       PlaneCtx<T> cx;
       std::vector<T> w(S);
       std::vector<int64_t> routed(J), applied(J);  // rows done, per stage
@@ -1522,7 +1527,8 @@ std::vector<torch::Tensor> fused_engine(
         const int32_t* ids = li.idx + n * HW + off[c];
         const int64_t nl = correction ? off[c + 1] - off[c] : 0;
         auto kp = [&](int64_t slot) { return keep_p[slot] + plane * HW; };
-        T* dp = result.data_ptr<T>() + plane * HW;
+        T* dp_out = result.data_ptr<T>() + plane * HW;
+        T* dp = dp_scratch ? dp_scratch : dp_out;
         const bool absent = off[c + 1] == off[c];
         const int64_t fp = absent ? 2 : 0;
         const Program& fin = en.progs[fp];
@@ -1611,6 +1617,7 @@ std::vector<torch::Tensor> fused_engine(
           }
         }
         if (J == 0) labelled();
+        if (dp_scratch) std::copy(dp_scratch, dp_scratch + HW, dp_out);
       }
     });
     results.push_back(result);
