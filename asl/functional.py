@@ -20,7 +20,7 @@ from ._ext import ext as _ext
 from ._ext import use_cpu_kernels
 from .curves import Curve
 from .formula.compiler import CompiledMetric, MapNode, StatNode
-from .fused import fused_stat_sums, plan_fused
+from .fused import fused_class_max, fused_stat_sums, plan_fused
 
 __all__ = [
     'SURROGATE_EPS', 'check_labels', 'prepare_targets', 'evaluate_stats', 'evaluate_result',
@@ -169,24 +169,49 @@ def evaluate_stats(compiled: CompiledMetric, p: torch.Tensor, g: torch.Tensor, m
             for node in compiled.stats]
 
 
-def _surrogate_stats_fused(compiled: CompiledMetric, curves: Sequence[Curve], p: torch.Tensor,
-                           label: torch.Tensor, ignore_index: int) -> List[torch.Tensor]:
-    """Same sums as :func:`evaluate_stats`, fusable ones through the C++ kernel."""
+def _surrogate_stats_fused(compiled: CompiledMetric, curves: Sequence[Curve],
+                           logits: torch.Tensor, label: torch.Tensor,
+                           ignore_index: int) -> List[torch.Tensor]:
+    """Same sums as :func:`evaluate_stats` of ``P = softmax(logits)``, fusable ones through
+    the C++ kernel (which then also runs the softmax, unless PyTorch needs ``P`` too)."""
     plan = plan_fused(compiled)
-    check_labels(label, p.shape[1], ignore_index)
+    if label.dim() != 3:
+        check_labels(label, logits.shape[1], ignore_index)  # raises
+    try:
+        return _fused_sums(plan, compiled, curves, logits, label, ignore_index)
+    except RuntimeError as e:  # the kernel validates the labels as it reads them
+        if 'invalid label values' in str(e):
+            check_labels(label, logits.shape[1], ignore_index)  # raises the ValueError
+        raise
+
+
+def _fused_sums(plan, compiled: CompiledMetric, curves: Sequence[Curve], logits: torch.Tensor,
+                label: torch.Tensor, ignore_index: int) -> List[torch.Tensor]:
+    """The work of :func:`_surrogate_stats_fused` (the kernel checks the labels)."""
     rest = [i for i in range(len(compiled.stats)) if i not in plan.fused]
+    if rest:
+        check_labels(label, logits.shape[1], ignore_index)
+    from_logits = not rest and all(sub is not None for sub in plan.extra_plans)
+    p = logits if from_logits else logits.softmax(1)
     memo: Dict[int, torch.Tensor] = {}
     env: Dict[str, torch.Tensor] = {}
-    if rest or plan.extras:
-        g, m = prepare_targets(label, p.shape[1], ignore_index, dtype=p.dtype)
-        env = {'P': p, 'G': g, 'M': m}
-    extras = [_eval_map(node, env, curves, memo) for node in plan.extras]
-    fused = fused_stat_sums(plan, curves, p, label, ignore_index, extras)
+
+    def torch_env() -> Dict[str, torch.Tensor]:
+        if not env:
+            g, m = prepare_targets(label, p.shape[1], ignore_index, dtype=p.dtype)
+            env.update(P=p, G=g, M=m)
+        return env
+
+    extras = []
+    for j, node in enumerate(plan.extras):
+        x = fused_class_max(plan, j, curves, p, label, ignore_index)  # P-independent
+        extras.append(x if x is not None else _eval_map(node, torch_env(), curves, memo))
+    fused = fused_stat_sums(plan, curves, p, label, ignore_index, extras, from_logits)
     sums: List[Optional[torch.Tensor]] = [None] * len(compiled.stats)
     for row, i in enumerate(plan.fused):
         sums[i] = fused[row]
     for i in rest:
-        sums[i] = _eval_map(compiled.stats[i], env, curves, memo).sum((0, 2, 3))
+        sums[i] = _eval_map(compiled.stats[i], torch_env(), curves, memo).sum((0, 2, 3))
     return sums
 
 
@@ -266,10 +291,11 @@ def surrogate_value(compiled: CompiledMetric, curves: Sequence[Curve], logits: t
     if label.shape != logits.shape[:1] + logits.shape[2:]:
         raise ValueError(f'label shape {tuple(label.shape)} does not match logits shape '
                          f'{tuple(logits.shape)}; expected {tuple(logits.shape[:1] + logits.shape[2:])}')
-    p = logits.float().softmax(1)
-    if fused and use_cpu_kernels(p) and plan_fused(compiled).fused:
-        sums = _surrogate_stats_fused(compiled, curves, p, label, ignore_index)
+    logits = logits.float()
+    if fused and use_cpu_kernels(logits) and plan_fused(compiled).fused:
+        sums = _surrogate_stats_fused(compiled, curves, logits, label, ignore_index)
     else:
+        p = logits.softmax(1)
         g, m = prepare_targets(label, logits.shape[1], ignore_index, dtype=p.dtype)
         sums = evaluate_stats(compiled, p, g, m, curves)
     return evaluate_result(compiled.result, sums, exact=False)
