@@ -324,7 +324,7 @@ def write_json(path: str, obj) -> None:
 # ----------------------------------------------------------------------------- main
 
 
-def search_command(args) -> List[str]:
+def search_command(args, run_dir: str, launch: Optional[str] = None) -> List[str]:
     n = args.iters
     opts = []
     if args.steps is not None:
@@ -337,9 +337,11 @@ def search_command(args) -> List[str]:
         opts += [f'train_cfg.max_iters={n}', f'train_cfg.val_interval={n}',
                  f'param_scheduler.0.end={n}']
     cmd = [sys.executable, os.path.join(ROOT, 'tools', 'search.py'), args.config,
-           '--work-dir', args.run_dir]
+           '--work-dir', run_dir]
     if args.workers is not None:
         cmd += ['--workers', str(args.workers)]
+    if launch:
+        cmd += ['--launch', launch]
     if opts:
         cmd += ['--cfg-options', *opts]
     return cmd
@@ -391,22 +393,29 @@ def main(argv=None) -> int:
                         'tools/search.py would resume it)')
     p.add_argument('--target', type=float, default=TARGET_PCT,
                    help=f'overhead target in %% per trial (default: {TARGET_PCT:g})')
+    p.add_argument('--launch', choices=('auto', 'fork', 'spawn', 'both'), default='auto',
+                   help="tools/search.py --launch; 'both' runs the search twice, trials "
+                        "spawned then forked (in RUN_DIR/spawn and RUN_DIR/fork), and prints "
+                        "the two side by side")
     args = p.parse_args(argv)
 
-    run = None
     if args.work_dir:
-        work_dir = args.work_dir
         print(f'machine (analysing): {_fmt_machine(machine_info())}')
-    else:
-        os.chdir(ROOT)
-        work_dir = args.run_dir
-        if os.path.exists(os.path.join(work_dir, 'journal.jsonl')):
+        a, _ = analyse_dir(args.work_dir, None, args.target)
+        return 0 if a is not None and 'totals' in a else 1
+    os.chdir(ROOT)
+    modes = ['spawn', 'fork'] if args.launch == 'both' else [args.launch]
+    dirs = [os.path.join(args.run_dir, m) for m in modes] if len(modes) > 1 else [args.run_dir]
+    for d in dirs:
+        if os.path.exists(os.path.join(d, 'journal.jsonl')):
             if not args.overwrite:
-                print(f'error: {work_dir} holds an earlier search (tools/search.py would '
+                print(f'error: {d} holds an earlier search (tools/search.py would '
                       f'resume it); pass --overwrite to start afresh', file=sys.stderr)
                 return 2
-            shutil.rmtree(work_dir)
-        cmd = search_command(args)
+            shutil.rmtree(d)
+    results = []
+    for mode, d in zip(modes, dirs):
+        cmd = search_command(args, d, None if mode == 'auto' else mode)
         before = machine_info()
         print(f'machine: {_fmt_machine(before)}')
         print(f'command: {shlex.join(cmd)}', flush=True)
@@ -414,25 +423,56 @@ def main(argv=None) -> int:
         rc, interrupted = _run_search(cmd)
         after = machine_info()
         run = dict(command=cmd, exit_code=rc, interrupted=interrupted, wall_s=time.time() - t0,
-                   loadavg_before=before.get('loadavg'), loadavg_after=after.get('loadavg'))
+                   launch=mode, loadavg_before=before.get('loadavg'),
+                   loadavg_after=after.get('loadavg'))
         print(f'\nsearch exited {rc}{" (interrupted)" if interrupted else ""} after '
               f'{run["wall_s"]:.0f} s; load average after: '
               f'{" / ".join(f"{x:.2f}" for x in after.get("loadavg", []))}')
+        a, run = analyse_dir(d, run, args.target)
+        results.append((mode, a, run))
+        if a is None or rc != 0 or interrupted:
+            return rc or (130 if interrupted else 1)
+    if len(results) > 1:
+        print('\n' + render_comparison(results))
+    return 0 if all('totals' in a for _, a, _ in results) else 1
 
+
+def analyse_dir(work_dir: str, run: Optional[Dict], target: float):
+    """Analyse the search in ``work_dir``, print it and write ``benchmark.json``."""
     journal = os.path.join(work_dir, 'journal.jsonl')
     if not os.path.isfile(journal):
         print(f'error: no journal at {journal}', file=sys.stderr)
-        return 2
-    a = analyse(read_events(journal), args.target)
+        return None, run
+    a = analyse(read_events(journal), target)
     print(f'\nsearch: {os.path.abspath(work_dir)}\n')
     print(render(a))
     report = dict(work_dir=os.path.abspath(work_dir), machine=machine_info(), run=run, **a)
     out = os.path.join(work_dir, 'benchmark.json')
     write_json(out, report)
     print(f'\nwritten: {out}')
-    if run is not None and (run['exit_code'] != 0 or run['interrupted']):
-        return run['exit_code'] or 130
-    return 0 if 'totals' in a else 1
+    return a, run
+
+
+def render_comparison(results) -> str:
+    """The spawned and forked searches side by side (same trials, same seed)."""
+    rows = [('trials', lambda a: str(a.get('finished', 0))),
+            ('mean trial wall s', lambda a: _f(a['breakdown_mean_s']['executor_wall_s'])),
+            ('mean train-iter s', lambda a: _f(a['breakdown_mean_s']['train_iter_s'])),
+            ('mean overhead s', lambda a: _f(a['breakdown_mean_s']['overhead_s'], '.2f')),
+            ('overhead % mean / max', lambda a: f"{_f(a['overhead_pct_mean'])} / "
+                                                f"{_f(a['overhead_pct_max'])}"),
+            ('trials per hour', lambda a: _f(a['trials_per_hour']))]
+    names = [m for m, _, _ in results]
+    lines = ['| launch | ' + ' | '.join(names) + ' |', '|---|' + '---:|' * len(names)]
+    for label, fn in rows:
+        lines.append(f'| {label} | ' + ' | '.join(fn(a) if 'totals' in a else '-'
+                                                   for _, a, _ in results) + ' |')
+    a0, a1 = results[0][1], results[-1][1]
+    if 'totals' in a0 and 'totals' in a1:
+        lines.append(f"\n{names[-1]} / {names[0]}: trials per hour x"
+                     f"{a1['trials_per_hour'] / a0['trials_per_hour']:.2f}, overhead per trial x"
+                     f"{a1['breakdown_mean_s']['overhead_s'] / a0['breakdown_mean_s']['overhead_s']:.2f}")
+    return '\n'.join(lines)
 
 
 if __name__ == '__main__':

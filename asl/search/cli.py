@@ -29,6 +29,10 @@ def _parser() -> argparse.ArgumentParser:
                    help='local GPUs to use (default: all visible)')
     p.add_argument('--threads-per-trial', type=int, default=None,
                    help='CPU threads per local trial (default: cores / workers)')
+    p.add_argument('--launch', choices=('auto', 'fork', 'spawn'), default='auto',
+                   help="how local trials start: 'fork' them from a launcher that has "
+                        "imported torch and MMSeg once, or 'spawn' tools/train.py afresh; "
+                        "'auto' (default) forks CPU trials and spawns GPU trials")
     p.add_argument('--retrain-config',
                    help='config the final re-training config inherits (default: the search '
                         'config itself)')
@@ -63,7 +67,7 @@ def build_executor(args, settings):
     from .executors import LocalExecutor
     return LocalExecutor(workers=args.workers, gpus=args.gpus,
                          gpus_per_trial=args.gpus_per_trial or settings.gpus_per_trial,
-                         threads_per_trial=args.threads_per_trial)
+                         threads_per_trial=args.threads_per_trial, launch=args.launch)
 
 
 def _cluster_has_gpus() -> bool:

@@ -286,6 +286,12 @@ class Search:
     # -------------------------------------------------------------------- run
     def run(self) -> Dict:
         """Run (or resume) the search to its end; return the ``best.json`` content."""
+        try:
+            return self._run()
+        finally:
+            self.executor.close()
+
+    def _run(self) -> Dict:
         events = self.journal.read()
         if self.journal.torn:
             self.logger.warning(f'journal: ignoring a torn last line ({self.journal.torn})')
@@ -296,6 +302,8 @@ class Search:
             raise SearchConfigError(
                 f'{self.work_dir} holds another search (differs in {diff}); use another '
                 f'--work-dir or the same settings to resume it')
+        if state.finished is None:
+            self.executor.prepare(self.work_dir)  # e.g. warm up a trial launcher meanwhile
         self._prepare_data()
         s = self.settings
         self.logger.info(f'search {self.name}: {self.searcher}, target {self.reward_key}, '
@@ -353,6 +361,7 @@ class Search:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
         self.progress.close()
+        self.executor.close()  # before the report: free the launcher's memory
         return self._finish(state)
 
     # ------------------------------------------------------------ the 4 steps

@@ -18,12 +18,14 @@ import zlib
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .trial import TrialSpec, train_command
+from .trial import TrialSpec, train_command, trial_args
 
-__all__ = ['Completion', 'Executor', 'LocalExecutor', 'LAUNCH_TIME_ENV', 'TRIAL_ID_ENV']
+__all__ = ['Completion', 'Executor', 'LocalExecutor', 'LAUNCH_MODES', 'LAUNCH_TIME_ENV',
+           'TRIAL_ID_ENV']
 
 LAUNCH_TIME_ENV = 'ASL_TRIAL_LAUNCH_TIME'  # read by asl.mmseg.hooks.ASLTrialHook
 TRIAL_ID_ENV = 'ASL_TRIAL_ID'  # read by asl.mmseg.hooks.ASLFaultInjectionHook
+LAUNCH_MODES = ('auto', 'fork', 'spawn')
 
 
 @dataclass
@@ -76,6 +78,13 @@ class Executor:
     def stop(self) -> None:
         """Stop every trial this executor launched or adopted (and nothing else)."""
         raise NotImplementedError
+
+    def prepare(self, work_dir: str) -> None:
+        """Called once when a search starts, before its data preparation: a chance to
+        start slow things in the background (``work_dir``: the search's directory)."""
+
+    def close(self) -> None:
+        """Release what the executor holds between trials (called when a search ends)."""
 
     def describe(self) -> str:
         return self.name
@@ -139,6 +148,16 @@ class LocalExecutor(Executor):
     the controller; a resumed controller kills any leftover process group of an
     in-flight trial before launching it again.
 
+    Single-process trials are forked from a pre-warmed launcher
+    (:mod:`asl.search.prefork`, ``launch='fork'``), which imports torch and MMSeg once
+    for the whole search instead of once per trial; each trial is still its own process
+    running ``tools/train.py``'s code with the same arguments, in its own session, with
+    its own ``stdout.log``. ``launch='spawn'`` starts ``tools/train.py`` afresh for
+    every trial. ``'auto'`` (default) forks CPU trials and spawns GPU trials (forking
+    for GPU trials is possible with ``'fork'``: the launcher never initialises CUDA).
+    Trials with several GPUs always run under torchrun. If the launcher cannot start
+    or dies, the executor falls back to spawning and says so.
+
     Args:
         workers (int): concurrent CPU trials (ignored with GPUs). Default: 1.
         gpus (int, optional): GPUs to use (default: all visible; 0 forces CPU).
@@ -147,13 +166,19 @@ class LocalExecutor(Executor):
             cores // workers).
         python (str, optional): interpreter for the trials (default: this one).
         env (dict, optional): extra environment variables.
+        launch (str): ``'auto'``, ``'fork'`` or ``'spawn'`` (see above).
+        log_dir (str, optional): where the launcher writes ``launcher.log`` (the search
+            sets its work directory; default: the first trial's parent directory).
     """
 
     name = 'local'
 
     def __init__(self, workers: int = 1, gpus: Optional[int] = None, gpus_per_trial: int = 1,
                  threads_per_trial: Optional[int] = None, python: Optional[str] = None,
-                 env: Optional[Dict[str, str]] = None):
+                 env: Optional[Dict[str, str]] = None, launch: str = 'auto',
+                 log_dir: Optional[str] = None):
+        if launch not in LAUNCH_MODES:
+            raise ValueError(f'launch must be one of {LAUNCH_MODES}, got {launch!r}')
         if workers < 1:
             raise ValueError(f'workers must be at least 1, got {workers}')
         if gpus_per_trial < 1:
@@ -180,16 +205,83 @@ class LocalExecutor(Executor):
         self._running: Dict[str, Dict] = {}  # trial_id -> state
         self._adopted: Dict[str, Dict] = {}
         self._free_slots = list(range(len(self.gpu_slots)))
+        self.launch_mode = launch
+        self.log_dir = log_dir
+        self._server = None  # PreforkServer, started at the first forked trial
+        self._fork_broken = ''  # why forking was given up, if it was
+        self._restarted = False
 
     @property
     def capacity(self) -> int:
         return len(self.gpu_slots) or self.workers
 
     def describe(self) -> str:
+        mode = 'forked from a pre-warmed launcher' if self._wants_fork(
+            self.gpus_per_trial if self.gpu_slots else 1) else 'a new process each'
         if self.gpu_slots:
             return (f'local, {len(self.gpu_slots)} trial(s) at once on GPUs '
-                    f'{self.gpu_slots}')
-        return f'local, {self.workers} CPU trial(s) at once, {self.threads} thread(s) each'
+                    f'{self.gpu_slots}, {mode}')
+        return (f'local, {self.workers} CPU trial(s) at once, {self.threads} thread(s) each, '
+                f'{mode}')
+
+    def _wants_fork(self, nproc: int) -> bool:
+        if nproc > 1 or self.launch_mode == 'spawn' or self._fork_broken:
+            return False
+        return self.launch_mode == 'fork' or not self.gpu_slots
+
+    def prepare(self, work_dir: str) -> None:
+        """Start the pre-warmed launcher in the background (if trials will be forked)."""
+        if self.log_dir is None:
+            self.log_dir = work_dir
+        if self._wants_fork(self.gpus_per_trial if self.gpu_slots else 1):
+            self._start_launcher(self.log_dir, wait=False)
+
+    def _start_launcher(self, log_dir: str, wait: bool):
+        from .prefork import PreforkError, PreforkServer
+        env = dict(os.environ)
+        env.update(self.env)
+        env.setdefault('OMP_NUM_THREADS', str(self.threads))
+        env.setdefault('MKL_NUM_THREADS', str(self.threads))
+        if not self.gpu_slots:
+            env['CUDA_VISIBLE_DEVICES'] = ''
+        self._server = PreforkServer(self.python, env, os.path.join(log_dir, 'launcher.log'))
+        try:
+            self._server.start(wait=wait)
+        except (PreforkError, OSError) as e:
+            self._server = None
+            self._give_up_fork(str(e))
+
+    def _launcher(self, spec: TrialSpec):
+        """The pre-warmed launcher, ready (None: fall back to spawning)."""
+        from .prefork import PreforkError
+        if self._server is not None and not self._server.alive():
+            self._server.close()  # it died: start it once more, then give up forking
+            self._server = None
+            if self._restarted:
+                self._give_up_fork('the trial launcher died twice')
+                return None
+            self._restarted = True
+        if self._server is None:
+            self._start_launcher(self.log_dir or os.path.dirname(spec.work_dir), wait=False)
+            if self._server is None:
+                return None
+        try:
+            info = self._server.wait_ready()
+        except PreforkError as e:
+            self._server = None
+            self._give_up_fork(str(e))
+            return None
+        if info.get('cuda_initialized') and self.gpu_slots:
+            self.close()
+            self._give_up_fork('CUDA was initialised while importing, so forked trials '
+                               'could not use it')
+            return None
+        return self._server
+
+    def _give_up_fork(self, why: str) -> None:
+        self._fork_broken = why
+        print(f'[asl.search] warning: {why}; starting every trial as a new process instead',
+              file=sys.stderr, flush=True)
 
     def launch(self, spec: TrialSpec) -> Dict:
         if len(self._running) >= self.capacity:
@@ -197,7 +289,6 @@ class LocalExecutor(Executor):
         os.makedirs(spec.work_dir, exist_ok=True)
         env = dict(os.environ)
         env.update(self.env)
-        env[LAUNCH_TIME_ENV] = repr(time.time())
         env[TRIAL_ID_ENV] = spec.trial_id
         env['PYTHONUNBUFFERED'] = '1'
         slot = None
@@ -214,44 +305,93 @@ class LocalExecutor(Executor):
         port = 29500 + zlib.crc32(spec.trial_id.encode()) % 10000
         cmd = train_command(spec, self.python, launcher='pytorch' if nproc > 1 else 'none',
                             nproc=nproc, master_port=port)
-        log = open(os.path.join(spec.work_dir, 'stdout.log'), 'ab')
+        log_path = os.path.join(spec.work_dir, 'stdout.log')
+        t0 = time.time()
+        server = self._launcher(spec) if self._wants_fork(nproc) else None
+        waited = time.time() - t0  # for the launcher's warm-up (first trial only)
+        start = time.time()
+        env[LAUNCH_TIME_ENV] = repr(start)
+        proc = None
         try:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    start_new_session=True, preexec_fn=_die_with_parent)
+            if server is not None:
+                from .prefork import PreforkError
+                try:
+                    pid = server.fork(trial_args(spec), self._trial_env(env), log_path,
+                                      cwd=os.getcwd(), threads=self.threads)
+                except PreforkError as e:  # the launcher died under us: spawn this one
+                    self._give_up_fork(str(e))
+                    server = None
+            if server is None:
+                with open(log_path, 'ab') as log:
+                    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True,
+                                            preexec_fn=_die_with_parent)
+                pid = proc.pid
         except BaseException:
             if slot is not None:
                 self._free_slots.insert(0, slot)
             raise
-        finally:
-            log.close()
-        start = time.time()
-        self._running[spec.trial_id] = dict(spec=spec, proc=proc, start=start, slot=slot)
-        return dict(pid=proc.pid, pgid=proc.pid, start_ticks=_proc_start_ticks(proc.pid),
-                    command=cmd, host=os.uname().nodename)
+        self._running[spec.trial_id] = dict(spec=spec, proc=proc, pid=pid, start=start,
+                                            slot=slot, server=server)
+        info = dict(pid=pid, pgid=pid, start_ticks=_proc_start_ticks(pid), command=cmd,
+                    host=os.uname().nodename, launch='fork' if server is not None else 'spawn')
+        if server is not None and waited > 0.05:
+            info['waited_for_launcher_s'] = round(waited, 3)
+        return info
+
+    @staticmethod
+    def _trial_env(env: Dict[str, str]) -> Dict[str, str]:
+        """What a forked trial sets on top of the launcher's environment."""
+        own = {k: v for k, v in env.items() if os.environ.get(k) != v}
+        for k in (LAUNCH_TIME_ENV, TRIAL_ID_ENV, 'CUDA_VISIBLE_DEVICES'):
+            own[k] = env[k]
+        return own
 
     def running(self) -> List[TrialSpec]:
         return [r['spec'] for r in self._running.values()]
+
+    def _exit_status(self, r: Dict, wait: float = 0.0):
+        """(ended, exit status, reason) of a running trial."""
+        if r['proc'] is not None:
+            if wait:
+                try:
+                    return True, r['proc'].wait(timeout=wait), ''
+                except subprocess.TimeoutExpired:
+                    return False, None, ''
+            code = r['proc'].poll()
+            return code is not None, code, ''
+        server = r['server']
+        code = server.wait(r['pid'], wait) if wait else server.exit_code(r['pid'])
+        if code is not None:
+            return True, code, ''
+        if not server.alive():  # its children got SIGKILL with it
+            try:
+                os.killpg(r['pid'], signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            return True, None, 'the trial launcher died'
+        return False, None, ''
 
     def poll(self) -> List[Tuple[TrialSpec, Completion]]:
         done = []
         now = time.time()
         for tid, r in list(self._running.items()):
-            code = r['proc'].poll()
+            ended, code, why = self._exit_status(r)
             timed_out = False
-            if code is None and now - r['start'] > r['spec'].time_limit:
-                _kill_group(r['proc'].pid)
-                code = r['proc'].wait()
-                timed_out = True
-            if code is None:
+            if not ended and now - r['start'] > r['spec'].time_limit:
+                _kill_group(r['pid'])
+                ended, code, why = self._exit_status(r, wait=30.0)
+                ended, timed_out = True, True
+            if not ended:
                 continue
             try:  # leftovers of the group (torchrun workers)
-                os.killpg(r['proc'].pid, signal.SIGKILL)
+                os.killpg(r['pid'], signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
             del self._running[tid]
             if r['slot'] is not None:
                 self._free_slots.append(r['slot'])
-            reason = f'exceeded the time limit of {r["spec"].time_limit:g} s' if timed_out else ''
+            reason = f'exceeded the time limit of {r["spec"].time_limit:g} s' if timed_out else why
             done.append((r['spec'], Completion(exit_code=code, timed_out=timed_out,
                                                wall_s=time.time() - r['start'],
                                                reason=reason)))
@@ -272,7 +412,14 @@ class LocalExecutor(Executor):
 
     def stop(self) -> None:
         for r in list(self._running.values()):
-            _kill_group(r['proc'].pid, grace=3.0)
-            r['proc'].wait()
+            _kill_group(r['pid'], grace=3.0)
+            self._exit_status(r, wait=10.0)
         self._running.clear()
         self._free_slots = list(range(len(self.gpu_slots)))
+        self.close()
+
+    def close(self) -> None:
+        """Stop the pre-warmed launcher (a later forked trial starts a new one)."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 from .settings import SearchConfigError, SearchSettings
 
 __all__ = ['TrialSpec', 'TrialOutcome', 'check_surrogate', 'make_trial_config',
-           'read_trial_outcome', 'train_command', 'REPO_ROOT']
+           'read_trial_outcome', 'train_command', 'trial_args', 'REPO_ROOT']
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -174,19 +174,23 @@ def _absolute_roots(ds):
     return ds
 
 
+def trial_args(spec: TrialSpec, launcher: str = 'none') -> List[str]:
+    """The arguments of ``tools/train.py`` for a trial (after the script)."""
+    return [spec.config_path, '--work-dir', spec.work_dir, '--seed', str(spec.seed),
+            '--deterministic', '--lean', '--launcher', launcher]
+
+
 def train_command(spec: TrialSpec, python: Optional[str] = None, launcher: str = 'none',
                   nproc: int = 1, master_port: Optional[int] = None) -> List[str]:
     """The command line of a trial: ``tools/train.py`` (or torchrun for several GPUs)."""
     python = python or sys.executable
     script = os.path.join(REPO_ROOT, 'tools', 'train.py')
     entry = [script] if os.path.isfile(script) else ['-m', 'asl.mmseg.cli', 'train']
-    args = [spec.config_path, '--work-dir', spec.work_dir, '--seed', str(spec.seed),
-            '--deterministic']
     if nproc > 1 and launcher == 'pytorch':
         port = [f'--master_port={master_port}'] if master_port else []
         return [python, '-m', 'torch.distributed.run', '--nnodes=1',
-                f'--nproc_per_node={nproc}', *port, *entry, *args, '--launcher', 'pytorch']
-    return [python, *entry, *args, '--launcher', launcher]
+                f'--nproc_per_node={nproc}', *port, *entry, *trial_args(spec, 'pytorch')]
+    return [python, *entry, *trial_args(spec, launcher)]
 
 
 def read_trial_outcome(work_dir: str, reward_key: str, exit_code: Optional[int],
