@@ -134,6 +134,25 @@ def test_sigkill_mid_step_then_resume_gives_the_same_result(reference_search, tm
     assert 'resuming from' in out.stderr + out.stdout
 
 
+def test_spawned_trials_give_the_same_result_as_forked_ones(reference_search, tmp_path):
+    """The reference search forks its CPU trials from the pre-warmed launcher (the
+    default); starting every trial as a fresh tools/train.py gives the same search."""
+    ref_work, ref_out = reference_search
+    assert ref_out.returncode == 0
+    ref = json.load(open(os.path.join(ref_work, 'best.json')))
+    assert {e['info']['launch'] for e in _journal(ref_work)
+            if e['event'] == 'trial_launched'} == {'fork'}
+    work = tmp_path / 'spawned'
+    out = subprocess.run(_search_cmd(work, '--launch', 'spawn'), cwd=ROOT, env=_env(),
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert {e['info']['launch'] for e in _journal(work)
+            if e['event'] == 'trial_launched'} == {'spawn'}
+    best = json.load(open(work / 'best.json'))
+    assert best['raw_theta'] == ref['raw_theta']
+    assert [s['rewards'] for s in best['steps']] == [s['rewards'] for s in ref['steps']]
+
+
 def test_failures_are_recorded_retried_and_do_not_kill_the_search(tmp_path):
     cfg = tmp_path / 'faulty.py'
     cfg.write_text(

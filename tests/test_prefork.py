@@ -1,0 +1,213 @@
+"""The pre-warmed trial launcher (asl.search.prefork) and the local executor's fork mode,
+with real launcher processes and real (short) MMSeg trainings on the demo data."""
+import json
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+pytest.importorskip('mmseg')
+
+from asl.search.executors import LocalExecutor  # noqa: E402
+from asl.search.prefork import PreforkError, PreforkServer  # noqa: E402
+from asl.search.trial import TrialSpec  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CFG = os.path.join(ROOT, 'configs', 'retrain', 'demo',
+                   'deeplabv3plus_r18tiny-d8_asl-miou_1xb8-1200_asldemo-64x64.py')
+
+
+def _env():
+    return dict(os.environ, OMP_NUM_THREADS='2', MKL_NUM_THREADS='2', CUDA_VISIBLE_DEVICES='')
+
+
+def _alive(pid):
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except OSError:
+        return False
+
+
+def _wait_dead(pid, timeout=15.0):
+    deadline = time.time() + timeout
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.1)
+    return not _alive(pid)
+
+
+def _wait_for_text(path, text, timeout=300.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.exists(path) and text in open(path, errors='replace').read():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _train_args(work_dir, iters, *extra):
+    return [CFG, '--work-dir', str(work_dir), '--seed', '0', '--deterministic', '--lean',
+            '--cfg-options', f'train_cfg.max_iters={iters}', f'param_scheduler.0.end={iters}',
+            f'train_cfg.val_interval={iters}', f'default_hooks.checkpoint.interval={iters}',
+            'default_hooks.logger.interval=2', *extra]
+
+
+@pytest.fixture(scope='module')
+def server(tmp_path_factory):
+    srv = PreforkServer(sys.executable, _env(),
+                        str(tmp_path_factory.mktemp('launcher') / 'launcher.log'))
+    info = srv.start()
+    yield srv, info
+    srv.close()
+
+
+def test_launcher_warms_up_without_cuda_or_torch_work(server):
+    srv, info = server
+    assert info['ready'] and info['import_s'] > 0
+    assert info['cuda_initialized'] is False
+    assert srv.alive()
+
+
+def test_forked_training_matches_a_fresh_process(server, tmp_path):
+    """Same config, same seed: a forked trial and tools/train.py give identical metrics."""
+    import subprocess
+    srv, _ = server
+    fork_dir, spawn_dir = tmp_path / 'fork', tmp_path / 'spawn'
+    fork_dir.mkdir()
+    pid = srv.fork(_train_args(fork_dir, 6), {'ASL_TEST_MARK': 'x'},
+                   str(fork_dir / 'stdout.log'), threads=2)
+    assert srv.wait(pid, 600) == 0, open(fork_dir / 'stdout.log').read()[-3000:]
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'train.py'),
+                          *_train_args(spawn_dir, 6)], cwd=ROOT, env=_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+    def last_val(d):
+        lines = open(next(d.glob('*/vis_data/scalars.json'))).read().splitlines()
+        return [json.loads(x) for x in lines if 'mIoU' in x][-1]
+
+    a, b = last_val(fork_dir), last_val(spawn_dir)
+    for key in ('mIoU', 'FWIoU', 'mAcc', 'gAcc', 'BIoU', 'BF1'):
+        assert a[key] == b[key], (key, a, b)
+    # the forked child wrote its own log, which names the training
+    log = open(fork_dir / 'stdout.log').read()
+    assert 'Iter(train) [6/6]' in log and 'Iter(val)' in log
+    # --lean: the config dump is written (valid Python) without yapf formatting
+    from mmengine.config import Config
+    dump = next(fork_dir.glob('*.py'))
+    assert Config.fromfile(str(dump)).train_cfg.max_iters == 6
+
+
+def test_exit_status_of_failing_children(server, tmp_path):
+    srv, _ = server
+    # an unknown option: argparse exits with status 2
+    pid = srv.fork([CFG, '--no-such-option'], {}, str(tmp_path / 'a.log'))
+    assert srv.wait(pid, 60) == 2
+    assert '--no-such-option' in open(tmp_path / 'a.log').read()
+    # an exception: status 1 and its traceback in the trial's log
+    pid = srv.fork([str(tmp_path / 'missing.py')], {}, str(tmp_path / 'b.log'))
+    assert srv.wait(pid, 60) == 1
+    text = open(tmp_path / 'b.log').read()
+    assert 'Traceback' in text and 'config file not found' in text
+    # the launcher is unharmed by its children's failures
+    assert srv.alive()
+
+
+def test_killed_child_reports_the_signal(server, tmp_path):
+    srv, _ = server
+    pid = srv.fork(_train_args(tmp_path, 100000), {}, str(tmp_path / 'stdout.log'), threads=2)
+    assert _wait_for_text(tmp_path / 'stdout.log', 'Iter(train)'), \
+        open(tmp_path / 'stdout.log').read()[-3000:]
+    assert os.getpgid(pid) == pid  # its own process group, which executors stop
+    os.killpg(pid, signal.SIGKILL)
+    assert srv.wait(pid, 30) == -signal.SIGKILL
+
+
+def test_children_die_with_the_launcher(tmp_path):
+    srv = PreforkServer(sys.executable, _env(), str(tmp_path / 'launcher.log'))
+    srv.start()
+    pid = srv.fork(_train_args(tmp_path / 'w', 100000), {}, str(tmp_path / 'stdout.log'),
+                   threads=2)
+    assert _wait_for_text(tmp_path / 'stdout.log', 'Iter(train)')
+    os.kill(srv.proc.pid, signal.SIGKILL)
+    assert _wait_dead(pid), 'the forked trial outlived its launcher'
+    assert not srv.alive()
+    with pytest.raises(PreforkError, match='not running'):
+        srv.fork(_train_args(tmp_path / 'x', 2), {}, str(tmp_path / 'x.log'))
+    srv.close()
+
+
+def _spec(tmp_path, name, iters, time_limit=600.0):
+    wd = tmp_path / name
+    wd.mkdir(parents=True)
+    cfg = wd / 'config.py'
+    cfg.write_text(
+        f'_base_ = {CFG!r}\n'
+        f'train_cfg = dict(max_iters={iters}, val_interval={iters})\n'
+        "param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, "
+        f'end={iters}, by_epoch=False)]\n'
+        f'default_hooks = dict(logger=dict(interval=2), checkpoint=dict(interval={iters}))\n'
+        "custom_hooks = [dict(type='ASLTrialHook')]\n")
+    return TrialSpec(trial_id=name, step=0, index=0, attempt=1, work_dir=str(wd),
+                     config_path=str(cfg), seed=0, time_limit=time_limit)
+
+
+def _run_all(ex, timeout=600.0):
+    done = []
+    deadline = time.time() + timeout
+    while ex.running() and time.time() < deadline:
+        done += ex.poll()
+        time.sleep(0.2)
+    return done
+
+
+def test_local_executor_forks_times_out_and_survives_a_dead_launcher(tmp_path):
+    ex = LocalExecutor(workers=1, gpus=0, launch='fork', log_dir=str(tmp_path))
+    try:
+        ex.prepare(str(tmp_path))  # the launcher warms up in the background
+        # a normal trial, forked, reports through result.json like a spawned one
+        spec = _spec(tmp_path, 's00-c00-a1', 4)
+        info = ex.launch(spec)
+        assert info['launch'] == 'fork' and info['pgid'] == info['pid']
+        [(s, comp)] = _run_all(ex)
+        assert comp.exit_code == 0 and not comp.timed_out
+        result = json.load(open(os.path.join(spec.work_dir, 'result.json')))
+        assert result['iter'] == 4 and result['wall_s'] > result['train_iter_s'] > 0
+        assert os.path.isfile(tmp_path / 'launcher.log')
+        # the time limit stops a forked trial
+        spec = _spec(tmp_path, 's00-c01-a1', 100000, time_limit=8.0)
+        ex.launch(spec)
+        [(s, comp)] = _run_all(ex)
+        assert comp.timed_out and 'time limit' in comp.reason
+        # the launcher dies under a running trial: the trial is reported failed with the
+        # reason, and the next trial gets a new launcher
+        spec = _spec(tmp_path, 's00-c02-a1', 100000)
+        info = ex.launch(spec)
+        assert _wait_for_text(os.path.join(spec.work_dir, 'stdout.log'), 'Iter(train)')
+        os.kill(ex._server.proc.pid, signal.SIGKILL)
+        [(s, comp)] = _run_all(ex, timeout=60)
+        assert comp.exit_code is None and 'launcher died' in comp.reason
+        assert _wait_dead(info['pid'])
+        spec = _spec(tmp_path, 's00-c03-a1', 2)
+        info = ex.launch(spec)
+        assert info['launch'] == 'fork'
+        [(s, comp)] = _run_all(ex)
+        assert comp.exit_code == 0
+    finally:
+        ex.stop()
+    assert ex._server is None
+
+
+def test_local_executor_spawn_mode_and_bad_mode(tmp_path):
+    with pytest.raises(ValueError, match="'thread'"):
+        LocalExecutor(launch='thread')
+    ex = LocalExecutor(workers=1, gpus=0, launch='spawn')
+    assert 'a new process each' in ex.describe()
+    spec = _spec(tmp_path, 's00-c00-a1', 2)
+    info = ex.launch(spec)
+    assert info['launch'] == 'spawn' and ex._server is None
+    [(s, comp)] = _run_all(ex)
+    assert comp.exit_code == 0
+    assert json.load(open(os.path.join(spec.work_dir, 'result.json')))['iter'] == 2
