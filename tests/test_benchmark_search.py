@@ -19,9 +19,9 @@ def _line(seq, t, event, **fields):
     return json.dumps(dict(seq=seq, time=t, event=event, **fields)) + '\n'
 
 
-def _make_search(tmp_path, torn=False):
+def _make_search(tmp_path, torn=False, waited=None, name='search'):
     """Two trials run one after the other, and one failed attempt."""
-    work = tmp_path / 'search'
+    work = tmp_path / name
     lines = [_line(0, 1000.0, 'search_started'), _line(1, 1000.5, 'step_started', step=0)]
     seq = 2
     t = 1001.0
@@ -37,7 +37,9 @@ def _make_search(tmp_path, torn=False):
             json.dumps(dict(lr=0.1, data_time=0.02, time=0.5, iter=50)) + '\n'
             + json.dumps(dict(lr=0.1, data_time=0.04, time=0.5, iter=100)) + '\n'
             + json.dumps(dict(mIoU=1.0, data_time=9.0, time=9.0, step=100)) + '\n')
-        lines.append(_line(seq, t, 'trial_launched', step=0, trial_id=tid, work_dir=str(d)))
+        info = dict(waited_for_launcher_s=waited) if waited and seq == 2 else {}
+        lines.append(_line(seq, t, 'trial_launched', step=0, trial_id=tid, work_dir=str(d),
+                           info=info))
         lines.append(_line(seq + 1, t + ex, 'trial_finished', step=0, trial_id=tid, reward=0.1,
                            metrics={}, timing=dict(wall_s=wall, train_iter_s=train, val_s=val,
                                                    overhead_s=wall - train,
@@ -91,9 +93,27 @@ def test_target_and_empty(tmp_path, capsys):
 def test_search_command():
     args = bs.argparse.Namespace(config='c.py', run_dir='w', steps=1, samples=2, iters=20,
                                  workers=None, time_limit=None)
-    cmd = bs.search_command(args)
+    cmd = bs.search_command(args, 'w', 'fork')
     assert cmd[1].endswith(os.path.join('tools', 'search.py'))
     assert cmd[2:5] == ['c.py', '--work-dir', 'w']
+    assert cmd[cmd.index('--launch') + 1] == 'fork'
+    assert '--launch' not in bs.search_command(args, 'w')
     assert cmd[cmd.index('--cfg-options') + 1:] == [
         'search.num_steps=1', 'search.num_samples=2', 'train_cfg.max_iters=20',
         'train_cfg.val_interval=20', 'param_scheduler.0.end=20']
+
+
+def test_launcher_wait_counts_in_the_search_span_not_in_trials(tmp_path, capsys):
+    plain = bs.analyse(bs.read_events(str(_make_search(tmp_path) / 'journal.jsonl')))
+    work = _make_search(tmp_path, waited=3.0, name='forked')
+    a = bs.analyse(bs.read_events(str(work / 'journal.jsonl')))
+    assert a['launcher_wait_s'] == 3.0 and plain['launcher_wait_s'] == 0.0
+    assert a['span_s'] == pytest.approx(plain['span_s'] + 3.0)
+    assert a['trials_per_hour'] < plain['trials_per_hour']
+    # the trials' own figures do not include the wait
+    assert [t['overhead_s'] for t in a['trials']] == [t['overhead_s'] for t in plain['trials']]
+    assert "launcher's warm-up" in bs.render(a) and '| 3.00 s |' in bs.render(a)
+    table = bs.render_comparison([('spawn', plain, None), ('fork', a, None)])
+    assert '| launch | spawn | fork |' in table
+    ratio = a['trials_per_hour'] / plain['trials_per_hour']
+    assert f'trials per hour x{ratio:.2f}' in table
