@@ -27,7 +27,7 @@ search = dict(
     clip_eps=0.2,                # PPO2 clip range
     baseline='mu',               # 'mu' or 'mean'
     holdout=dict(num=60, seed=0),  # images carved from the training split for rewards
-    trial_time_limit=1200,       # seconds per proxy training (about 40 s on a quiet machine)
+    trial_time_limit=1200,       # seconds per proxy training (about 20 s on a quiet machine)
     max_retries=1,               # relaunches of a failed trial
     gpus_per_trial=1,            # GPUs per proxy training (when GPUs are present)
     # the re-training config the search's result config inherits (relative to this file)
