@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import tempfile
 from typing import Any
 
-__all__ = ['atomic_write_text', 'atomic_write_json', 'read_json']
+__all__ = ['atomic_write_text', 'atomic_write_json', 'read_json', 'read_json_or_none',
+           'cpu_model']
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -38,3 +40,27 @@ def read_json(path: str) -> Any:
     """Read a JSON file."""
     with open(path) as f:
         return json.load(f)
+
+
+def read_json_or_none(path: str) -> Any:
+    """The parsed JSON file at ``path``, or None when it is missing, unreadable or not
+    valid JSON (for instance a file another process has not finished writing)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from ``/proc/cpuinfo`` on Linux, else what ``platform``
+    knows)."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.lower().startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return model

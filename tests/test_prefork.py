@@ -13,6 +13,7 @@ pytest.importorskip('mmseg')
 from asl.search.executors import LocalExecutor  # noqa: E402
 from asl.search.prefork import PreforkError, PreforkServer  # noqa: E402
 from asl.search.trial import TrialSpec  # noqa: E402
+from test_search import _alive  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = os.path.join(ROOT, 'configs', 'retrain', 'demo',
@@ -21,14 +22,6 @@ CFG = os.path.join(ROOT, 'configs', 'retrain', 'demo',
 
 def _env():
     return dict(os.environ, OMP_NUM_THREADS='2', MKL_NUM_THREADS='2', CUDA_VISIBLE_DEVICES='')
-
-
-def _alive(pid):
-    try:
-        with open(f'/proc/{pid}/stat') as f:
-            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except OSError:
-        return False
 
 
 def _wait_dead(pid, timeout=15.0):

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -273,16 +272,8 @@ def machine_description(device: torch.device) -> str:
         props = torch.cuda.get_device_properties(device)
         return (f'GPU {torch.cuda.get_device_name(device)} '
                 f'({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}')
-    model = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.lower().startswith('model name'):
-                    model = line.split(':', 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (f'CPU {model}, {os.cpu_count()} logical core(s), '
+    from asl.utils import cpu_model
+    return (f'CPU {cpu_model()}, {os.cpu_count()} logical core(s), '
             f'torch threads {torch.get_num_threads()}')
 
 

@@ -56,7 +56,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Dict, List, Optional
 
@@ -64,6 +63,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = 'configs/search/demo/deeplabv3plus_r18tiny-d8_search-miou_1xb8-300_asldemo-64x64.py'
 DEFAULT_RUN_DIR = 'work_dirs/benchmark_search'
 TARGET_PCT = 20.0
+
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+from asl.utils import atomic_write_json, cpu_model, read_json_or_none  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- reading
@@ -86,14 +89,6 @@ def read_events(path: str) -> List[Dict]:
         if isinstance(ev, dict) and 'event' in ev:
             events.append(ev)
     return events
-
-
-def _read_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def logged_data_time(trial_dir: Optional[str]) -> Optional[float]:
@@ -161,7 +156,7 @@ def analyse(events: List[Dict], target_pct: float = TARGET_PCT) -> Dict:
                 row['incomplete'] = True
                 trials.append(row)
                 continue
-            result = _read_json(os.path.join(launch['work_dir'], 'result.json')) \
+            result = read_json_or_none(os.path.join(launch['work_dir'], 'result.json')) \
                 if launch.get('work_dir') else None
             iters = int(result['iter']) if result and result.get('iter') else None
             dt = logged_data_time(launch.get('work_dir'))
@@ -297,16 +292,7 @@ def render(a: Dict) -> str:
 
 
 def machine_info() -> Dict:
-    model = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.lower().startswith('model name'):
-                    model = line.split(':', 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = dict(host=platform.node(), cpu=model, cores=os.cpu_count(),
+    info = dict(host=platform.node(), cpu=cpu_model(), cores=os.cpu_count(),
                 python=platform.python_version(), platform=platform.platform())
     try:
         info['loadavg'] = list(os.getloadavg())
@@ -319,15 +305,6 @@ def _fmt_machine(m: Dict) -> str:
     load = m.get('loadavg')
     load = ' / '.join(f'{x:.2f}' for x in load) if load else '?'
     return f"{m['cpu']}, {m['cores']} cores ({m['host']}); load average 1/5/15 min: {load}"
-
-
-def write_json(path: str, obj) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix='.benchmark.')
-    with os.fdopen(fd, 'w') as f:
-        json.dump(obj, f, indent=2)
-        f.write('\n')
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- main
@@ -457,7 +434,7 @@ def analyse_dir(work_dir: str, run: Optional[Dict], target: float):
     print(render(a))
     report = dict(work_dir=os.path.abspath(work_dir), machine=machine_info(), run=run, **a)
     out = os.path.join(work_dir, 'benchmark.json')
-    write_json(out, report)
+    atomic_write_json(out, report)
     print(f'\nwritten: {out}')
     return a, run
 

@@ -39,7 +39,6 @@ import argparse
 import csv
 import datetime
 import io
-import json
 import os
 import os.path as osp
 import platform
@@ -53,6 +52,10 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+from asl.utils import atomic_write_json, read_json_or_none  # noqa: E402
+
 CONFIG_DIR = osp.join(ROOT, 'configs', 'retrain', 'demo')
 CONFIG_PATTERN = 'deeplabv3plus_r18tiny-d8_{}_1xb8-1200_asldemo-64x64.py'
 
@@ -229,7 +232,7 @@ def prepare_run_dir(path: str, loss: str, iters: int, seed: int,
     os.makedirs(path)
     with open(osp.join(path, RUN_CONFIG_FILE), 'w') as f:
         f.write(run_config_text(loss))
-    _write_json(osp.join(path, RUN_META_FILE),
+    atomic_write_json(osp.join(path, RUN_META_FILE),
                 dict(loss=loss, iters=iters, seed=seed, config=config_path(loss),
                      command=list(command)))
 
@@ -240,8 +243,8 @@ def reusable(path: str, loss: str, iters: int, seed: int) -> bool:
     True when ``compare_run.json`` names the same loss, iterations and seed and
     ``result.json`` reports the validation at iteration ``iters`` with all six metrics.
     """
-    meta = _read_json(osp.join(path, RUN_META_FILE))
-    result = _read_json(osp.join(path, RESULT_FILE))
+    meta = read_json_or_none(osp.join(path, RUN_META_FILE))
+    result = read_json_or_none(osp.join(path, RESULT_FILE))
     if not isinstance(meta, dict) or not isinstance(result, dict):
         return False
     if (meta.get('loss'), meta.get('iters'), meta.get('seed')) != (loss, iters, seed):
@@ -268,7 +271,7 @@ def parse_result(path: str, loss: str, returncode: Optional[int] = 0,
         hook's ``failure.json``, the last error line of ``train.log``, the exit
         status, or what is missing from ``result.json``).
     """
-    result = _read_json(osp.join(path, RESULT_FILE))
+    result = read_json_or_none(osp.join(path, RESULT_FILE))
     if returncode not in (0, None):
         return RunResult(loss, 'failed', reason=failure_reason(path, returncode),
                          wall_s=wall_s, reused=reused)
@@ -281,7 +284,7 @@ def parse_result(path: str, loss: str, returncode: Optional[int] = 0,
         return RunResult(loss, 'failed', reason='metrics missing: ' + ', '.join(missing),
                          wall_s=wall_s, reused=reused)
     if wall_s is None:  # reused: the time measured by the invocation that trained it
-        meta = _read_json(osp.join(path, RUN_META_FILE))
+        meta = read_json_or_none(osp.join(path, RUN_META_FILE))
         for source in (meta if isinstance(meta, dict) else {}, result):
             if isinstance(source.get('wall_s'), (int, float)):
                 wall_s = float(source['wall_s'])
@@ -295,7 +298,7 @@ def failure_reason(path: str, returncode: int) -> str:
     head = f'exit status {returncode}'
     if returncode < 0:
         head = f'killed by signal {-returncode}'
-    failure = _read_json(osp.join(path, FAILURE_FILE))
+    failure = read_json_or_none(osp.join(path, FAILURE_FILE))
     if isinstance(failure, dict) and failure.get('reason'):
         return f"{head}: {failure['reason']}"
     line = last_error_line(osp.join(path, RUN_LOG_FILE))
@@ -529,9 +532,9 @@ def train_one(loss: str, path: str, command: Sequence[str], iters: int, seed: in
             proc.wait()
             raise
     wall = time.time() - t0
-    meta = _read_json(osp.join(path, RUN_META_FILE)) or {}
+    meta = read_json_or_none(osp.join(path, RUN_META_FILE)) or {}
     meta.update(returncode=rc, wall_s=wall)
-    _write_json(osp.join(path, RUN_META_FILE), meta)
+    atomic_write_json(osp.join(path, RUN_META_FILE), meta)
     return parse_result(path, loss, rc, wall_s=wall)
 
 
@@ -547,22 +550,6 @@ def _last_iter(log_file: str) -> Optional[int]:
         return None
     found = _ITER_RE.findall(text)
     return int(found[-1][0]) if found else None
-
-
-def _read_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=2)
-        f.write('\n')
-    os.replace(tmp, path)
 
 
 def build_parser() -> argparse.ArgumentParser:

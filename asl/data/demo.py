@@ -38,6 +38,8 @@ import tempfile
 
 import numpy as np
 
+from ..utils import read_json_or_none
+
 GENERATOR_VERSION = 1
 IGNORE_INDEX = 255
 
@@ -456,11 +458,7 @@ def _write_dataset(out, params, progress=None):
 
 def read_meta(root):
     """The parsed ``meta.json`` of ``root``, or None if there is none (or unreadable)."""
-    try:
-        with open(os.path.join(root, 'meta.json')) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    return read_json_or_none(os.path.join(root, 'meta.json'))
 
 
 def _count_pngs(root, kind, split):

@@ -16,7 +16,7 @@ import sys
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from .trial import TrialSpec, train_command, trial_args
 
@@ -216,15 +216,18 @@ class LocalExecutor(Executor):
         return len(self.gpu_slots) or self.workers
 
     def describe(self) -> str:
-        mode = 'forked from a pre-warmed launcher' if self._wants_fork(
-            self.gpus_per_trial if self.gpu_slots else 1) else 'a new process each'
+        mode = 'forked from a pre-warmed launcher' if self._wants_fork() else \
+            'a new process each'
         if self.gpu_slots:
             return (f'local, {len(self.gpu_slots)} trial(s) at once on GPUs '
                     f'{self.gpu_slots}, {mode}')
         return (f'local, {self.workers} CPU trial(s) at once, {self.threads} thread(s) each, '
                 f'{mode}')
 
-    def _wants_fork(self, nproc: int) -> bool:
+    def _wants_fork(self) -> bool:
+        """Whether trials are forked (every slot has ``gpus_per_trial`` GPUs; one process
+        per trial on CPU)."""
+        nproc = self.gpus_per_trial if self.gpu_slots else 1
         if nproc > 1 or self.launch_mode == 'spawn' or self._fork_broken:
             return False
         return self.launch_mode == 'fork' or not self.gpu_slots
@@ -233,7 +236,7 @@ class LocalExecutor(Executor):
         """Start the pre-warmed launcher in the background (if trials will be forked)."""
         if self.log_dir is None:
             self.log_dir = work_dir
-        if self._wants_fork(self.gpus_per_trial if self.gpu_slots else 1):
+        if self._wants_fork():
             self._start_launcher(self.log_dir, wait=False)
 
     def _start_launcher(self, log_dir: str, wait: bool):
@@ -307,7 +310,7 @@ class LocalExecutor(Executor):
                             nproc=nproc, master_port=port)
         log_path = os.path.join(spec.work_dir, 'stdout.log')
         t0 = time.time()
-        server = self._launcher(spec) if self._wants_fork(nproc) else None
+        server = self._launcher(spec) if self._wants_fork() else None
         waited = time.time() - t0  # for the launcher's warm-up (first trial only)
         start = time.time()
         env[LAUNCH_TIME_ENV] = repr(start)

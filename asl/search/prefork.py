@@ -129,12 +129,10 @@ def _run_child(req: Dict, proto_fd: int, in_fd: int) -> None:
         code = 1
     finally:
         try:
-            import logging
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
+            from asl.mmseg.cli import quick_exit  # flushes the logs, then os._exit
+            quick_exit(code if isinstance(code, int) else 1)
         finally:
-            os._exit(code if isinstance(code, int) else 1)
+            os._exit(1)  # only if quick_exit itself failed
 
 
 def _exit_on_signal(signum, frame):
@@ -338,7 +336,7 @@ class PreforkServer:
     def exit_code(self, pid: int) -> Optional[int]:
         """The exit status of a child if the server has reported it, else None."""
         self._read(0.0)
-        return self._exits.pop(pid, None) if pid in self._exits else None
+        return self._exits.pop(pid, None)
 
     def wait(self, pid: int, timeout: float) -> Optional[int]:
         """Wait for a child's exit status (None if not reported within ``timeout``)."""

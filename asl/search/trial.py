@@ -9,7 +9,6 @@ proxy training split and the hold-out as validation set), MMEngine's logs,
 from __future__ import annotations
 
 import copy
-import json
 import os
 import sys
 from dataclasses import asdict, dataclass, field
@@ -197,15 +196,10 @@ def read_trial_outcome(work_dir: str, reward_key: str, exit_code: Optional[int],
                        timed_out: bool = False, wall_s: Optional[float] = None,
                        scheduler_reason: str = '') -> TrialOutcome:
     """Decide a trial's outcome from its exit status and the files it wrote."""
+    from ..utils import read_json_or_none
+
     def load(name):
-        path = os.path.join(work_dir, name)
-        if not os.path.isfile(path):
-            return None
-        try:
-            with open(path) as f:
-                return json.load(f)
-        except (OSError, ValueError):
-            return None
+        return read_json_or_none(os.path.join(work_dir, name))
 
     failure = load('failure.json')
     if failure is not None:
