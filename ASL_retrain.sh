@@ -5,7 +5,8 @@
 #
 # CONFIG is a path or a config name looked up under configs/retrain/ (recursively).
 # GPUS (default 4) processes are started with torchrun, one per GPU; GPUS=1 runs one
-# plain process. SEED defaults to 1. The work directory is work_dirs/retrain/<config>/.
+# plain process. SEED defaults to 1. The work directory is work_dirs/retrain/<config>/
+# (or $ASL_WORK_DIR).
 # On a machine without CUDA, GPUS=1 trains on the CPU; GPUS>1 needs
 # ASL_ALLOW_CPU_PROCS=1 (that many gloo processes share the CPU).
 # Environment: PYTHON (default: .venv/bin/python if present, else python3),
@@ -28,7 +29,7 @@ fi
 cd "$ROOT"
 CONFIG=$("$PYTHON" -m asl.configs find "$CONFIG_NAME" configs/retrain) || exit 2
 NAME=$(basename "$CONFIG" .py)
-WORK_DIR="work_dirs/retrain/$NAME"
+WORK_DIR="${ASL_WORK_DIR:-work_dirs/retrain/$NAME}"
 
 DEVICES=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')
 if (( DEVICES == 0 )); then

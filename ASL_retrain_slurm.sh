@@ -7,8 +7,8 @@
 # Starts GPUS tasks (default 4; one per GPU, GPUS_PER_NODE per node, so GPUS > 8 spans
 # several nodes) running tools/train.py --launcher slurm: one MMSeg training across all
 # tasks of the allocation. CONFIG is a path or a name under configs/retrain/; SEED
-# defaults to 1; the work directory is work_dirs/retrain/<config>/. On a cluster without
-# GPUs set GPUS_PER_NODE=0: the tasks train on CPUs with gloo.
+# defaults to 1; the work directory is work_dirs/retrain/<config>/ (or $ASL_WORK_DIR).
+# On a cluster without GPUs set GPUS_PER_NODE=0: the tasks train on CPUs with gloo.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -33,7 +33,7 @@ command -v srun >/dev/null || { echo "error: srun not found: is this a Slurm clu
 cd "$ROOT"
 CONFIG=$("$PYTHON" -m asl.configs find "$CONFIG_NAME" configs/retrain) || exit 2
 NAME=$(basename "$CONFIG" .py)
-WORK_DIR="work_dirs/retrain/$NAME"
+WORK_DIR="${ASL_WORK_DIR:-work_dirs/retrain/$NAME}"
 GRES=()
 TASKS_PER_NODE=$GPUS
 if (( GPUS_PER_NODE > 0 )); then

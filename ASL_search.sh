@@ -7,9 +7,9 @@
 # GPUS (default 8) is the number of GPUs the search spreads its proxy trainings over
 # (search.gpus_per_trial each). On a machine without CUDA the trials run on the CPU,
 # one at a time (pass --workers N to run N at once). SEED defaults to 1.
-# The work directory is work_dirs/search/<config>/; running the same command again
-# resumes an interrupted search. Environment: PYTHON (default: .venv/bin/python if
-# present, else python3).
+# The work directory is work_dirs/search/<config>/ (or $ASL_WORK_DIR); running the same
+# command again resumes an interrupted search. Environment: PYTHON (default:
+# .venv/bin/python if present, else python3).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -28,7 +28,7 @@ fi
 cd "$ROOT"
 CONFIG=$("$PYTHON" -m asl.configs find "$CONFIG_NAME" configs/search) || exit 2
 NAME=$(basename "$CONFIG" .py)
-WORK_DIR="work_dirs/search/$NAME"
+WORK_DIR="${ASL_WORK_DIR:-work_dirs/search/$NAME}"
 
 DEVICES=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')
 GPU_ARGS=()
