@@ -1,6 +1,7 @@
 """The whole Auto Seg-Loss workflow on the embedded demo data, in one command.
 
     python tools/demo.py [--work-dir work_dirs/demo] [--seed 1] [--workers 1]
+                         [--search-options K=V ...] [--train-options K=V ...]
 
 1. generate the demo dataset (if missing);
 2. search the mIoU surrogate's parameters (PPO2, 3 steps x 4 proxy trainings);
@@ -9,6 +10,9 @@
 
 Every stage is a real subprocess (``tools/search.py``, ``tools/train.py``,
 ``tools/test.py``) and is resumable: running the command again skips what is done.
+``--search-options`` and ``--train-options`` pass ``--cfg-options`` to the search and
+to both re-trainings (a smaller budget, e.g. ``search.num_steps=1 train_cfg.max_iters=20
+param_scheduler.0.end=20``).
 """
 import argparse
 import json
@@ -41,19 +45,21 @@ def _run(cmd, log=None):
     return time.time() - t0
 
 
-def _retrain(name, config, work, seed):
-    """Train ``config`` (skipped if its metrics exist) and evaluate the last checkpoint."""
+def _retrain(name, config, work, seed, options=()):
+    """Train ``config`` (skipped if its metrics exist) and evaluate the last checkpoint;
+    ``options``: ``--cfg-options`` of both."""
     out = os.path.join(work, 'metrics.json')
     if os.path.isfile(out):
         print(f'[demo] {name}: already trained and evaluated ({out})')
         return json.load(open(out))
     print(f'[demo] {name}: training (log: {work}/train.log) ...', flush=True)
+    opts = ['--cfg-options', *options] if options else []
     dt = _run([sys.executable, 'tools/train.py', config, '--work-dir', work, '--seed', str(seed),
-               '--resume'], log=os.path.join(work, 'train.log'))
+               '--resume', *opts], log=os.path.join(work, 'train.log'))
     with open(os.path.join(work, 'last_checkpoint')) as f:
         ckpt = f.read().strip()
-    _run([sys.executable, 'tools/test.py', config, ckpt, '--work-dir', work, '--out', out],
-         log=os.path.join(work, 'test.log'))
+    _run([sys.executable, 'tools/test.py', config, ckpt, '--work-dir', work, '--out', out,
+          *opts], log=os.path.join(work, 'test.log'))
     print(f'[demo] {name}: done in {dt / 60:.1f} min')
     return json.load(open(out))
 
@@ -64,6 +70,10 @@ def main(argv=None):
     p.add_argument('--seed', type=int, default=1)
     p.add_argument('--workers', type=int, default=1,
                    help='proxy trainings at once (default: 1; 2 cores run one well)')
+    p.add_argument('--search-options', nargs='+', default=[], metavar='KEY=VALUE',
+                   help='--cfg-options for the search (e.g. search.num_steps=1)')
+    p.add_argument('--train-options', nargs='+', default=[], metavar='KEY=VALUE',
+                   help='--cfg-options for both re-trainings (e.g. train_cfg.max_iters=20)')
     args = p.parse_args(argv)
     work = os.path.abspath(os.path.join(ROOT, args.work_dir) if not os.path.isabs(args.work_dir)
                            else args.work_dir)
@@ -76,13 +86,15 @@ def main(argv=None):
           flush=True)
     search_dir = os.path.join(work, 'search')
     _run([sys.executable, 'tools/search.py', SEARCH_CONFIG, '--work-dir', search_dir,
-          '--seed', str(args.seed), '--workers', str(args.workers)])
+          '--seed', str(args.seed), '--workers', str(args.workers),
+          *(['--cfg-options', *args.search_options] if args.search_options else [])])
     best = json.load(open(os.path.join(search_dir, 'best.json')))
 
     print('[demo] 3/4 re-training with the searched loss and with cross-entropy', flush=True)
     asl = _retrain('searched mIoU loss', best['retrain_config'],
-                   os.path.join(work, 'retrain_asl-miou'), args.seed)
-    ce = _retrain('cross-entropy', CE_CONFIG, os.path.join(work, 'retrain_ce'), args.seed)
+                   os.path.join(work, 'retrain_asl-miou'), args.seed, args.train_options)
+    ce = _retrain('cross-entropy', CE_CONFIG, os.path.join(work, 'retrain_ce'), args.seed,
+                  args.train_options)
 
     print('[demo] 4/4 results on the demo val split (80 images), percent')
     lines = ['| metric | cross-entropy | searched mIoU loss | difference |',
