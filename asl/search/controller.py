@@ -41,19 +41,60 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from .executors import Completion, Executor, LocalExecutor
-from .journal import Journal
+from .journal import EVENT_KINDS, Journal
 from .policy import PolicyState, ppo_update, sample_truncnorm
 from .settings import SearchConfigError, SearchSettings, parse_search_section
 from .trial import (TrialOutcome, TrialSpec, check_surrogate, make_trial_config,
                     read_trial_outcome)
 
-__all__ = ['Search', 'SearchInterrupted', 'replay', 'SearchState', 'SEARCHERS']
+__all__ = ['Search', 'SearchInterrupted', 'replay', 'SearchState', 'SEARCHERS', 'KILL_AT_ENV']
 
 SEARCHERS = ('ppo', 'random')
+
+#: Testing aid, off unless set: ``ASL_SEARCH_KILL_AT=WHEN:KIND[:N]`` makes the controller
+#: SIGKILL itself at the N-th (default: first) journal event of kind KIND that it writes.
+#: WHEN is ``before`` (the event's work is done, e.g. the policy update is computed, but
+#: the event is not written), ``torn`` (half of its line is written, as by a crash in the
+#: middle of the append) or ``after`` (written and fsync'd). The tests kill searches at
+#: exact points with it and check that resuming gives the uninterrupted result.
+KILL_AT_ENV = 'ASL_SEARCH_KILL_AT'
+_KILL_WHEN = ('before', 'torn', 'after')
 
 
 class SearchInterrupted(RuntimeError):
     """The search was stopped by a signal; re-running the same command resumes it."""
+
+
+class _KillSwitch:
+    """The ``ASL_SEARCH_KILL_AT`` testing aid (see :data:`KILL_AT_ENV`)."""
+
+    def __init__(self, spec: str):
+        parts = spec.split(':')
+        n = parts[2] if len(parts) == 3 else '1'
+        if len(parts) not in (2, 3) or parts[0] not in _KILL_WHEN or \
+                parts[1] not in EVENT_KINDS or not n.isdigit() or int(n) < 1:
+            raise SearchConfigError(
+                f'{KILL_AT_ENV}={spec!r}: expected WHEN:KIND[:N] with WHEN one of '
+                f'{_KILL_WHEN}, KIND one of {EVENT_KINDS} and N >= 1')
+        self.when, self.kind, self.n = parts[0], parts[1], int(n)
+        self.seen = 0
+
+    def at(self, when: str, event: str, journal: Journal, fields: Dict) -> None:
+        if event != self.kind:
+            return
+        if when == 'before':
+            self.seen += 1
+        if when != self.when or self.seen != self.n:
+            return
+        if when == 'torn':
+            line = json.dumps(dict(seq=journal._seq, time=time.time(), event=event, **fields))
+            fd = os.open(journal.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line[:len(line) // 2].encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -242,6 +283,8 @@ class Search:
         self.logger = logger or self._make_logger()
         self.journal = Journal(os.path.join(self.work_dir, 'journal.jsonl'))
         self._train_ds = self._holdout_ds = None
+        spec = os.environ.get(KILL_AT_ENV)
+        self._kill = _KillSwitch(spec) if spec else None
 
     # ------------------------------------------------------------------ set-up
     def _make_logger(self) -> logging.Logger:
@@ -278,7 +321,12 @@ class Search:
 
     # ----------------------------------------------------------------- journal
     def _log_event(self, event: str, **fields) -> Dict:
+        if self._kill is not None:
+            self._kill.at('before', event, self.journal, fields)
+            self._kill.at('torn', event, self.journal, fields)
         rec = self.journal.append(event, **fields)
+        if self._kill is not None:
+            self._kill.at('after', event, self.journal, fields)
         if self.on_event is not None:
             self.on_event(rec)
         return rec
