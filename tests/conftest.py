@@ -25,3 +25,24 @@ def blob_labels(n, c, h, w, seed=0, ignore_frac=0.05, all_classes=True):
 @pytest.fixture
 def labels():
     return blob_labels
+
+
+@pytest.fixture(scope='session')
+def reference_search(tmp_path_factory):
+    """The uninterrupted tiny search (``search_fixtures.TINY``), run once per session
+    through the real ASL_search.sh into a temporary work directory (``ASL_WORK_DIR``);
+    the searches that must end the same way are compared with it.
+
+    Returns:
+        (work_dir, CompletedProcess)
+    """
+    pytest.importorskip('mmseg')
+    import subprocess
+
+    from search_fixtures import NAME, TINY, env
+    work = tmp_path_factory.mktemp('reference') / 'search'
+    out = subprocess.run(['bash', 'ASL_search.sh', NAME + '.py', '0', '1',
+                          '--threads-per-trial', '1', '--cfg-options', *TINY], cwd=ROOT,
+                         env=env(ASL_WORK_DIR=str(work)), capture_output=True, text=True,
+                         timeout=1200)
+    return work, out

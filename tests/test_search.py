@@ -1,156 +1,169 @@
-"""Real searches on the demo data: ASL_search.sh, SIGKILL and resume, fault injection."""
+"""Real searches on the demo data: ASL_search.sh, spawned vs forked trials, several
+workers, the random searcher, a foreign work directory, SIGTERM, fault injection.
+
+Every search here is the tiny one of ``search_fixtures`` (or a smaller variant), written
+under a temporary folder; the ones that must end like the session's reference search
+are compared with it number for number (``assert_same_search``).
+"""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import time
 
+import numpy as np
 import pytest
 
 pytest.importorskip('mmseg')
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NAME = 'deeplabv3plus_r18tiny-d8_search-miou_1xb8-300_asldemo-64x64'
-CONFIG = os.path.join(ROOT, 'configs', 'search', 'demo', NAME + '.py')
-# 2 steps x 2 candidates of a 6-iteration proxy, 16 hold-out images
-TINY = ['search.num_steps=2', 'search.num_samples=2', 'search.holdout.num=16',
-        'train_cfg.max_iters=6', 'param_scheduler.0.end=6', 'default_hooks.logger.interval=2']
-
-
-def _env():
-    return dict(os.environ, OMP_NUM_THREADS='2', MKL_NUM_THREADS='2', PYTHON=sys.executable,
-                PYTHONUNBUFFERED='1')
-
-
-def _search_cmd(work_dir, *extra):
-    return [sys.executable, os.path.join(ROOT, 'tools', 'search.py'), CONFIG, '--work-dir',
-            str(work_dir), '--seed', '1', *extra, '--cfg-options', *TINY]
-
-
-def _alive(pid):
-    """A running (not zombie) process."""
-    try:
-        with open(f'/proc/{pid}/stat') as f:
-            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except OSError:
-        return False
-
-
-def _journal(work_dir):
-    path = os.path.join(str(work_dir), 'journal.jsonl')
-    if not os.path.exists(path):
-        return []
-    out = []
-    with open(path) as f:
-        for line in f:
-            if line.endswith('\n'):
-                out.append(json.loads(line))
-    return out
-
-
-@pytest.fixture(scope='module')
-def reference_search():
-    """An uninterrupted tiny search through the real ASL_search.sh (default work dir)."""
-    work = os.path.join(ROOT, 'work_dirs', 'search', NAME)
-    subprocess.run(['rm', '-rf', work], check=True)
-    out = subprocess.run(['bash', 'ASL_search.sh', NAME + '.py', '0', '1', '--cfg-options',
-                          *TINY], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                         timeout=900)
-    return work, out
+from search_fixtures import (CONFIG, ROOT, SAMPLES, STEPS, assert_not_degenerate,  # noqa: E402
+                             assert_same_search, descendants, env, events_of, journal,
+                             kill_group, run, search_cmd, search_losses, tail, trajectory,
+                             wait_dead, wait_for)
 
 
 def test_asl_search_sh_tiny_search(reference_search):
     work, out = reference_search
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.returncode == 0, tail(out)
+    assert f'work dir {work}' in out.stdout  # ASL_WORK_DIR, not the checkout's work_dirs/
+    # candidates got different rewards and the policy moved: the comparisons below can fail
+    assert_not_degenerate(work)
     best = json.load(open(os.path.join(work, 'best.json')))
     assert len(best['raw_theta']) == 12 and len(best['theta']) == 12
-    assert [s['step'] for s in best['steps']] == [0, 1]
-    assert all(len(s['rewards']) == 2 and all(r is not None for r in s['rewards'])
-               for s in best['steps'])
+    assert [s['step'] for s in best['steps']] == list(range(STEPS))
+    assert all(len(s['rewards']) == SAMPLES and None not in s['rewards'] for s in best['steps'])
+    # the result is the policy mean of the step with the highest mean reward
+    t = trajectory(work)
+    means = [np.mean(list(s['rewards'].values())) for s in t['steps']]
+    k = int(np.argmax(means))
+    assert best['best_step'] == k and best['raw_theta'] == t['steps'][k]['mu']
     for png in ('rewards.png', 'mu.png', 'curves.png'):
         assert os.path.getsize(os.path.join(work, png)) > 1000
-    events = _journal(work)
-    kinds = [e['event'] for e in events]
+    kinds = [e['event'] for e in journal(work)]
     assert kinds[0] == 'search_started' and kinds[-1] == 'search_finished'
-    assert kinds.count('trial_finished') == 4 and kinds.count('policy_updated') == 2
-    # every trial ran as its own MMSeg training with its resolved config and logs
-    for e in events:
-        if e['event'] == 'trial_finished':
-            d = os.path.join(work, 'trials', f'step{e["step"]:02d}', f'cand{e["index"]:02d}',
-                             'attempt1')
-            assert os.path.isfile(os.path.join(d, 'config.py'))
-            assert os.path.isfile(os.path.join(d, 'result.json'))
-            assert 0.0 <= e['reward'] <= 1.0
-    # the re-training config inherits the demo retrain config and sets the searched theta
+    assert kinds.count('trial_finished') == STEPS * SAMPLES
+    assert kinds.count('policy_updated') == STEPS
+    # every trial ran as its own MMSeg training, of its own candidate (not the mean):
+    # the loss in its resolved config holds the candidate's raw parameters
     from mmengine.config import Config
+    for e in events_of(work, 'trial_finished'):
+        d = os.path.join(work, 'trials', f'step{e["step"]:02d}', f'cand{e["index"]:02d}',
+                         'attempt1')
+        cfg = Config.fromfile(os.path.join(d, 'config.py'))
+        cand = t['steps'][e['step']]['candidates'][e['index']]
+        assert list(cfg.model.decode_head.loss_decode.raw_theta) == cand
+        assert list(cfg.model.auxiliary_head.loss_decode.raw_theta) == cand
+        assert json.load(open(os.path.join(d, 'result.json')))['metrics']['mIoU'] == \
+            pytest.approx(100 * e['reward'], abs=1e-9)
+    # the re-training config inherits the demo retrain config and sets the searched theta
     cfg = Config.fromfile(os.path.join(work, 'retrain_config.py'))
     loss = cfg.model.decode_head.loss_decode
     assert loss.type == 'AutoSegLoss' and list(loss.theta) == pytest.approx(best['theta'])
     assert cfg.train_cfg.max_iters == 1200  # from the retrain config, not the proxy
     assert cfg.model.auxiliary_head.loss_decode.loss_weight == 0.4
     assert os.path.isfile(os.path.join(work, 'search.log'))
-    assert 'step 2/2' in out.stderr + out.stdout
-
-
-def test_sigkill_mid_step_then_resume_gives_the_same_result(reference_search, tmp_path):
-    ref_work, ref_out = reference_search
-    assert ref_out.returncode == 0
-    ref = json.load(open(os.path.join(ref_work, 'best.json')))
-    work = tmp_path / 'search'
-    proc = subprocess.Popen(_search_cmd(work), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    # kill the controller in the middle of step 2: after its first trial was launched
-    deadline = time.time() + 900
-    while True:
-        ev = _journal(work)
-        launched = [e for e in ev if e['event'] == 'trial_launched' and e['step'] == 1]
-        if launched:
-            break
-        assert proc.poll() is None, 'the search ended before it could be killed'
-        assert time.time() < deadline
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    trial_pid = launched[0]['info']['pid']
-    time.sleep(1.0)
-    assert not _alive(trial_pid)  # the trial died with its controller
-    before = _journal(work)
-    out = subprocess.run(_search_cmd(work), cwd=ROOT, env=_env(), capture_output=True,
-                         text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    best = json.load(open(work / 'best.json'))
-    assert best['raw_theta'] == ref['raw_theta']
-    assert [s['rewards'] for s in best['steps']] == [s['rewards'] for s in ref['steps']]
-    assert [s['mu'] for s in best['steps']] == [s['mu'] for s in ref['steps']]
-    # finished trials were not run again; the in-flight one was relaunched
-    events = _journal(work)
-    finished_before = {(e['step'], e['index']) for e in before if e['event'] == 'trial_finished'}
-    for key in finished_before:
-        assert sum(1 for e in events if e['event'] == 'trial_launched'
-                   and (e['step'], e['index']) == key) == 1
-    assert sum(1 for e in events if e['event'] == 'trial_finished') == 4
-    assert sum(1 for e in events if e['event'] == 'step_started') == 2
-    assert 'resuming from' in out.stderr + out.stdout
+    assert f'step {STEPS}/{STEPS}' in out.stderr + out.stdout
 
 
 def test_spawned_trials_give_the_same_result_as_forked_ones(reference_search, tmp_path):
     """The reference search forks its CPU trials from the pre-warmed launcher (the
-    default); starting every trial as a fresh tools/train.py gives the same search."""
-    ref_work, ref_out = reference_search
-    assert ref_out.returncode == 0
-    ref = json.load(open(os.path.join(ref_work, 'best.json')))
-    assert {e['info']['launch'] for e in _journal(ref_work)
-            if e['event'] == 'trial_launched'} == {'fork'}
+    default); starting every trial as a fresh tools/train.py gives the same search, down
+    to every trial's per-iteration losses."""
+    ref, _ = reference_search
+    assert {e['info']['launch'] for e in events_of(ref, 'trial_launched')} == {'fork'}
     work = tmp_path / 'spawned'
-    out = subprocess.run(_search_cmd(work, '--launch', 'spawn'), cwd=ROOT, env=_env(),
-                         capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert {e['info']['launch'] for e in _journal(work)
-            if e['event'] == 'trial_launched'} == {'spawn'}
+    out = run(search_cmd(work, '--launch', 'spawn'))
+    assert out.returncode == 0, tail(out)
+    assert {e['info']['launch'] for e in events_of(work, 'trial_launched')} == {'spawn'}
+    assert_same_search(work, ref)
+    assert search_losses(work) == search_losses(ref)
+
+
+def test_two_workers_run_trials_at_once_with_the_same_result(reference_search, tmp_path):
+    ref, _ = reference_search
+    work = tmp_path / 'two'
+    out = run(search_cmd(work, '--workers', '2'))
+    assert out.returncode == 0, tail(out)
+    assert '2 CPU trial(s) at once' in open(work / 'search.log').read()
+    # in every step a second trial was launched before the first one finished
+    for step in range(STEPS):
+        seq = [(e['event'], e['index']) for e in journal(work) if e.get('step') == step
+               and e['event'] in ('trial_launched', 'trial_finished')]
+        assert seq[:2] == [('trial_launched', 0), ('trial_launched', 1)], seq
+    assert_same_search(work, ref)
+
+
+def test_random_searcher(tmp_path):
+    """The paper's random-search baseline: uniform candidates from the seeded generator,
+    no policy update, the best single candidate wins."""
+    work = tmp_path / 'random'
+    out = run(search_cmd(work, '--searcher', 'random', options=['search.num_samples=2']))
+    assert out.returncode == 0, tail(out)
+    t = trajectory(work)
+    assert t['start']['fingerprint']['searcher'] == 'random'
+    rng = np.random.Generator(np.random.PCG64(1))  # the search seed
+    rewards = {}
+    for k, step in enumerate(t['steps']):
+        assert step['candidates'] == rng.random((2, 12)).tolist()
+        assert step['mu'] == t['steps'][0]['mu']  # the policy never moves
+        assert step['update']['stats'] == dict(skipped=True, reason='random search')
+        rewards.update({(k, i): r for i, r in step['rewards'].items()})
+    assert len(rewards) == 2 * STEPS and len(set(rewards.values())) >= 3, rewards
+    k, i = max(rewards, key=rewards.get)
+    assert t['best']['best_step'] == k
+    assert t['best']['raw_theta'] == t['steps'][k]['candidates'][i]
     best = json.load(open(work / 'best.json'))
-    assert best['raw_theta'] == ref['raw_theta']
-    assert [s['rewards'] for s in best['steps']] == [s['rewards'] for s in ref['steps']]
+    assert best['searcher'] == 'random' and f'candidate {i}' in best['selection']
+
+
+def test_a_work_dir_holding_another_search_is_refused(reference_search, tmp_path):
+    ref, _ = reference_search
+    work = tmp_path / 'other'
+    work.mkdir()
+    shutil.copy(os.path.join(ref, 'journal.jsonl'), work / 'journal.jsonl')
+    before = (work / 'journal.jsonl').read_bytes()
+    cases = [(['--seed', '2'], "['seed']"), (['--searcher', 'random'], "['searcher']"),
+             (['--cfg-options', 'search.sigma=0.3'], "['settings']")]
+    for extra, differs in cases:
+        cmd = search_cmd(work)
+        if extra[0] == '--seed':
+            cmd[cmd.index('--seed') + 1] = extra[1]
+        elif extra[0] == '--searcher':
+            cmd[cmd.index('--seed'):cmd.index('--seed')] = extra
+        else:
+            cmd += extra[1:]
+        out = run(cmd, timeout=300)
+        assert out.returncode == 2, tail(out)
+        assert f'{work} holds another search (differs in {differs})' in out.stderr, out.stderr
+        assert 'use another --work-dir' in out.stderr
+        assert (work / 'journal.jsonl').read_bytes() == before
+        assert not (work / 'trials').exists() and not (work / 'holdout').exists()
+
+
+def test_sigterm_stops_the_search_and_its_trials(tmp_path):
+    work = tmp_path / 'search'
+    proc = subprocess.Popen(search_cmd(work), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        launched = wait_for(lambda: events_of(work, 'trial_launched'), proc,
+                            'a trial was launched')
+        trial = launched[0]['info']['pid']
+        wait_for(lambda: os.path.exists(os.path.join(launched[0]['work_dir'], 'stdout.log'))
+                 and 'Iter(train)' in open(os.path.join(launched[0]['work_dir'],
+                                                        'stdout.log')).read(),
+                 proc, 'the trial trained')
+        below = descendants(proc.pid)  # the trial launcher and the trial
+        assert trial in below
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err[-3000:]
+        assert 'run the same command again to resume' in err
+        # nothing it started is left running (allow the kernel a moment to reap)
+        assert wait_dead(below, timeout=5.0) == []
+    finally:
+        kill_group(proc)
+    assert not events_of(work, 'trial_finished')
 
 
 def test_failures_are_recorded_retried_and_do_not_kill_the_search(tmp_path):
@@ -166,11 +179,9 @@ def test_failures_are_recorded_retried_and_do_not_kill_the_search(tmp_path):
         '                        by_epoch=False)]\n'
         'default_hooks = dict(logger=dict(interval=1))\n')
     work = tmp_path / 'search'
-    out = subprocess.run([sys.executable, 'tools/search.py', str(cfg), '--work-dir', str(work)],
-                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    events = _journal(work)
-    failed = [e for e in events if e['event'] == 'trial_failed']
+    out = run([sys.executable, 'tools/search.py', str(cfg), '--work-dir', str(work)])
+    assert out.returncode == 0, tail(out)
+    failed = events_of(work, 'trial_failed')
     crash = [e for e in failed if e['index'] == 1]
     nonfinite = [e for e in failed if e['index'] == 2]
     # retried once (max_retries=1), then failed for good
@@ -182,13 +193,13 @@ def test_failures_are_recorded_retried_and_do_not_kill_the_search(tmp_path):
     fail = json.load(open(work / 'trials' / 'step00' / 'cand02' / 'attempt1' / 'failure.json'))
     assert fail['iter'] == 3
     log = open(work / 'trials' / 'step00' / 'cand02' / 'attempt1' / 'stdout.log').read()
-    assert 'Iter(train) [3/8]' not in log or 'Iter(train) [4/8]' not in log
-    assert 'Iter(train) [8/8]' not in log
+    assert 'Iter(train) [3/8]' in log and 'Iter(train) [4/8]' not in log
     best = json.load(open(work / 'best.json'))
     assert best['steps'][0]['rewards'][0] is not None
     assert best['steps'][0]['rewards'][1:] == [None, None]
-    upd = [e for e in events if e['event'] == 'policy_updated'][0]
+    upd = events_of(work, 'policy_updated')[0]
     assert upd['stats']['skipped']  # one successful candidate: no update, documented
+    assert upd['mu'] == events_of(work, 'step_started')[0]['mu']
 
 
 def test_config_errors_before_anything_is_launched(tmp_path):
@@ -206,8 +217,11 @@ def test_config_errors_before_anything_is_launched(tmp_path):
             path.write_text(cfg)
             cfg = str(path)
         work = tmp_path / f'w{i}'
-        out = subprocess.run([sys.executable, 'tools/search.py', cfg, '--work-dir', str(work)],
-                             cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+        out = run([sys.executable, 'tools/search.py', cfg, '--work-dir', str(work)], timeout=300)
         assert out.returncode == 2, (cfg, out.stderr[-2000:])
         assert message in out.stderr, (message, out.stderr[-2000:])
         assert not (work / 'trials').exists() and not (work / 'journal.jsonl').exists()
+    # the testing aid that kills the controller refuses a malformed value, naming it
+    out = run(search_cmd(tmp_path / 'k'), env=env(ASL_SEARCH_KILL_AT='during:trial_finished'),
+              timeout=300)
+    assert out.returncode == 2 and "'during:trial_finished'" in out.stderr, tail(out)
