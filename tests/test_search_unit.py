@@ -66,8 +66,22 @@ def test_update_moves_the_mean_toward_the_better_sample(baseline):
     assert not st.skipped and st.num_used == 3
     assert new.mu[0] > 0.5 and new.mu[1] < 0.5
     assert new.adam_step == 60
-    # clipping bounds how far one update goes: every ratio stays near [0.8, 1.2]
-    assert 0 <= st.clip_fraction <= 1
+    # the reported statistics, recomputed with scipy's truncated normal: the ratios of the
+    # new to the old density at the samples, the share outside [0.8, 1.2], the objective
+    # and the KL estimate
+    def pdf(mu, x):
+        return np.prod([stats.truncnorm.pdf(xj, -m / 0.2, (1 - m) / 0.2, loc=m, scale=0.2)
+                        for xj, m in zip(x, mu)])
+
+    ratio = np.array([pdf(new.mu, x) / pdf(state.mu, x) for x in samples])
+    b = rewards[0] if baseline == 'mu' else np.mean(rewards)
+    adv = np.array(rewards) - b
+    assert st.baseline == pytest.approx(b)
+    assert st.clip_fraction == np.mean(np.abs(ratio - 1) > 0.2)
+    assert st.clip_fraction > 0  # 60 steps at lr 0.2 go past the clip range
+    assert st.objective == pytest.approx(
+        np.mean(np.minimum(ratio * adv, np.clip(ratio, 0.8, 1.2) * adv)), rel=1e-9)
+    assert st.approx_kl == pytest.approx(np.mean(ratio - 1 - np.log(ratio)), rel=1e-9)
     # the state round-trips through JSON exactly
     again = PolicyState.from_dict(json.loads(json.dumps(new.to_dict())))
     assert again == new
