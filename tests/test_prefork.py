@@ -13,15 +13,17 @@ pytest.importorskip('mmseg')
 from asl.search.executors import LocalExecutor  # noqa: E402
 from asl.search.prefork import PreforkError, PreforkServer  # noqa: E402
 from asl.search.trial import TrialSpec  # noqa: E402
-from test_search import _alive  # noqa: E402
+from search_fixtures import alive as _alive  # noqa: E402
+from search_fixtures import trial_losses  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = os.path.join(ROOT, 'configs', 'retrain', 'demo',
                    'deeplabv3plus_r18tiny-d8_asl-miou_1xb8-1200_asldemo-64x64.py')
+ITERS = 30  # with RMSprop, enough for the demo model to learn the larger classes
 
 
 def _env():
-    return dict(os.environ, OMP_NUM_THREADS='2', MKL_NUM_THREADS='2', CUDA_VISIBLE_DEVICES='')
+    return dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
 
 
 def _wait_dead(pid, timeout=15.0):
@@ -40,11 +42,11 @@ def _wait_for_text(path, text, timeout=300.0):
     return False
 
 
-def _train_args(work_dir, iters, *extra):
+def _train_args(work_dir, iters, *extra, log=2):
     return [CFG, '--work-dir', str(work_dir), '--seed', '0', '--deterministic', '--lean',
             '--cfg-options', f'train_cfg.max_iters={iters}', f'param_scheduler.0.end={iters}',
             f'train_cfg.val_interval={iters}', f'default_hooks.checkpoint.interval={iters}',
-            'default_hooks.logger.interval=2', *extra]
+            f'default_hooks.logger.interval={log}', *extra]
 
 
 @pytest.fixture(scope='module')
@@ -64,18 +66,27 @@ def test_launcher_warms_up_without_cuda_or_torch_work(server):
 
 
 def test_forked_training_matches_a_fresh_process(server, tmp_path):
-    """Same config, same seed: a forked trial and tools/train.py give identical metrics."""
+    """Same config, same seed, deterministic mode: a forked trial and tools/train.py give
+    the same losses at every iteration and identical metrics, for a model that learns
+    (so a difference in seeding, threads or data order would show)."""
     import subprocess
     srv, _ = server
     fork_dir, spawn_dir = tmp_path / 'fork', tmp_path / 'spawn'
     fork_dir.mkdir()
-    pid = srv.fork(_train_args(fork_dir, 6), {'ASL_TEST_MARK': 'x'},
-                   str(fork_dir / 'stdout.log'), threads=2)
+    args = [_train_args(d, ITERS, 'optim_wrapper.optimizer.type=RMSprop',
+                        'optim_wrapper.optimizer.lr=0.001', log=1) for d in (fork_dir, spawn_dir)]
+    pid = srv.fork(args[0], {'ASL_TEST_MARK': 'x'}, str(fork_dir / 'stdout.log'), threads=1)
     assert srv.wait(pid, 600) == 0, open(fork_dir / 'stdout.log').read()[-3000:]
-    out = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'train.py'),
-                          *_train_args(spawn_dir, 6)], cwd=ROOT, env=_env(),
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'train.py'), *args[1]],
+                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+    losses = trial_losses(str(fork_dir))
+    assert [it for it, _ in losses] == list(range(1, ITERS + 1))
+    assert losses == trial_losses(str(spawn_dir))
+    # the model learns: the loss falls, and it predicts more than the background
+    total = [v['loss'] for _, v in losses]
+    assert max(total[-5:]) < 0.9 * min(total[:5]), total
 
     def last_val(d):
         lines = open(next(d.glob('*/vis_data/scalars.json'))).read().splitlines()
@@ -84,13 +95,14 @@ def test_forked_training_matches_a_fresh_process(server, tmp_path):
     a, b = last_val(fork_dir), last_val(spawn_dir)
     for key in ('mIoU', 'FWIoU', 'mAcc', 'gAcc', 'BIoU', 'BF1'):
         assert a[key] == b[key], (key, a, b)
+    assert a['mAcc'] > 25.0 and a['BF1'] > 0, a  # background only: mAcc 20.00, BF1 0
     # the forked child wrote its own log, which names the training
     log = open(fork_dir / 'stdout.log').read()
-    assert 'Iter(train) [6/6]' in log and 'Iter(val)' in log
+    assert f'Iter(train) [{ITERS}/{ITERS}]' in log and 'Iter(val)' in log
     # --lean: the config dump is written (valid Python) without yapf formatting
     from mmengine.config import Config
     dump = next(fork_dir.glob('*.py'))
-    assert Config.fromfile(str(dump)).train_cfg.max_iters == 6
+    assert Config.fromfile(str(dump)).train_cfg.max_iters == ITERS
 
 
 def test_exit_status_of_failing_children(server, tmp_path):
@@ -110,7 +122,7 @@ def test_exit_status_of_failing_children(server, tmp_path):
 
 def test_killed_child_reports_the_signal(server, tmp_path):
     srv, _ = server
-    pid = srv.fork(_train_args(tmp_path, 100000), {}, str(tmp_path / 'stdout.log'), threads=2)
+    pid = srv.fork(_train_args(tmp_path, 100000), {}, str(tmp_path / 'stdout.log'), threads=1)
     assert _wait_for_text(tmp_path / 'stdout.log', 'Iter(train)'), \
         open(tmp_path / 'stdout.log').read()[-3000:]
     assert os.getpgid(pid) == pid  # its own process group, which executors stop
@@ -122,7 +134,7 @@ def test_children_die_with_the_launcher(tmp_path):
     srv = PreforkServer(sys.executable, _env(), str(tmp_path / 'launcher.log'))
     srv.start()
     pid = srv.fork(_train_args(tmp_path / 'w', 100000), {}, str(tmp_path / 'stdout.log'),
-                   threads=2)
+                   threads=1)
     assert _wait_for_text(tmp_path / 'stdout.log', 'Iter(train)')
     os.kill(srv.proc.pid, signal.SIGKILL)
     assert _wait_dead(pid), 'the forked trial outlived its launcher'
