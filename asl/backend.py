@@ -16,21 +16,21 @@ evaluates the rest, so every formula works with every backend.
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 import warnings
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
 from . import functional as Fn
 from .curves import Curve
-from .engines import ir
 from .engines.lower import fused_program
 from .formula.compiler import CompiledMetric
 
-__all__ = ['BACKENDS', 'requested_backend', 'engine_for', 'surrogate_stats', 'surrogate_value']
+__all__ = [
+    'BACKENDS', 'requested_backend', 'probe', 'engine_for', 'surrogate_stats', 'surrogate_value'
+]
 
 BACKENDS = ('auto', 'torch', 'cpp', 'triton')
 ENV = 'ASL_BACKEND'
@@ -53,12 +53,21 @@ def requested_backend(backend: Optional[str] = None) -> str:
     return backend
 
 
-@functools.lru_cache(maxsize=None)
-def _have(engine: str) -> bool:
-    if engine == 'cpp':
+_AVAILABLE: Dict[str, bool] = {}
+
+
+def probe() -> Dict[str, bool]:
+    """Whether each engine can be used here (C++ extension built, Triton installed);
+    looked up once (a surrogate does it when it is built, outside any compiled code)."""
+    if not _AVAILABLE:
         from .engines import cpp
-        return cpp.available()
-    return importlib.util.find_spec('triton') is not None
+        _AVAILABLE['cpp'] = cpp.available()
+        _AVAILABLE['triton'] = importlib.util.find_spec('triton') is not None
+    return _AVAILABLE
+
+
+def _have(engine: str) -> bool:
+    return probe()[engine]
 
 
 def _interpreting() -> bool:
@@ -216,5 +225,9 @@ def surrogate_value(compiled: CompiledMetric, curves: Sequence[Curve], logits: t
         ignore_index: label of ignored pixels. Default: 255.
         backend: ``'auto'``, ``'torch'``, ``'cpp'`` or ``'triton'`` (module docstring).
     """
-    sums = surrogate_stats(compiled, curves, logits, label, ignore_index, backend)
+    engine = engine_for(requested_backend(backend), logits.device)
+    if engine == 'torch':
+        return Fn.surrogate_value(compiled, curves, logits, label, ignore_index)
+    Fn.check_shapes(logits, label)
+    sums = _engine_stats(engine, compiled, curves, logits, label, ignore_index)
     return Fn.evaluate_result(compiled.result, sums, exact=False)

@@ -32,6 +32,7 @@ __all__ = [
 SURROGATE_EPS = 1e-8
 
 
+@torch.compiler.disable  # (reads values: torch.compile runs it eagerly, between graphs)
 def check_labels(label: torch.Tensor, num_classes: int, ignore_index: int = 255) -> None:
     """Raise ValueError unless ``label`` is (N, H, W) of class indices or ``ignore_index``."""
     if label.dim() != 3:
@@ -54,12 +55,19 @@ def prepare_targets(label: torch.Tensor, num_classes: int, ignore_index: int = 2
             ``ignore_index``, or the label is not 3-dimensional.
     """
     check_labels(label, num_classes, ignore_index)
+    return _one_hot(label, num_classes, ignore_index, dtype)
+
+
+def _one_hot(label: torch.Tensor, num_classes: int, ignore_index: int,
+             dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`prepare_targets` of labels already checked."""
     label = label.long()
     valid = label != ignore_index
     m = valid.unsqueeze(1).to(dtype)
+    known = (valid & (label >= 0) & (label < num_classes)).unsqueeze(1).to(dtype)
     g = torch.zeros((label.shape[0], num_classes) + tuple(label.shape[1:]), dtype=dtype,
                     device=label.device)
-    g.scatter_(1, torch.where(valid, label, 0).unsqueeze(1), m)
+    g.scatter_(1, torch.where(known > 0, label.unsqueeze(1), 0), known)
     return g, m
 
 
@@ -122,18 +130,18 @@ def _eval_node(node: MapNode, values: List[Optional[torch.Tensor]], env: Dict[st
 
 def eval_maps(compiled: CompiledMetric, env: Dict[str, torch.Tensor],
               curves: Optional[Sequence[Curve]] = None,
-              upto: Optional[MapNode] = None) -> List[Optional[torch.Tensor]]:
-    """Values of the compiled metric's map nodes, indexed by ``node.index`` (every node,
-    or the nodes up to and including ``upto``).
+              nodes: Optional[Sequence[MapNode]] = None) -> List[Optional[torch.Tensor]]:
+    """Values of the compiled metric's map nodes, indexed by ``node.index``.
 
     Args:
         compiled: the compiled formula.
         env: ``P`` (N, C, H, W), ``G`` (N, C, H, W) and ``M`` (N, 1, H, W).
         curves: one curve per slot (surrogate), or None for plain logic (exact).
+        nodes: evaluate only these (in topological order, with everything they read);
+            default: every node.
     """
     values: List[Optional[torch.Tensor]] = [None] * len(compiled.maps)
-    last = len(compiled.maps) if upto is None else upto.index + 1
-    for node in compiled.maps[:last]:
+    for node in (compiled.maps if nodes is None else nodes):
         values[node.index] = _eval_node(node, values, env, curves)
     return values
 
@@ -233,11 +241,15 @@ def check_shapes(logits: torch.Tensor, label: torch.Tensor) -> None:
 
 def surrogate_stats(compiled: CompiledMetric, curves: Sequence[Curve], logits: torch.Tensor,
                     label: torch.Tensor, ignore_index: int = 255,
-                    which: Optional[Sequence[int]] = None) -> List[Optional[torch.Tensor]]:
+                    which: Optional[Sequence[int]] = None,
+                    check: bool = True) -> List[Optional[torch.Tensor]]:
     """The surrogate's per-class sums of ``P = softmax(logits)`` (float32), the reference
-    the engines of :mod:`asl.engines` are tested against."""
+    the engines of :mod:`asl.engines` are tested against. ``check=False``: the caller
+    checks the labels (labels outside ``[0, C)`` then count as ignored here)."""
+    if check:
+        check_labels(label, logits.shape[1], ignore_index)
     p = logits.float().softmax(1)
-    g, m = prepare_targets(label, logits.shape[1], ignore_index, dtype=p.dtype)
+    g, m = _one_hot(label, logits.shape[1], ignore_index, p.dtype)
     return evaluate_stats(compiled, p, g, m, curves, which=which)
 
 
@@ -245,10 +257,18 @@ def surrogate_value(compiled: CompiledMetric, curves: Sequence[Curve], logits: t
                     label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
     """Differentiable surrogate metric of one batch (float32, sums pooled over the batch),
     evaluated with plain PyTorch operations: the reference definition. Training code goes
-    through :func:`asl.backend.surrogate_value`, which picks a faster engine."""
+    through :func:`asl.backend.surrogate_value`, which picks a faster engine.
+
+    Under ``torch.compile`` the whole evaluation is one graph; the label check (which
+    reads values, so it cannot be traced) runs after it.
+    """
     check_shapes(logits, label)
-    sums = surrogate_stats(compiled, curves, logits, label, ignore_index)
-    return evaluate_result(compiled.result, sums, exact=False)
+    compiling = torch.compiler.is_compiling()
+    sums = surrogate_stats(compiled, curves, logits, label, ignore_index, check=not compiling)
+    value = evaluate_result(compiled.result, sums, exact=False)
+    if compiling:
+        check_labels(label, logits.shape[1], ignore_index)
+    return value
 
 
 def exact_stats(compiled: CompiledMetric, pred: torch.Tensor, label: torch.Tensor,

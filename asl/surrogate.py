@@ -41,6 +41,7 @@ class Surrogate:
                  num_pieces: Optional[int] = None, tol: Optional[int] = None,
                  drop_bg: Optional[bool] = None, backend: str = 'auto'):
         self.backend = _backend.requested_backend(backend)
+        _backend.probe()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f'unknown parameterization {parameterization!r}; choose from '
                              f'{", ".join(PARAMETERIZATIONS)}')
