@@ -1,8 +1,9 @@
 """Install asl: ``pip install --no-build-isolation -e .`` (torch must be installed first).
 
-The package ships a small C++ CPU kernel for the Bezier curves and windowed max pooling (``asl._C``). It is
-built when a C++ compiler is present; without one asl falls back to a pure PyTorch
-implementation of the same function (set ``ASL_NO_EXT=1`` to skip the build).
+The package ships the C++ engine (``asl._C``, the surrogate's fused evaluation on CPU
+tensors). It is built when a C++ compiler is present; without one asl uses the plain
+PyTorch path on CPU (set ``ASL_NO_EXT=1`` to skip the build). The Triton engine (CUDA
+tensors) needs no build: ``pip install triton``.
 """
 import os
 
@@ -31,7 +32,7 @@ def extensions():
     cpu_flags = os.environ.get('ASL_CPU_FLAGS', '-march=native').split()
     flags = ['-O3', '-fopenmp', '-fno-math-errno', '-fno-trapping-math'] + cpu_flags
     ext = CppExtension('asl._C', ['asl/csrc/kernels.cpp'], extra_compile_args=flags,
-                       extra_link_args=['-fopenmp'])
+                       extra_link_args=['-fopenmp'], depends=['asl/csrc/ir_ops.h'])
     return {'build_ext': BuildExtension}, [ext]
 
 
@@ -45,10 +46,10 @@ setup(
     long_description_content_type='text/markdown',
     license='Apache-2.0',
     packages=find_packages(include=['asl', 'asl.*']),
-    package_data={'asl': ['csrc/*.cpp']},
+    package_data={'asl': ['csrc/*.cpp', 'csrc/*.h']},
     python_requires='>=3.8',
     install_requires=['numpy', 'scipy'],
-    extras_require={'test': ['pytest', 'hypothesis', 'matplotlib']},
+    extras_require={'test': ['pytest', 'hypothesis', 'matplotlib'], 'triton': ['triton']},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,

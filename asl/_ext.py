@@ -1,18 +1,21 @@
-"""The optional C++ CPU kernels (``asl._C``, built by setup.py).
+"""The optional C++ extension (``asl._C``, built by setup.py): the C++ engine.
 
-Every kernel has a pure PyTorch twin that computes the same function; the twin is used
-on other devices and when the extension is not built.
+``ext`` is None when the extension is not built, or was built from another version of
+the engine's opcodes (then a warning says to rebuild it).
 """
+import warnings
+
 try:
     from asl import _C as ext
 except ImportError:  # pragma: no cover - depends on the build
     ext = None
 
-__all__ = ['ext', 'use_cpu_kernels']
+if ext is not None:
+    from .engines.ir import Op
+    if list(getattr(ext, 'opcodes', lambda: [])()) != [int(op) for op in Op]:
+        warnings.warn('asl._C was built from another version of asl (its opcodes differ from '
+                      'asl.engines.ir.Op); it is not used. Rebuild it: pip install '
+                      '--no-build-isolation -e .')
+        ext = None
 
-
-def use_cpu_kernels(x) -> bool:
-    """Whether the C++ kernels take tensor ``x`` (built, on CPU, float32 or float64)."""
-    import torch
-    return ext is not None and x.device.type == 'cpu' and x.dtype in (torch.float32,
-                                                                       torch.float64)
+__all__ = ['ext']

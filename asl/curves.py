@@ -31,13 +31,10 @@ from typing import List, Sequence
 
 import torch
 
-from ._ext import ext as _ext
-from ._ext import use_cpu_kernels
-
 __all__ = [
     'Curve', 'BezierCurve', 'LinearCurve', 'IdentityCurve', 'PARAMETERIZATIONS',
     'build_curves', 'params_per_curve', 'identity_theta', 'theta_to_points',
-    'MIN_SLOPE_DENOMINATOR'
+    'MIN_SLOPE_DENOMINATOR', 'PIECE_COLUMNS'
 ]
 
 #: Lower bound of x'(t) used in the derivative of a Bezier piece (caps dy/dx at 1e6).
@@ -51,6 +48,13 @@ class Curve:
     name = 'curve'
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def bezier_table(self) -> torch.Tensor:
+        """(K, 8) float64 coefficients of the curve as K quadratic pieces, the form the
+        fused engines evaluate: per piece ``x0, b^2, 4a, b, y0, by, ay, 2ay`` with
+        ``x(t) = x0 + b t + a t^2`` and ``y(t) = y0 + by t + ay t^2`` (see
+        :data:`PIECE_COLUMNS`)."""
         raise NotImplementedError
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,6 +108,10 @@ def theta_to_points(theta: Sequence[float], num_pieces: int) -> torch.Tensor:
     """
     t = torch.as_tensor(theta, dtype=torch.float64).reshape(2 * num_pieces - 1, 2)
     return _cumulative(t.t()).t().contiguous()
+
+
+#: The columns of a piece in :meth:`Curve.bezier_table`.
+PIECE_COLUMNS = ('x0', 'b^2', '4a', 'b', 'y0', 'by', 'ay', '2ay')
 
 
 def _piece_table(full: torch.Tensor) -> torch.Tensor:
@@ -161,6 +169,7 @@ class BezierCurve(Curve):
         self.num_pieces = (pts.shape[0] + 1) // 2
         full = torch.cat([pts.new_zeros(1, 2), pts, pts.new_ones(1, 2)])
         self._coef = _piece_table(full)
+        self._coef_list = self._coef.tolist()  # Python floats (traceable by torch.compile)
 
     def bezier_table(self) -> torch.Tensor:
         """(K, 8) float64 piece coefficients (the fused kernels' curve format)."""
@@ -179,15 +188,9 @@ class BezierCurve(Curve):
         return f'bezier K={self.num_pieces}: {pts}'
 
     def _evaluate(self, x: torch.Tensor, need_grad: bool):
-        """Return ``(y, dy/dx or None)`` for ``x`` (values in [0, 1])."""
-        if use_cpu_kernels(x):
-            out = _ext.bezier_forward(x, self._coef, need_grad, MIN_SLOPE_DENOMINATOR)
-            return out[0], (out[1] if need_grad else None)
-        return self._evaluate_torch(x, need_grad)
-
-    def _evaluate_torch(self, x: torch.Tensor, need_grad: bool):
-        """Pure PyTorch evaluation (any device); same arithmetic as the C++ kernel."""
-        coef = self._coef.tolist()
+        """Return ``(y, dy/dx or None)`` for ``x`` (values in [0, 1]): plain PyTorch
+        operations on any device, the same arithmetic as the engines."""
+        coef = self._coef_list
         if self.num_pieces == 1:
             x0, bb, a4, b, y0, by, ay, ay2 = coef[0]
         else:

@@ -16,21 +16,23 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from ._ext import ext as _ext
-from ._ext import use_cpu_kernels
 from .curves import Curve
-from .formula.compiler import CompiledMetric, MapNode, StatNode
-from .fused import fused_class_max, fused_stat_sums, plan_fused
+from .formula.compiler import CompiledMetric
+from .formula.graph import (Arith, ClassMax, Const, Input, Logic, LogicOp, MapNode, Not, Pool,
+                            PoolKind, StatArith, StatCompare, StatConst, StatDiv, StatMeanC,
+                            StatNode, StatSum, StatTotal)
 
 __all__ = [
-    'SURROGATE_EPS', 'check_labels', 'prepare_targets', 'evaluate_stats', 'evaluate_result',
-    'per_class_values', 'surrogate_value', 'exact_stats'
+    'SURROGATE_EPS', 'check_labels', 'check_shapes', 'prepare_targets', 'max_pool', 'eval_maps',
+    'evaluate_stats', 'evaluate_result', 'per_class_values', 'surrogate_stats',
+    'surrogate_value', 'exact_stats'
 ]
 
 #: Added to every denominator of the surrogate.
 SURROGATE_EPS = 1e-8
 
 
+@torch.compiler.disable  # (reads values: torch.compile runs it eagerly, between graphs)
 def check_labels(label: torch.Tensor, num_classes: int, ignore_index: int = 255) -> None:
     """Raise ValueError unless ``label`` is (N, H, W) of class indices or ``ignore_index``."""
     if label.dim() != 3:
@@ -53,166 +55,117 @@ def prepare_targets(label: torch.Tensor, num_classes: int, ignore_index: int = 2
             ``ignore_index``, or the label is not 3-dimensional.
     """
     check_labels(label, num_classes, ignore_index)
+    return _one_hot(label, num_classes, ignore_index, dtype)
+
+
+def _one_hot(label: torch.Tensor, num_classes: int, ignore_index: int,
+             dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`prepare_targets` of labels already checked."""
     label = label.long()
     valid = label != ignore_index
     m = valid.unsqueeze(1).to(dtype)
+    known = (valid & (label >= 0) & (label < num_classes)).unsqueeze(1).to(dtype)
     g = torch.zeros((label.shape[0], num_classes) + tuple(label.shape[1:]), dtype=dtype,
                     device=label.device)
-    g.scatter_(1, torch.where(valid, label, 0).unsqueeze(1), m)
+    g.scatter_(1, torch.where(known > 0, label.unsqueeze(1), 0), known)
     return g, m
 
 
-class _WindowMax(torch.autograd.Function):
-    """C++ window max (CPU); the backward finds each window's first maximum again."""
-
-    @staticmethod
-    def forward(ctx, x, r, dim):
-        y = _ext.window_max_forward(x, dim, r)
-        ctx.save_for_backward(x, y)
-        ctx.r, ctx.dim = r, dim
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        x, y = ctx.saved_tensors
-        return _ext.window_max_backward(grad_y, x, y, ctx.dim, ctx.r), None, None
-
-
 def _window_max(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
-    """Max over the window [i - r, i + r] along ``dim`` (same size, border ignored)."""
+    """Max over the window [i - r, i + r] along ``dim`` (same size, windows clipped to the
+    image). Its gradient goes to the first maximum of each window."""
     if r == 0:
         return x
-    if use_cpu_kernels(x):
-        if x.requires_grad and torch.is_grad_enabled():
-            return _WindowMax.apply(x, r, dim)
-        return _ext.window_max_forward(x, dim, r)
     k = 2 * r + 1
     kernel, pad = ((k, 1), (r, 0)) if dim == 2 else ((1, k), (0, r))
     return F.max_pool2d(x, kernel, stride=1, padding=pad)
 
 
-def _max_pool(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Square k x k max pool, stride 1, same size, image border ignored."""
-    return _window_max(_window_max(x, k // 2, 2), k // 2, 3)
+def max_pool(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Square (2r + 1) x (2r + 1) max pool, stride 1, same size, windows clipped to the
+    image: along H, then along W (the order the engines' gradients follow)."""
+    return _window_max(_window_max(x, r, 2), r, 3)
 
 
-def _eval_map(node: MapNode, env: Dict[str, torch.Tensor], curves: Optional[Sequence[Curve]],
-              memo: Dict[int, torch.Tensor]) -> torch.Tensor:
-    key = id(node)
-    if key in memo:
-        return memo[key]
-    kind, args = node.kind, node.args
-    if kind == 'input':
-        out = env[args[0]]
-    elif kind == 'const':
-        out = torch.tensor(args[0], dtype=env['G'].dtype, device=env['G'].device)
-    elif kind == 'logic':
-        op, a_node, b_node, slots = args
-        a = _eval_map(a_node, env, curves, memo)
-        b = _eval_map(b_node, env, curves, memo)
+def _eval_node(node: MapNode, values: List[Optional[torch.Tensor]], env: Dict[str, torch.Tensor],
+               curves: Optional[Sequence[Curve]]) -> torch.Tensor:
+    """The value of one map node from its operands' values."""
+    if isinstance(node, Input):
+        return env[node.name]
+    if isinstance(node, Const):
+        return torch.tensor(node.value, dtype=env['G'].dtype, device=env['G'].device)
+    if isinstance(node, Logic):
+        a, b = values[node.a.index], values[node.b.index]
 
         def g(slot, v):
             return v if (slot is None or curves is None) else curves[slot](v)
 
-        if op == '&':
-            s = slots or (None, None)
-            out = g(s[0], a) * g(s[1], b)
-        elif op == '|':
-            s = slots or (None, None)
-            ga, gb = g(s[0], a), g(s[1], b)
-            out = torch.addcmul(ga + gb, ga, gb, value=-1)
-        else:  # '^': OR(g3 a, g4 b) - AND(g1 a, g2 b)
-            s = slots or (None, ) * 4
-            ga, gb = g(s[2], a), g(s[3], b)
-            out = torch.addcmul(ga + gb, ga, gb, value=-1)
-            out = torch.addcmul(out, g(s[0], a), g(s[1], b), value=-1)
-    elif kind == 'not':
-        out = 1 - _eval_map(args[0], env, curves, memo)
-    elif kind == 'pool':
-        how, a_node, k = args
-        a = _eval_map(a_node, env, curves, memo)
-        # min pool = -max_pool(-x); the implicit border (-inf) equals padding with 1 for
+        if node.op is LogicOp.AND:
+            return g(node.and_curves[0], a) * g(node.and_curves[1], b)
+        ga, gb = g(node.or_curves[0], a), g(node.or_curves[1], b)
+        out = torch.addcmul(ga + gb, ga, gb, value=-1)
+        if node.op is LogicOp.XOR:  # OR(g3 a, g4 b) - AND(g1 a, g2 b)
+            out = torch.addcmul(out, g(node.and_curves[0], a), g(node.and_curves[1], b),
+                                value=-1)
+        return out
+    if isinstance(node, Not):
+        return 1 - values[node.a.index]
+    if isinstance(node, Pool):
+        a = values[node.a.index]
+        # min pool = -max_pool(-x); windows clipped to the image equal padding with 1 for
         # values in [0, 1], so the image border is not a boundary.
-        out = _max_pool(a, k) if how == 'max' else -_max_pool(-a, k)
-    elif kind == 'max_c':
-        a_node, skip_bg = args
-        a = _eval_map(a_node, env, curves, memo)
-        if skip_bg:
+        return max_pool(a, node.radius) if node.kind is PoolKind.MAX else -max_pool(
+            -a, node.radius)
+    if isinstance(node, ClassMax):
+        a = values[node.a.index]
+        if node.skip_bg:
             a = a[:, 1:]
-        out = a.amax(1, keepdim=True) if a.shape[1] > 0 else a.new_zeros(
+        return a.amax(1, keepdim=True) if a.shape[1] > 0 else a.new_zeros(
             (a.shape[0], 1) + a.shape[2:])
-    elif kind == 'arith':
-        op, a_node, b_node = args
-        a = _eval_map(a_node, env, curves, memo)
-        b = _eval_map(b_node, env, curves, memo)
-        out = a + b if op == '+' else (a - b if op == '-' else a * b)
-    else:  # pragma: no cover
-        raise ValueError(f'unknown map node {kind!r}')
-    memo[key] = out
-    return out
+    if isinstance(node, Arith):
+        a, b = values[node.a.index], values[node.b.index]
+        return a + b if node.op == '+' else (a - b if node.op == '-' else a * b)
+    raise TypeError(f'unknown map node {type(node).__name__}')  # pragma: no cover
+
+
+def eval_maps(compiled: CompiledMetric, env: Dict[str, torch.Tensor],
+              curves: Optional[Sequence[Curve]] = None,
+              nodes: Optional[Sequence[MapNode]] = None) -> List[Optional[torch.Tensor]]:
+    """Values of the compiled metric's map nodes, indexed by ``node.index``.
+
+    Args:
+        compiled: the compiled formula.
+        env: ``P`` (N, C, H, W), ``G`` (N, C, H, W) and ``M`` (N, 1, H, W).
+        curves: one curve per slot (surrogate), or None for plain logic (exact).
+        nodes: evaluate only these (in topological order, with everything they read);
+            default: every node.
+    """
+    values: List[Optional[torch.Tensor]] = [None] * len(compiled.maps)
+    for node in (compiled.maps if nodes is None else nodes):
+        values[node.index] = _eval_node(node, values, env, curves)
+    return values
 
 
 def evaluate_stats(compiled: CompiledMetric, p: torch.Tensor, g: torch.Tensor, m: torch.Tensor,
                    curves: Optional[Sequence[Curve]] = None,
-                   sum_dtype: Optional[torch.dtype] = None) -> List[torch.Tensor]:
-    """Per-class sums over (N, H, W) of each ``sum(...)`` in the formula (PyTorch path).
+                   sum_dtype: Optional[torch.dtype] = None,
+                   which: Optional[Sequence[int]] = None) -> List[Optional[torch.Tensor]]:
+    """Per-class sums over (N, H, W) of each ``sum(...)`` in the formula: the reference
+    evaluation, plain PyTorch operations on any device.
 
     Args:
         compiled: the compiled formula.
         p, g, m: ``P`` (N, C, H, W), ``G`` (N, C, H, W), ``M`` (N, 1, H, W).
         curves: one curve per slot (surrogate), or None for plain logic (exact).
         sum_dtype: accumulate the sums in this dtype (float64 for exact counts).
+        which: the statistics to compute (default: all; the others are None).
     """
-    env = {'P': p, 'G': g, 'M': m}
-    memo: Dict[int, torch.Tensor] = {}
-    return [_eval_map(node, env, curves, memo).sum((0, 2, 3), dtype=sum_dtype)
-            for node in compiled.stats]
-
-
-def _surrogate_stats_fused(compiled: CompiledMetric, curves: Sequence[Curve],
-                           logits: torch.Tensor, label: torch.Tensor,
-                           ignore_index: int) -> List[torch.Tensor]:
-    """Same sums as :func:`evaluate_stats` of ``P = softmax(logits)``, fusable ones through
-    the C++ kernel (which then also runs the softmax, unless PyTorch needs ``P`` too)."""
-    plan = plan_fused(compiled)
-    if label.dim() != 3:
-        check_labels(label, logits.shape[1], ignore_index)  # raises
-    try:
-        return _fused_sums(plan, compiled, curves, logits, label, ignore_index)
-    except RuntimeError as e:  # the kernel validates the labels as it reads them
-        if 'invalid label values' in str(e):
-            check_labels(label, logits.shape[1], ignore_index)  # raises the ValueError
-        raise
-
-
-def _fused_sums(plan, compiled: CompiledMetric, curves: Sequence[Curve], logits: torch.Tensor,
-                label: torch.Tensor, ignore_index: int) -> List[torch.Tensor]:
-    """The work of :func:`_surrogate_stats_fused` (the kernel checks the labels)."""
-    rest = [i for i in range(len(compiled.stats)) if i not in plan.fused]
-    if rest:
-        check_labels(label, logits.shape[1], ignore_index)
-    from_logits = not rest and all(sub is not None for sub in plan.extra_plans)
-    p = logits if from_logits else logits.softmax(1)
-    memo: Dict[int, torch.Tensor] = {}
-    env: Dict[str, torch.Tensor] = {}
-
-    def torch_env() -> Dict[str, torch.Tensor]:
-        if not env:
-            g, m = prepare_targets(label, p.shape[1], ignore_index, dtype=p.dtype)
-            env.update(P=p, G=g, M=m)
-        return env
-
-    extras = []
-    for j, node in enumerate(plan.extras):
-        x = fused_class_max(plan, j, curves, p, label, ignore_index)  # P-independent
-        extras.append(x if x is not None else _eval_map(node, torch_env(), curves, memo))
-    fused = fused_stat_sums(plan, curves, p, label, ignore_index, extras, from_logits)
-    sums: List[Optional[torch.Tensor]] = [None] * len(compiled.stats)
-    for row, i in enumerate(plan.fused):
-        sums[i] = fused[row]
-    for i in rest:
-        sums[i] = _eval_map(compiled.stats[i], torch_env(), curves, memo).sum((0, 2, 3))
-    return sums
+    values = eval_maps(compiled, {'P': p, 'G': g, 'M': m}, curves)
+    wanted = range(len(compiled.stats)) if which is None else which
+    out: List[Optional[torch.Tensor]] = [None] * len(compiled.stats)
+    for i in wanted:
+        out[i] = values[compiled.stats[i].index].sum((0, 2, 3), dtype=sum_dtype)
+    return out
 
 
 def evaluate_result(node: StatNode, sums: Sequence[torch.Tensor], exact: bool) -> torch.Tensor:
@@ -222,51 +175,48 @@ def evaluate_result(node: StatNode, sums: Sequence[torch.Tensor], exact: bool) -
     class means skip nan classes; otherwise ``SURROGATE_EPS`` is added to every
     denominator and class means run over every selected class.
     """
-    kind, args = node.kind, node.args
     ref = sums[0] if len(sums) else torch.zeros(1)
-    if kind == 'sum':
-        return sums[args[0]]
-    if kind == 'const':
-        return torch.tensor(args[0], dtype=ref.dtype, device=ref.device)
-    if kind == 'arith':
-        op, a, b = args
-        a, b = evaluate_result(a, sums, exact), evaluate_result(b, sums, exact)
-        return a + b if op == '+' else (a - b if op == '-' else a * b)
-    if kind == 'compare':
-        op, a, b = args
-        a, b = evaluate_result(a, sums, exact), evaluate_result(b, sums, exact)
-        res = {'>': a > b, '>=': a >= b, '<': a < b, '<=': a <= b, '==': a == b,
-               '!=': a != b}[op]
+    if isinstance(node, StatSum):
+        return sums[node.stat]
+    if isinstance(node, StatConst):
+        return torch.tensor(node.value, dtype=ref.dtype, device=ref.device)
+    if isinstance(node, StatArith):
+        a, b = evaluate_result(node.a, sums, exact), evaluate_result(node.b, sums, exact)
+        return a + b if node.op == '+' else (a - b if node.op == '-' else a * b)
+    if isinstance(node, StatCompare):
+        a, b = evaluate_result(node.a, sums, exact), evaluate_result(node.b, sums, exact)
+        op = node.op
+        res = (a > b if op == '>' else a >= b if op == '>=' else a < b if op == '<' else
+               a <= b if op == '<=' else a == b if op == '==' else a != b)
         return res.to(ref.dtype)
-    if kind == 'div':
-        a, b, zero = args
-        a, b = evaluate_result(a, sums, exact), evaluate_result(b, sums, exact)
+    if isinstance(node, StatDiv):
+        a, b = evaluate_result(node.a, sums, exact), evaluate_result(node.b, sums, exact)
         if not exact:
             return a / (b + SURROGATE_EPS)
         a, b = torch.broadcast_tensors(a, b)
-        empty = torch.tensor(0.0 if zero else float('nan'), dtype=a.dtype, device=a.device)
+        empty = torch.tensor(0.0 if node.zero_if_empty else float('nan'), dtype=a.dtype,
+                             device=a.device)
         return torch.where(b != 0, a / torch.where(b != 0, b, torch.ones_like(b)), empty)
-    if kind == 'total':
-        a = evaluate_result(args[0], sums, exact)
+    if isinstance(node, StatTotal):
+        a = evaluate_result(node.a, sums, exact)
         return a.nansum() if exact else a.sum()
-    if kind == 'mean_c':
-        v_node, where, skip_bg = args
-        v = evaluate_result(v_node, sums, exact)
+    if isinstance(node, StatMeanC):
+        v = evaluate_result(node.a, sums, exact)
         if v.dim() == 0:
             v = v.reshape(1)
         mask = torch.ones_like(v, dtype=torch.bool)
-        if where is not None:
-            mask = mask & (evaluate_result(where, sums, exact) > 0.5)
-        if skip_bg:
+        if node.where is not None:
+            mask = mask & (evaluate_result(node.where, sums, exact) > 0.5)
+        if node.skip_bg:
             mask = mask.clone()
             mask[..., 0] = False
         if exact:
             mask = mask & ~torch.isnan(v)
             return torch.where(mask, v, 0).sum() / mask.sum()
-        if where is None and not skip_bg:
+        if node.where is None and not node.skip_bg:
             return v.mean()
         return (v * mask).sum() / (mask.sum() + SURROGATE_EPS)
-    raise ValueError(f'unknown statistic node {kind!r}')  # pragma: no cover
+    raise TypeError(f'unknown statistic node {type(node).__name__}')  # pragma: no cover
 
 
 def per_class_values(compiled: CompiledMetric, sums: Sequence[torch.Tensor],
@@ -274,31 +224,51 @@ def per_class_values(compiled: CompiledMetric, sums: Sequence[torch.Tensor],
     """The per-class values the formula reduces (the argument of its outermost
     ``mean_c``/``total``), or None when the formula has no such per-class stage."""
     node = compiled.result
-    if node.kind in ('mean_c', 'total') and node.args[0].per_class:
-        return evaluate_result(node.args[0], sums, exact)
+    if isinstance(node, (StatMeanC, StatTotal)) and node.a.per_class:
+        return evaluate_result(node.a, sums, exact)
     return None
 
 
-def surrogate_value(compiled: CompiledMetric, curves: Sequence[Curve], logits: torch.Tensor,
-                    label: torch.Tensor, ignore_index: int = 255,
-                    fused: bool = True) -> torch.Tensor:
-    """Differentiable surrogate metric of one batch (float32, sums pooled over the batch).
-
-    ``fused=False`` forces the plain PyTorch path (the reference for the fused kernel).
-    """
+def check_shapes(logits: torch.Tensor, label: torch.Tensor) -> None:
+    """Raise ValueError unless ``logits`` is (N, C, H, W) and ``label`` (N, H, W)."""
     if logits.dim() != 4:
         raise ValueError(f'logits must have shape (N, C, H, W), got {tuple(logits.shape)}')
     if label.shape != logits.shape[:1] + logits.shape[2:]:
         raise ValueError(f'label shape {tuple(label.shape)} does not match logits shape '
-                         f'{tuple(logits.shape)}; expected {tuple(logits.shape[:1] + logits.shape[2:])}')
-    logits = logits.float()
-    if fused and use_cpu_kernels(logits) and plan_fused(compiled).fused:
-        sums = _surrogate_stats_fused(compiled, curves, logits, label, ignore_index)
-    else:
-        p = logits.softmax(1)
-        g, m = prepare_targets(label, logits.shape[1], ignore_index, dtype=p.dtype)
-        sums = evaluate_stats(compiled, p, g, m, curves)
-    return evaluate_result(compiled.result, sums, exact=False)
+                         f'{tuple(logits.shape)}; expected '
+                         f'{tuple(logits.shape[:1] + logits.shape[2:])}')
+
+
+def surrogate_stats(compiled: CompiledMetric, curves: Sequence[Curve], logits: torch.Tensor,
+                    label: torch.Tensor, ignore_index: int = 255,
+                    which: Optional[Sequence[int]] = None,
+                    check: bool = True) -> List[Optional[torch.Tensor]]:
+    """The surrogate's per-class sums of ``P = softmax(logits)`` (float32), the reference
+    the engines of :mod:`asl.engines` are tested against. ``check=False``: the caller
+    checks the labels (labels outside ``[0, C)`` then count as ignored here)."""
+    if check:
+        check_labels(label, logits.shape[1], ignore_index)
+    p = logits.float().softmax(1)
+    g, m = _one_hot(label, logits.shape[1], ignore_index, p.dtype)
+    return evaluate_stats(compiled, p, g, m, curves, which=which)
+
+
+def surrogate_value(compiled: CompiledMetric, curves: Sequence[Curve], logits: torch.Tensor,
+                    label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """Differentiable surrogate metric of one batch (float32, sums pooled over the batch),
+    evaluated with plain PyTorch operations: the reference definition. Training code goes
+    through :func:`asl.backend.surrogate_value`, which picks a faster engine.
+
+    Under ``torch.compile`` the whole evaluation is one graph; the label check (which
+    reads values, so it cannot be traced) runs after it.
+    """
+    check_shapes(logits, label)
+    compiling = torch.compiler.is_compiling()
+    sums = surrogate_stats(compiled, curves, logits, label, ignore_index, check=not compiling)
+    value = evaluate_result(compiled.result, sums, exact=False)
+    if compiling:
+        check_labels(label, logits.shape[1], ignore_index)
+    return value
 
 
 def exact_stats(compiled: CompiledMetric, pred: torch.Tensor, label: torch.Tensor,

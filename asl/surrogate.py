@@ -5,9 +5,9 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
+from . import backend as _backend
 from .curves import PARAMETERIZATIONS, Curve, build_curves, params_per_curve
 from .formula.compiler import CompiledMetric, compile_formula
-from .functional import surrogate_value
 from .presets import paper_preset
 
 __all__ = ['Surrogate']
@@ -30,13 +30,18 @@ class Surrogate:
         tol (int, optional): boundary tolerance in pixels. Default: 5.
         drop_bg (bool, optional): the metric's ``drop_bg`` option. Default: False, or
             the preset's with ``theta='paper'``.
+        backend (str): the engine: ``'auto'`` (Triton on CUDA tensors, C++ on CPU
+            tensors, else plain PyTorch; ``$ASL_BACKEND`` can force one), ``'torch'``,
+            ``'cpp'`` or ``'triton'`` (see :mod:`asl.backend`). Default: ``'auto'``.
     """
 
     def __init__(self, target_metric: str = 'mIoU', theta: Union[Sequence[float], str,
                                                                   None] = None,
                  raw_theta: Optional[Sequence[float]] = None, parameterization: str = 'bezier',
                  num_pieces: Optional[int] = None, tol: Optional[int] = None,
-                 drop_bg: Optional[bool] = None):
+                 drop_bg: Optional[bool] = None, backend: str = 'auto'):
+        self.backend = _backend.requested_backend(backend)
+        _backend.probe()
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f'unknown parameterization {parameterization!r}; choose from '
                              f'{", ".join(PARAMETERIZATIONS)}')
@@ -103,5 +108,12 @@ class Surrogate:
 
     def __call__(self, logits: torch.Tensor, label: torch.Tensor,
                  ignore_index: int = 255) -> torch.Tensor:
-        """Surrogate metric value of a batch: a differentiable scalar (higher is better)."""
-        return surrogate_value(self.compiled, self.curves, logits, label, ignore_index)
+        """Surrogate metric value of a batch: a differentiable scalar (higher is better).
+
+        Args:
+            logits: (N, C, H, W), any floating dtype (computed in float32).
+            label: (N, H, W) class indices or ``ignore_index``.
+            ignore_index: label of ignored pixels. Default: 255.
+        """
+        return _backend.surrogate_value(self.compiled, self.curves, logits, label,
+                                        ignore_index, self.backend)

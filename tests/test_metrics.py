@@ -177,7 +177,10 @@ def test_surrogate_gradients_finite_at_saturation():
     'x = P | G; mean_c(sum(x * G) / sum(x))'
 ])
 def test_fused_kernel_matches_pytorch_path(formula):
-    """The C++ fused statistics give the same value and gradient as the PyTorch path."""
+    """The C++ engine gives the same value and gradient as the PyTorch path (float64
+    logits: both compute in float32)."""
+    pytest.importorskip('asl._C')
+    from asl.backend import surrogate_value as engine_value
     from asl.functional import surrogate_value
     label = blob_labels(2, 5, 24, 24, seed=9)
     s0 = Surrogate(formula)
@@ -185,9 +188,9 @@ def test_fused_kernel_matches_pytorch_path(formula):
     s = Surrogate(formula, raw_theta=torch.rand(s0.num_params(raw=True), generator=g).tolist())
     logits = (torch.randn(2, 5, 24, 24, generator=g) * 3).double()
     a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    va = surrogate_value(s.compiled, s.curves, a, label, fused=True)
-    vb = surrogate_value(s.compiled, s.curves, b, label, fused=False)
+    va = engine_value(s.compiled, s.curves, a, label, backend='cpp')
+    vb = surrogate_value(s.compiled, s.curves, b, label)
     va.backward()
     vb.backward()
     assert va.item() == pytest.approx(vb.item(), abs=1e-7)
-    assert torch.allclose(a.grad, b.grad, atol=1e-9, rtol=1e-6)
+    assert torch.allclose(a.grad, b.grad, atol=1e-9, rtol=1e-5)

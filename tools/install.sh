@@ -2,8 +2,8 @@
 # Create (or update) the project's virtual environment in ./.venv with everything
 # asl needs on a CPU machine: torch 2.13.0 (CPU), mmcv 2.1.0 with its ops (built
 # once from source into a wheel cache outside the checkout and reused afterwards),
-# mmengine 0.10.7, mmsegmentation 1.2.2 and the test tools, then asl itself in
-# editable mode.
+# mmengine 0.10.7, mmsegmentation 1.2.2, Triton (its interpreter runs the GPU engine's
+# kernels on the CPU in the tests) and the test tools, then asl itself in editable mode.
 #
 # Environment:
 #   PYTHON           interpreter used to create the venv (default: python3.11, else python3)
@@ -16,6 +16,7 @@ VENV="${VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 MMCV_VERSION="2.1.0"
+TRITON_VERSION="${TRITON_VERSION:-3.6.0}"  # the version of the GPU machines we check on
 PYTAG="$("$PYTHON" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
 CACHE="${ASL_WHEEL_CACHE:-$HOME/.cache/asl/wheels}/mmcv-${MMCV_VERSION}-torch-${TORCH_VERSION}-${PYTAG}-$(uname -m)"
 STAMP="$VENV/.asl-installed"
@@ -23,7 +24,7 @@ STAMP="$VENV/.asl-installed"
 log() { printf '[install] %s\n' "$*"; }
 
 if [ -f "$STAMP" ] && [ "$STAMP" -nt "$ROOT/tools/install.sh" ] && [ "$STAMP" -nt "$ROOT/setup.py" ] \
-        && [ "$STAMP" -nt "$ROOT/asl/csrc/kernels.cpp" ]; then
+        && [ "$STAMP" -nt "$ROOT/asl/csrc/kernels.cpp" ] && [ "$STAMP" -nt "$ROOT/asl/csrc/ir_ops.h" ]; then
     log "environment in $VENV is up to date"
     exit 0
 fi
@@ -59,11 +60,11 @@ else
 fi
 "${PIP[@]}" "${wheels[0]}"
 
-log "installing mmengine, mmsegmentation and test tools"
-"${PIP[@]}" "mmengine==0.10.7" "mmsegmentation==1.2.2" ftfy regex \
+log "installing mmengine, mmsegmentation, triton==$TRITON_VERSION and test tools"
+"${PIP[@]}" "mmengine==0.10.7" "mmsegmentation==1.2.2" ftfy regex "triton==$TRITON_VERSION" \
     pytest hypothesis matplotlib
 "${PIP[@]}" --no-build-isolation -e "$ROOT"
 
-"$PY" -c 'import asl, mmseg, mmcv.ops; print("asl", asl.__version__, "mmseg", mmseg.__version__, "mmcv", mmcv.__version__)'
+"$PY" -c 'import asl, mmseg, mmcv.ops, triton; print("asl", asl.__version__, "mmseg", mmseg.__version__, "mmcv", mmcv.__version__, "triton", triton.__version__)'
 touch "$STAMP"
 log "done: $VENV"

@@ -1,13 +1,11 @@
-// Fused evaluation of a monotone piecewise quadratic Bezier curve on CPU.
-//
-// For each element x the kernel selects the piece holding x (the last piece whose
-// start is <= x), solves x(t) = x with the cancellation-free root
-// t = 2d / (b + sqrt(b^2 + 4ad)), d = x - x0, and returns y(t) and, optionally,
-// dy/dx = y'(t) / x'(t) with x'(t) = sqrt(b^2 + 4ad) clamped below by min_slope.
-// Inputs >= 1 map to exactly 1 and inputs <= 0 to exactly 0 (truth table), also where
-// coincident control points put a jump at 0 or 1.
-//
-// coef is a (K, 8) float64 table per piece: x0, b^2, 4a, b, y0, by, ay, 2ay.
+// The C++ engine of asl (CPU tensors): evaluates an asl.engines.ir.FusedProgram, the
+// surrogate's per-class sums and their gradient, plane by plane, and the softmax with its
+// backward. Curves are monotone piecewise quadratic Bezier curves given as piece
+// coefficient tables (asl.curves.PIECE_COLUMNS: x0, b^2, 4a, b, y0, by, ay, 2ay); for an
+// input x the piece holding x (the last whose start is <= x) is selected, x(t) = x is
+// solved with the cancellation-free root t = 2d / (b + sqrt(b^2 + 4ad)), d = x - x0, and
+// y(t) and dy/dx = y'(t) / x'(t) are returned, x'(t) = sqrt(b^2 + 4ad) clamped below by
+// min_slope. Inputs >= 1 map to exactly 1 and inputs <= 0 to exactly 0 (truth table).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
@@ -15,174 +13,15 @@
 #include <algorithm>
 #include <atomic>
 #include <limits>
+#include <memory>
 #include <vector>
+
+#include "ir_ops.h"
 
 namespace {
 
-template <typename scalar_t>
-inline void curve_eval(const scalar_t* table, int64_t K, const scalar_t* x, scalar_t* y,
-                       scalar_t* dydx, int64_t n, scalar_t ms) {
-  // Branch-free per element (selects only), so that the compiler can vectorize it.
-  for (int64_t i = 0; i < n; ++i) {
-    const scalar_t xi = x[i];
-    const scalar_t* p = table;
-    for (int64_t j = 1; j < K; ++j) p = xi >= table[j * 8] ? table + j * 8 : p;
-    const scalar_t d = xi - p[0];
-    scalar_t disc = p[1] + p[2] * d;
-    disc = disc > scalar_t(0) ? disc : scalar_t(0);
-    const scalar_t s = std::sqrt(disc);
-    const scalar_t den = s + p[3];
-    const scalar_t safe = den > scalar_t(0) ? den : scalar_t(1);
-    scalar_t t = den > scalar_t(0) ? (d + d) / safe : scalar_t(0);
-    t = t < scalar_t(0) ? scalar_t(0) : (t > scalar_t(1) ? scalar_t(1) : t);
-    scalar_t yi = (p[6] * t + p[5]) * t + p[4];
-    yi = yi > scalar_t(1) ? scalar_t(1) : (yi < scalar_t(0) ? scalar_t(0) : yi);  // rounding
-    y[i] = xi >= scalar_t(1) ? scalar_t(1) : (xi <= scalar_t(0) ? scalar_t(0) : yi);
-    if (dydx) {
-      const scalar_t sl = s > ms ? s : ms;
-      const scalar_t dy = p[7] * t + p[5];
-      dydx[i] = dy > scalar_t(0) ? dy / sl : scalar_t(0);
-    }
-  }
-}
-
-template <typename scalar_t>
-void bezier_kernel(const scalar_t* x, scalar_t* y, scalar_t* dydx, int64_t n,
-                   const std::vector<double>& coef_d, int64_t K, double min_slope) {
-  std::vector<scalar_t> coef(coef_d.begin(), coef_d.end());
-  const scalar_t* c = coef.data();
-  const scalar_t ms = static_cast<scalar_t>(min_slope);
-  at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
-    curve_eval<scalar_t>(c, K, x + begin, y + begin, dydx ? dydx + begin : nullptr,
-                         end - begin, ms);
-  });
-}
-
-std::vector<torch::Tensor> bezier_forward(torch::Tensor x, torch::Tensor coef, bool need_grad,
-                                          double min_slope) {
-  TORCH_CHECK(x.device().is_cpu(), "bezier_forward: x must be a CPU tensor");
-  TORCH_CHECK(coef.dim() == 2 && coef.size(1) == 8, "bezier_forward: coef must be (K, 8)");
-  auto xc = x.contiguous();
-  auto cd = coef.to(torch::kDouble).contiguous();
-  std::vector<double> cv(cd.data_ptr<double>(), cd.data_ptr<double>() + cd.numel());
-  auto y = torch::empty_like(xc);
-  torch::Tensor g;
-  if (need_grad) g = torch::empty_like(xc);
-  AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "bezier_forward", [&] {
-    bezier_kernel<scalar_t>(xc.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
-                            need_grad ? g.data_ptr<scalar_t>() : nullptr, xc.numel(), cv,
-                            coef.size(0), min_slope);
-  });
-  if (need_grad) return {y, g};
-  return {y};
-}
-
-// A contiguous tensor viewed as (outer, L, inner) around dimension dim.
-struct Lines {
-  int64_t outer, L, inner;
-};
-
-inline Lines lines_of(const torch::Tensor& t, int64_t dim) {
-  const int64_t L = t.size(dim);
-  const int64_t inner = t.stride(dim);
-  return {L == 0 ? 0 : t.numel() / (L * inner), L, inner};
-}
-
-// Max over the window [l - r, l + r] along one dimension (border ignored) of a
-// contiguous tensor viewed as (outer, L, inner).
-torch::Tensor window_max_forward(torch::Tensor x, int64_t dim, int64_t r) {
-  TORCH_CHECK(x.device().is_cpu(), "window_max: x must be a CPU tensor");
-  TORCH_CHECK(r >= 0, "window_max: radius must be >= 0");
-  auto xc = x.contiguous();
-  const Lines v = lines_of(xc, dim);  // plain names: lambdas capture them under C++17 too
-  const int64_t outer = v.outer, L = v.L, inner = v.inner;
-  auto y = torch::empty_like(xc);
-  AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "window_max_forward", [&] {
-    const scalar_t* xp = xc.data_ptr<scalar_t>();
-    scalar_t* yp = y.data_ptr<scalar_t>();
-    at::parallel_for(0, outer, 1, [&](int64_t ob, int64_t oe) {
-      for (int64_t o = ob; o < oe; ++o) {
-        const scalar_t* xo = xp + o * L * inner;
-        scalar_t* yo = yp + o * L * inner;
-        if (inner == 1) {  // window along the contiguous axis: one scan per output
-          for (int64_t l = 0; l < L; ++l) {
-            const int64_t lo = l - r < 0 ? 0 : l - r;
-            const int64_t hi = l + r >= L ? L - 1 : l + r;
-            scalar_t best = xo[lo];
-            for (int64_t j = lo + 1; j <= hi; ++j) best = xo[j] > best ? xo[j] : best;
-            yo[l] = best;
-          }
-          continue;
-        }
-        for (int64_t l = 0; l < L; ++l) {  // window across rows: vectorized over inner
-          const int64_t lo = l - r < 0 ? 0 : l - r;
-          const int64_t hi = l + r >= L ? L - 1 : l + r;
-          scalar_t* yl = yo + l * inner;
-          std::copy(xo + lo * inner, xo + (lo + 1) * inner, yl);
-          for (int64_t j = lo + 1; j <= hi; ++j) {
-            const scalar_t* xj = xo + j * inner;
-            for (int64_t i = 0; i < inner; ++i) yl[i] = xj[i] > yl[i] ? xj[i] : yl[i];
-          }
-        }
-      }
-    });
-  });
-  return y;
-}
-
-// Gradient of window_max_forward: each output's gradient goes to the first position of
-// its window that holds the maximum (found again from x and y; no index tensor kept).
-torch::Tensor window_max_backward(torch::Tensor grad_y, torch::Tensor x, torch::Tensor y,
-                                  int64_t dim, int64_t r) {
-  auto g = grad_y.contiguous();
-  auto xc = x.contiguous();
-  auto yc = y.contiguous();
-  const Lines v = lines_of(g, dim);  // plain names: lambdas capture them under C++17 too
-  const int64_t outer = v.outer, L = v.L, inner = v.inner;
-  auto dx = torch::zeros_like(g);
-  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "window_max_backward", [&] {
-    const scalar_t* gp = g.data_ptr<scalar_t>();
-    const scalar_t* xp = xc.data_ptr<scalar_t>();
-    const scalar_t* yp = yc.data_ptr<scalar_t>();
-    scalar_t* dp = dx.data_ptr<scalar_t>();
-    at::parallel_for(0, outer, 1, [&](int64_t ob, int64_t oe) {
-      std::vector<scalar_t> pending(inner);
-      for (int64_t o = ob; o < oe; ++o) {
-        const int64_t base = o * L * inner;
-        if (inner == 1) {
-          for (int64_t l = 0; l < L; ++l) {
-            int64_t j = l - r < 0 ? 0 : l - r;
-            const int64_t hi = l + r >= L ? L - 1 : l + r;
-            while (j < hi && xp[base + j] != yp[base + l]) ++j;  // first maximum (NaN-safe)
-            dp[base + j] += gp[base + l];
-          }
-          continue;
-        }
-        for (int64_t l = 0; l < L; ++l) {
-          const int64_t lo = l - r < 0 ? 0 : l - r;
-          const int64_t hi = l + r >= L ? L - 1 : l + r;
-          const scalar_t* gl = gp + base + l * inner;
-          const scalar_t* yl = yp + base + l * inner;
-          std::copy(gl, gl + inner, pending.begin());  // gradient not yet routed
-          scalar_t* pd = pending.data();
-          for (int64_t j = lo; j <= hi; ++j) {
-            const scalar_t* xj = xp + base + j * inner;
-            scalar_t* dj = dp + base + j * inner;
-            for (int64_t i = 0; i < inner; ++i) {
-              const bool hit = xj[i] == yl[i];
-              dj[i] += hit ? pd[i] : scalar_t(0);
-              pd[i] = hit ? scalar_t(0) : pd[i];
-            }
-          }
-        }
-      }
-    });
-  });
-  return dx;
-}
-
 // ---------------------------------------------------------------------------------
-// Fused per-class statistics (asl/fused.py compiles the programs). One (image, class)
+// Fused per-class statistics (asl/engines/lower.py builds the program). One (image, class)
 // plane at a time:
 //   * stages: the input map of every pool is computed for the plane by a register
 //     program (or is P itself), then pooled (square window, separable: rows, then
@@ -194,62 +33,145 @@ torch::Tensor window_max_backward(torch::Tensor grad_y, torch::Tensor x, torch::
 //     derivatives of the active stage programs (run in reverse mode seeded with 1);
 //   * backward: the final and correction programs are run in reverse mode seeded with
 //     dL/dsum, the adjoints of pooled maps go to the first maximum of each window (along
-//     W, then H), like window_max_backward, and through the kept partial derivatives;
+//     W, then H), like asl.functional.max_pool's, and through the kept partial derivatives;
 //     dL/dP is written per plane.
-// A register program is a list of rows (op, dst, a, b, active, needed) with dst = row
-// index; "active" rows depend on P, "needed" rows are run by the backward pass (the
-// values its reverse sweep reads). Leaves: P, G (label == class), M (valid mask), X (extra
-// map a), CONST (consts[a]), POOL (pooled map of stage a), STAGEIN (input map of stage
-// a). Operations: CURVE (curve b of register a), MUL, ADD, SUB, ONE_MINUS.
-enum Op : int64_t {
-  OP_P = 0, OP_G = 1, OP_M = 2, OP_X = 3, OP_CONST = 4, OP_CURVE = 5, OP_MUL = 6,
-  OP_ADD = 7, OP_SUB = 8, OP_ONE_MINUS = 9, OP_POOL = 10, OP_STAGEIN = 11
-};
+// A register program (asl/engines/ir.py: Program) is a list of instructions, register i
+// computed by instruction i; "active" instructions depend on P, "needed" ones are run by
+// the backward pass (the values its reverse sweep reads). Leaves: P, G (label == class),
+// M (valid mask), X (extra map a), CONST (consts[a]), POOL (pooled map of stage a),
+// STAGE_IN (input map of stage a). Operations: CURVE (curve b of register a), MUL, ADD,
+// SUB, ONE_MINUS. The opcodes come from ir_ops.h, generated from asl/engines/ir.py.
 
 constexpr int64_t kBlock = 256;
 
-constexpr int64_t kCols = 6;  // program rows: op, dst, a, b, active, needed in backward
+struct Instr {
+  int64_t op = 0, a = -1, b = -1;
+  bool active = false, needed = false;
+};
 
 struct Program {
-  std::vector<int64_t> code;  // rows of kCols
+  std::vector<Instr> code;    // register i = code[i]
   int64_t ni = 0;
   std::vector<int64_t> outs;  // register of each output, -1: constant out_const
   std::vector<double> out_const;
 };
 
-Program read_program(const torch::Tensor& code, const torch::Tensor& outs,
-                     const torch::Tensor& oconst, int64_t n_consts, int64_t n_curves,
+// A pool stage (asl/engines/ir.py: Stage).
+struct StageInfo {
+  bool is_min = false;    // Pool.MIN (else MAX)
+  int64_t r = 1;          // radius
+  bool direct_p = false;  // the input map is P
+  bool active = false;    // the input map depends on P
+  bool keep_in = false, keep_pool = false;        // kept by the forward pass
+  bool absent_in = false, absent_pool = false;    // needed where the class is absent
+  int64_t mask_op = -1, mask_a = -1;  // sparse pool: the leaf of its only factor (-1: none)
+  double absent = std::numeric_limits<double>::quiet_NaN();  // constant input if absent
+};
+
+constexpr int64_t kFirstStageProgram = 3;  // programs: final, correction, absent final
+
+// A fused program (asl/engines/ir.py: FusedProgram), read once by load_program.
+struct FusedIR {
+  int64_t mode = MODE_STATS;
+  bool correction = false;
+  std::vector<Program> progs;  // final, correction (empty if none), absent final, stages
+  std::vector<StageInfo> stages;
+  std::vector<double> consts;
+  int64_t num_curves = 0, num_extras = 0, num_outputs = 0;
+};
+
+Program read_program(const py::handle& prog, int64_t n_consts, int64_t n_curves,
                      int64_t n_x, int64_t n_stages) {
   Program p;
-  auto c = code.to(torch::kLong).contiguous();
-  TORCH_CHECK(c.numel() == 0 || (c.dim() == 2 && c.size(1) == kCols),
-              "fused_engine: a program must be (I, 6)");
-  p.ni = c.numel() / kCols;
-  p.code.assign(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
-  auto o = outs.to(torch::kLong).contiguous();
-  auto k = oconst.to(torch::kDouble).contiguous();
-  TORCH_CHECK(o.numel() == k.numel(), "fused_engine: outs and out_consts differ in length");
-  p.outs.assign(o.data_ptr<int64_t>(), o.data_ptr<int64_t>() + o.numel());
-  p.out_const.assign(k.data_ptr<double>(), k.data_ptr<double>() + k.numel());
-  for (int64_t i = 0; i < p.ni; ++i) {
-    const int64_t* r = p.code.data() + i * kCols;
-    const int64_t op = r[0], a = r[2], b = r[3];
-    bool ok = r[1] == i;
-    switch (op) {
+  for (const py::handle ins : prog.attr("instrs")) {
+    Instr in;
+    in.op = ins.attr("op").cast<int64_t>();
+    in.a = ins.attr("a").cast<int64_t>();
+    in.b = ins.attr("b").cast<int64_t>();
+    in.active = ins.attr("active").cast<bool>();
+    in.needed = ins.attr("needed").cast<bool>();
+    const int64_t i = p.ni++, a = in.a, b = in.b;
+    bool ok = true;
+    switch (in.op) {
       case OP_P: case OP_G: case OP_M: break;
-      case OP_X: ok = ok && a >= 0 && a < n_x; break;
-      case OP_CONST: ok = ok && a >= 0 && a < n_consts; break;
-      case OP_POOL: case OP_STAGEIN: ok = ok && a >= 0 && a < n_stages; break;
-      case OP_CURVE: ok = ok && a >= 0 && a < i && b >= 0 && b < n_curves; break;
-      case OP_ONE_MINUS: ok = ok && a >= 0 && a < i; break;
-      case OP_MUL: case OP_ADD: case OP_SUB: ok = ok && a >= 0 && a < i && b >= 0 && b < i;
-        break;
+      case OP_X: ok = a >= 0 && a < n_x; break;
+      case OP_CONST: ok = a >= 0 && a < n_consts; break;
+      case OP_POOL: case OP_STAGE_IN: ok = a >= 0 && a < n_stages; break;
+      case OP_CURVE: ok = a >= 0 && a < i && b >= 0 && b < n_curves; break;
+      case OP_ONE_MINUS: ok = a >= 0 && a < i; break;
+      case OP_MUL: case OP_ADD: case OP_SUB: ok = a >= 0 && a < i && b >= 0 && b < i; break;
       default: ok = false;
     }
-    TORCH_CHECK(ok, "fused_engine: malformed program row ", i);
+    TORCH_CHECK(ok, "load_program: malformed instruction ", i);
+    p.code.push_back(in);
   }
-  for (int64_t r : p.outs) TORCH_CHECK(r >= -1 && r < p.ni, "fused_engine: bad output register");
+  for (const py::handle out : prog.attr("outputs")) {
+    const int64_t r = out.attr("reg").cast<int64_t>();
+    TORCH_CHECK(r >= -1 && r < p.ni, "load_program: bad output register ", r);
+    p.outs.push_back(r);
+    p.out_const.push_back(out.attr("value").cast<double>());
+  }
   return p;
+}
+
+// Reads a FusedProgram (validated in Python) into the engine's own structures.
+std::shared_ptr<FusedIR> load_program(const py::object& fp) {
+  auto ir = std::make_shared<FusedIR>();
+  ir->mode = fp.attr("mode").cast<int64_t>();
+  TORCH_CHECK(ir->mode == MODE_STATS || ir->mode == MODE_MAP, "load_program: mode");
+  for (const py::handle c : fp.attr("consts")) ir->consts.push_back(c.cast<double>());
+  ir->num_curves = fp.attr("num_curves").cast<int64_t>();
+  ir->num_extras = static_cast<int64_t>(py::len(fp.attr("extras")));
+  const int64_t nk = static_cast<int64_t>(ir->consts.size()), nc = ir->num_curves,
+                nx = ir->num_extras;
+  const py::list stages = fp.attr("stages");
+  const int64_t J = static_cast<int64_t>(stages.size());
+  ir->progs.push_back(read_program(fp.attr("final"), nk, nc, nx, J));
+  const int64_t S = static_cast<int64_t>(ir->progs[0].outs.size());
+  ir->num_outputs = S;
+  const py::object cor = fp.attr("correction");
+  ir->correction = !cor.is_none();
+  if (ir->correction) {
+    ir->progs.push_back(read_program(cor, nk, nc, nx, J));
+  } else {
+    Program zero;
+    zero.outs.assign(S, -1), zero.out_const.assign(S, 0.0);
+    ir->progs.push_back(zero);
+  }
+  ir->progs.push_back(read_program(fp.attr("absent_final"), nk, nc, nx, J));
+  TORCH_CHECK(ir->progs[1].outs.size() == static_cast<size_t>(S) &&
+                  ir->progs[2].outs.size() == static_cast<size_t>(S),
+              "load_program: the programs' outputs differ in number");
+  TORCH_CHECK(ir->mode == MODE_STATS || S == 1, "load_program: map mode has one output");
+  for (int64_t j = 0; j < J; ++j) {
+    const py::handle st = stages[j];
+    StageInfo si;
+    si.is_min = st.attr("pool").cast<int64_t>() == POOL_MIN;
+    si.r = st.attr("radius").cast<int64_t>();
+    si.direct_p = st.attr("direct_p").cast<bool>();
+    si.active = st.attr("active").cast<bool>();
+    si.keep_in = st.attr("keep_input").cast<bool>();
+    si.keep_pool = st.attr("keep_pool").cast<bool>();
+    si.absent_in = st.attr("absent_input").cast<bool>();
+    si.absent_pool = st.attr("absent_pool").cast<bool>();
+    const py::object av = st.attr("absent_value");
+    if (!av.is_none()) si.absent = av.cast<double>();
+    const py::object mask = st.attr("mask");
+    if (!mask.is_none()) {
+      si.mask_op = mask.attr("op").cast<int64_t>();
+      si.mask_a = mask.attr("index").cast<int64_t>();
+    }
+    const bool mask_ok = si.mask_op == -1 || si.mask_op == OP_M ||
+                         (si.mask_op == OP_X && si.mask_a >= 0 && si.mask_a < nx) ||
+                         ((si.mask_op == OP_POOL || si.mask_op == OP_STAGE_IN) &&
+                          si.mask_a >= 0 && si.mask_a < j);
+    TORCH_CHECK(si.r >= 0 && (!si.direct_p || si.active) && mask_ok,
+                "load_program: bad stage ", j);
+    ir->stages.push_back(si);
+    ir->progs.push_back(read_program(st.attr("input"), nk, nc, nx, j));
+    TORCH_CHECK(ir->progs.back().outs.size() == 1, "load_program: a stage program has one output");
+  }
+  return ir;
 }
 
 // Piece coefficients of every curve, column-major: cols[(curve * 8 + j) * kmax + piece].
@@ -564,19 +486,12 @@ struct Machine {
       : val(regs * kBlock), der(regs * kBlock), adj(regs * kBlock), vp(regs), done(regs) {}
 };
 
-// Stage rows: how (0 max, 1 min), r, direct_p (the input is P), active (depends on P),
-// save_in, save_out (kept by the forward pass for the backward pass), absent_in,
-// absent_pool (needed in a plane whose class is absent from the image), mask_op, mask_a
-// (the leaf of the P-independent map whose products with the pool are its only uses,
-// op -1: none; OP_M, OP_X, OP_POOL or OP_STAGEIN of an earlier stage).
-constexpr int64_t kStageCols = 10;
-constexpr int64_t kFirstStageProgram = 3;  // programs: final, correction, absent final
-
+// A fused program with its curves for one call, and the plan of what the backward pass
+// keeps (derived from the program once per call; cheap).
 template <typename T>
 struct Engine {
-  std::vector<Program> progs;  // final, correction, stage programs
-  std::vector<int64_t> stages;
-  std::vector<double> absent;  // stage map where G = 0 everywhere, if constant (else NaN)
+  std::vector<Program> progs;  // final, correction, absent final, stage programs
+  std::vector<StageInfo> stages;
   std::vector<double> consts;
   CurveSet<T> curves;
   T ms;
@@ -588,7 +503,7 @@ struct Engine {
   std::vector<int64_t> slot_in, slot_out;
   std::vector<std::vector<int64_t>> slot_part;
   int64_t num_saved = 0;
-  // the stage maps each program reads: (OP_POOL or OP_STAGEIN, stage)
+  // the stage maps each program reads: (OP_POOL or OP_STAGE_IN, stage)
   std::vector<std::vector<std::pair<int64_t, int64_t>>> deps;
   // the stages whose kept partial derivatives add to stage j's pooled / input adjoint
   std::vector<std::vector<int64_t>> pool_users, input_users;
@@ -605,8 +520,8 @@ struct Engine {
   Init init[2];
   // stages that erode G itself (a min pool of the one-hot map): computed from the labels
   std::vector<char> g_erode;
-  int64_t num_stages() const { return static_cast<int64_t>(stages.size() / kStageCols); }
-  const int64_t* stage(int64_t j) const { return stages.data() + j * kStageCols; }
+  int64_t num_stages() const { return static_cast<int64_t>(stages.size()); }
+  const StageInfo& stage(int64_t j) const { return stages[j]; }
 
   void layout() {
     const int64_t J = num_stages();
@@ -618,29 +533,29 @@ struct Engine {
     g_erode.assign(J, 0);
     for (int64_t j = 0; j < J; ++j) {
       const Program& pr = progs[kFirstStageProgram + j];
-      g_erode[j] = stage(j)[0] == 1 && !stage(j)[2] && pr.ni == 1 && pr.code[0] == OP_G &&
-                   pr.outs[0] == 0;
+      g_erode[j] = stage(j).is_min && !stage(j).direct_p && pr.ni == 1 &&
+                   pr.code[0].op == OP_G && pr.outs[0] == 0;
     }
     for (size_t i = 0; i < progs.size(); ++i)
       for (int64_t ii = 0; ii < progs[i].ni; ++ii) {
-        const int64_t* row = progs[i].code.data() + ii * kCols;
-        if (row[0] == OP_POOL || row[0] == OP_STAGEIN) deps[i].emplace_back(row[0], row[2]);
+        const Instr& row = progs[i].code[ii];
+        if (row.op == OP_POOL || row.op == OP_STAGE_IN) deps[i].emplace_back(row.op, row.a);
       }
     for (int64_t j = 0; j < J; ++j) {
-      const int64_t* st = stage(j);
-      if (st[5]) slot_out[j] = num_saved++;
-      if (st[4] && !st[2]) slot_in[j] = num_saved++;
-      if (!st[3] || st[2]) continue;
+      const StageInfo& st = stage(j);
+      if (st.keep_pool) slot_out[j] = num_saved++;
+      if (st.keep_in && !st.direct_p) slot_in[j] = num_saved++;
+      if (!st.active || st.direct_p) continue;
       const Program& pr = progs[kFirstStageProgram + j];
       const int64_t r = pr.outs[0];
-      if (r < 0 || !pr.code[r * kCols + 4]) continue;  // constant after all
+      if (r < 0 || !pr.code[r].active) continue;  // constant after all
       for (int64_t ii = 0; ii < pr.ni; ++ii) {
-        const int64_t* row = pr.code.data() + ii * kCols;
-        if (row[4] && (row[0] == OP_P || row[0] == OP_POOL || row[0] == OP_STAGEIN)) {
-          leaves[j].emplace_back(row[0], row[2]);
+        const Instr& row = pr.code[ii];
+        if (row.active && (row.op == OP_P || row.op == OP_POOL || row.op == OP_STAGE_IN)) {
+          leaves[j].emplace_back(row.op, row.a);
           slot_part[j].push_back(num_saved++);
-          if (row[0] == OP_POOL) pool_users[row[2]].push_back(j);
-          if (row[0] == OP_STAGEIN) input_users[row[2]].push_back(j);
+          if (row.op == OP_POOL) pool_users[row.a].push_back(j);
+          if (row.op == OP_STAGE_IN) input_users[row.a].push_back(j);
         }
       }
     }
@@ -658,25 +573,25 @@ struct Engine {
     if (!v) {
       const Program& cor = progs[1];
       for (int64_t ii = 0; ii < cor.ni; ++ii) {
-        const int64_t* row = cor.code.data() + ii * kCols;
-        if (!row[4]) continue;
-        if (row[0] == OP_POOL) cor_pool[row[2]] = 1;
-        if (row[0] == OP_STAGEIN) cor_in[row[2]] = 1;
+        const Instr& row = cor.code[ii];
+        if (!row.active) continue;
+        if (row.op == OP_POOL) cor_pool[row.a] = 1;
+        if (row.op == OP_STAGE_IN) cor_in[row.a] = 1;
       }
     }
     it.assign_rows.assign(std::max<int64_t>(fin.ni, 1), 0);
     for (int64_t ii = 0; ii < fin.ni; ++ii) {
-      const int64_t* row = fin.code.data() + ii * kCols;
-      if (!row[4]) continue;
-      if (row[0] == OP_P && J == 0) {  // no stages: the final program runs first
+      const Instr& row = fin.code[ii];
+      if (!row.active) continue;
+      if (row.op == OP_P && J == 0) {  // no stages: the final program runs first
         it.assign_rows[ii] = 1;
         fin_p = true;
-      } else if (row[0] == OP_POOL && !cor_pool[row[2]]) {
+      } else if (row.op == OP_POOL && !cor_pool[row.a]) {
         it.assign_rows[ii] = 1;
-        fin_pool[row[2]] = 1;
-      } else if (row[0] == OP_STAGEIN && !cor_in[row[2]]) {
+        fin_pool[row.a] = 1;
+      } else if (row.op == OP_STAGE_IN && !cor_in[row.a]) {
         it.assign_rows[ii] = 1;
-        fin_in[row[2]] = 1;
+        fin_in[row.a] = 1;
       }
     }
     it.zero_dp = !fin_p;
@@ -684,11 +599,11 @@ struct Engine {
     it.part_assign.assign(J, {});
     for (int64_t j = 0; j < J; ++j) it.part_assign[j].assign(leaves[j].size(), 0);
     for (int64_t j = 0; j < J; ++j) {
-      const int64_t* st = stage(j);
-      if (!st[3]) continue;
+      const StageInfo& st = stage(j);
+      if (!st.active) continue;
       it.zero_ain[j] = !fin_in[j];
       bool used_v = true;  // (stages a plane of an absent class skips write nothing)
-      for (int64_t k : pool_users[j]) used_v = used_v && (!v || stage(k)[6]);
+      for (int64_t k : pool_users[j]) used_v = used_v && (!v || stage(k).absent_in);
       if (fin_pool[j]) {
         it.zero_aout[j] = 0;
       } else if (pool_users[j].size() == 1 && !cor_pool[j] && used_v) {
@@ -733,9 +648,9 @@ void run_forward(const Engine<T>& en, const Program& pr, const PlaneCtx<T>& cx, 
                  int64_t start, int64_t n, const int32_t* idx, bool need_der,
                  bool only_needed = false, int64_t out_reg = -1, T* out = nullptr) {
   for (int64_t ii = 0; ii < pr.ni; ++ii) {
-    const int64_t* in = pr.code.data() + ii * kCols;
-    if (only_needed && !in[5]) continue;
-    const int64_t op = in[0], dst = in[1], a = in[2], b = in[3];
+    const Instr& in = pr.code[ii];
+    if (only_needed && !in.needed) continue;
+    const int64_t op = in.op, dst = ii, a = in.a, b = in.b;
     // out: where register out_reg goes (a computed register; a leaf is only pointed at)
     T* v = dst == out_reg ? out : mc.val.data() + dst * kBlock;
     const T** vp = mc.vp.data();
@@ -744,7 +659,7 @@ void run_forward(const Engine<T>& en, const Program& pr, const PlaneCtx<T>& cx, 
       case OP_M: vp[dst] = load(cx.mask, start, n, idx, v); break;
       case OP_X: vp[dst] = load(cx.x[a], start, n, idx, v); break;
       case OP_POOL: vp[dst] = load(cx.pool[a], start, n, idx, v); break;
-      case OP_STAGEIN: vp[dst] = load(cx.sin[a], start, n, idx, v); break;
+      case OP_STAGE_IN: vp[dst] = load(cx.sin[a], start, n, idx, v); break;
       case OP_G: {
         const int32_t* L = cx.lab;
         const int32_t c = cx.c;
@@ -761,7 +676,7 @@ void run_forward(const Engine<T>& en, const Program& pr, const PlaneCtx<T>& cx, 
         vp[dst] = v;
         break;
       case OP_CURVE:
-        if (need_der && in[4])
+        if (need_der && in.active)
           curve_dispatch<T, true>(en.curves, b, vp[a], v, mc.der.data() + dst * kBlock, n,
                                   en.ms);
         else
@@ -790,7 +705,7 @@ void run_reverse(const Engine<T>& /*en*/, const Program& pr, const PlaneCtx<T>& 
                  int64_t start, int64_t n, const int32_t* idx, const typename Same<T>::type* w,
                  const typename Same<T>::type* seed, bool assign = false,
                  const char* assign_rows = nullptr) {
-  const int64_t* code = pr.code.data();
+  const Instr* code = pr.code.data();
   T* adj = mc.adj.data();
   // The first contribution to an adjoint writes it, later ones add (no zeroing).
   std::vector<char>& done = mc.done;
@@ -813,7 +728,7 @@ void run_reverse(const Engine<T>& /*en*/, const Program& pr, const PlaneCtx<T>& 
   bool any = false;
   for (size_t s = 0; s < pr.outs.size(); ++s) {
     const int64_t r = pr.outs[s];
-    if (r < 0 || !code[r * kCols + 4]) continue;
+    if (r < 0 || !code[r].active) continue;
     if (seed) {
       acc(r, seed);
     } else {
@@ -830,9 +745,9 @@ void run_reverse(const Engine<T>& /*en*/, const Program& pr, const PlaneCtx<T>& 
   if (!any && !assign && !assign_rows) return;
   const T** vp = mc.vp.data();
   for (int64_t ii = pr.ni - 1; ii >= 0; --ii) {
-    const int64_t* in = code + ii * kCols;
-    if (!in[4]) continue;
-    const int64_t op = in[0], dst = in[1], a = in[2], b = in[3];
+    const Instr& in = code[ii];
+    if (!in.active) continue;
+    const int64_t op = in.op, dst = ii, a = in.a, b = in.b;
     const bool set = assign || (assign_rows && assign_rows[ii]);  // write, not add
     if (!done[ii]) {  // no path to an output: a zero adjoint
       if (!set) continue;
@@ -840,13 +755,13 @@ void run_reverse(const Engine<T>& /*en*/, const Program& pr, const PlaneCtx<T>& 
       done[ii] = 1;
     }
     const T* g = adj + dst * kBlock;
-    const bool act_a = a >= 0 && code[a * kCols + 4], act_b = b >= 0 && code[b * kCols + 4];
+    const bool act_a = a >= 0 && code[a].active, act_b = b >= 0 && code[b].active;
     switch (op) {
       case OP_P: store(cx.dp, start, n, idx, g, set); break;
       case OP_POOL:
         if (cx.apool[a]) store(cx.apool[a], start, n, idx, g, set);
         break;
-      case OP_STAGEIN:
+      case OP_STAGE_IN:
         if (cx.asin[a]) store(cx.asin[a], start, n, idx, g, set);
         break;
       case OP_CURVE: acc_mul(a, g, mc.der.data() + dst * kBlock); break;
@@ -882,14 +797,14 @@ struct Scratch {
     in.assign(J, nullptr), out.assign(J, nullptr), ain.assign(J, nullptr);
     aout.assign(J, nullptr);
     for (int64_t j = 0; j < J; ++j) {
-      const int64_t* st = en.stage(j);
-      rmax = std::max(rmax, st[1]);
-      if (backward && st[3]) {  // active: kept by the forward pass; adjoints
+      const StageInfo& st = en.stage(j);
+      rmax = std::max(rmax, st.r);
+      if (backward && st.active) {  // active: kept by the forward pass; adjoints
         aout[j] = arena.get(HW);
-        if (!st[2]) ain[j] = arena.get(HW);
+        if (!st.direct_p) ain[j] = arena.get(HW);
         continue;
       }
-      if (!st[2]) in[j] = arena.get(HW);
+      if (!st.direct_p) in[j] = arena.get(HW);
       out[j] = arena.get(HW);
     }
     pad = arena.get(en.W + 2 * rmax + 2 * kChunk);
@@ -933,26 +848,26 @@ class Stages {
     in_rows_.assign(J, H), out_rows_.assign(J, H), in_.assign(J, nullptr);
     out_.assign(J, nullptr), partials_.assign(J, false), pcx_.resize(J);
     for (int64_t j = 0; j < J; ++j) {
-      const int64_t* st = en.stage(j);
-      if (only_inactive && st[3]) continue;
-      if (absent && !st[6]) continue;  // not needed where the class is absent
+      const StageInfo& st = en.stage(j);
+      if (only_inactive && st.active) continue;
+      if (absent && !st.absent_in) continue;  // not needed where the class is absent
       T* out = keep && en.slot_out[j] >= 0 ? saved[en.slot_out[j]] : sc.out[j];
-      T* in = st[2] ? nullptr : (keep && en.slot_in[j] >= 0 ? saved[en.slot_in[j]] : sc.in[j]);
-      cx.sin[j] = st[2] ? cx.p : in;
-      const double ac = en.absent[j];
-      if (absent && !st[3] && !std::isnan(ac)) {  // a constant map: so is its pool
+      T* in = st.direct_p ? nullptr : (keep && en.slot_in[j] >= 0 ? saved[en.slot_in[j]] : sc.in[j]);
+      cx.sin[j] = st.direct_p ? cx.p : in;
+      const double ac = en.stage(j).absent;
+      if (absent && !st.active && !std::isnan(ac)) {  // a constant map: so is its pool
         std::fill(out, out + HW, static_cast<T>(ac));
         if (in) std::fill(in, in + HW, static_cast<T>(ac));
         cx.pool[j] = out;
         continue;
       }
       in_[j] = in, out_[j] = out;
-      if (!st[2] && !en.g_erode[j]) in_rows_[j] = 0;
-      if (!(absent && !st[7])) {
+      if (!st.direct_p && !en.g_erode[j]) in_rows_[j] = 0;
+      if (!(absent && !st.absent_pool)) {
         out_rows_[j] = 0;
         cx.pool[j] = out;
       }
-      if (keep && !st[2] && !en.leaves[j].empty()) {
+      if (keep && !st.direct_p && !en.leaves[j].empty()) {
         // the stage program's partial derivatives go to their kept maps
         partials_[j] = true;
         PlaneCtx<T>& px = pcx_[j];
@@ -1016,8 +931,8 @@ class Stages {
   void need_out(int64_t j, int64_t rows) {
     rows = std::min(rows, en_.H);
     if (out_rows_[j] >= rows) return;
-    const int64_t* st = en_.stage(j);
-    const int64_t r = st[1], H = en_.H, W = en_.W, o0 = out_rows_[j], k = 2 * r + 1;
+    const StageInfo& st = en_.stage(j);
+    const int64_t r = st.r, H = en_.H, W = en_.W, o0 = out_rows_[j], k = 2 * r + 1;
     T* out = out_[j];
     if (en_.g_erode[j]) {  // from the image's uniform classes
       const int32_t* u = cx_.uniform[j];
@@ -1026,7 +941,7 @@ class Stages {
       out_rows_[j] = rows;
       return;
     }
-    if (st[0] == 0 && !st[3] && o0 == 0) {
+    if (!st.is_min && !st.active && o0 == 0) {
       // A max pool of a sparse P-independent map without negative values (BF1's
       // ground-truth boundaries): its values are spread over their windows instead.
       need_in(j, H);
@@ -1073,7 +988,7 @@ class Stages {
       for (int64_t i = o0 * W; i < rows * W; ++i) nnz += mask[i] != T(0) ? 1 : 0;
       if (nnz * k < (rows - o0) * W / 4) {
         std::fill(out + o0 * W, out + rows * W, T(0));
-        if (st[0] == 0)
+        if (!st.is_min)
           for_nonzero(mask, o0 * W, rows * W, [&](int64_t i) { out[i] = window<true>(src, i, r); });
         else
           for_nonzero(mask, o0 * W, rows * W, [&](int64_t i) { out[i] = window<false>(src, i, r); });
@@ -1083,7 +998,7 @@ class Stages {
     }
     for (int64_t h = o0; h < rows; ++h) {
       const int64_t lo = h - r < 0 ? 0 : h - r, hi = h + r >= H ? H - 1 : h + r;
-      if (st[0] == 0) {
+      if (!st.is_min) {
         set_sentinels<T, true>(sc_.pad, W, r);
         rows_pool<T, true>(src, lo, hi, W, sc_.pad + r);
         row_pool<T, true>(sc_.pad, W, r, out + h * W);
@@ -1111,16 +1026,16 @@ class Stages {
   // The P-independent map whose products with stage j's pool are its only uses (rows
   // [0, rows) made available), or null.
   const T* mask_of(int64_t j, int64_t rows) {
-    const int64_t* st = en_.stage(j);
-    const int64_t op = st[8], a = st[9];
+    const StageInfo& st = en_.stage(j);
+    const int64_t op = st.mask_op, a = st.mask_a;
     if (op < 0) return nullptr;
     if (op == OP_POOL) need_out(a, rows);
-    if (op == OP_STAGEIN) need_in(a, rows);
+    if (op == OP_STAGE_IN) need_in(a, rows);
     switch (op) {
       case OP_M: return cx_.mask;
       case OP_X: return cx_.x[a];
       case OP_POOL: return cx_.pool[a];
-      case OP_STAGEIN: return cx_.sin[a];
+      case OP_STAGE_IN: return cx_.sin[a];
       default: return nullptr;
     }
   }
@@ -1251,44 +1166,391 @@ void run_workers(int64_t n, F&& worker) {
   at::parallel_for(0, nt, 1, [&](int64_t, int64_t) { worker(next); });
 }
 
-// mode 0: per-plane sums (N * C, S) float64 and, with save, the K maps the backward pass
-// needs, one (N * C, H * W) tensor each (separate tensors: allocations above 32 MB are
-// fresh pages every time); with grad (S, C) and those maps: dL/dP (N, C, H, W), written
-// into kept map out_slot (>= 0; its contents are then gone) or a new tensor.
-// mode 1: the final program's map reduced by a maximum over the classes [c_lo, C),
+// One call of the engine: the program with its curves, the labels and the inputs.
+template <typename T>
+struct Call {
+  Engine<T> en;
+  int64_t N = 0, C = 0, H = 0, W = 0, HW = 0, J = 0, S = 0, regs = 1;
+  bool correction = false;
+  std::unique_ptr<LabelInfo<T>> li;
+  const T* pp = nullptr;
+  std::vector<const T*> xp;
+  std::vector<bool> x_per_class;
+
+  // Points cx at plane (n, c).
+  void setup(PlaneCtx<T>& cx, int64_t n, int64_t c) const {
+    cx.p = pp + (n * C + c) * HW;
+    cx.lab = li->lab + n * HW;
+    cx.mask = li->mask + n * HW;
+    cx.c = static_cast<int32_t>(c);
+    cx.x.resize(xp.size());
+    for (size_t q = 0; q < xp.size(); ++q)
+      cx.x[q] = xp[q] + (x_per_class[q] ? (n * C + c) : n) * HW;
+    cx.pool.assign(J, nullptr), cx.sin.assign(J, nullptr);
+    cx.apool.assign(J, nullptr), cx.asin.assign(J, nullptr);
+    cx.dp = nullptr;
+    cx.uniform.assign(J, nullptr);
+    for (int64_t j = 0; j < J; ++j)
+      if (en.g_erode[j]) cx.uniform[j] = li->uniform_of(en.stage(j).r) + n * HW;
+  }
+};
+
+// The engine of a loaded program for curves cv ((num_curves, Kmax, 8) float64 piece
+// coefficients, ck pieces per curve) on planes of H x W.
+template <typename T>
+void build_engine(Engine<T>& en, const FusedIR& ir, const torch::Tensor& cv,
+                  const torch::Tensor& ck, double min_slope, int64_t H, int64_t W) {
+  en.progs = ir.progs;
+  en.stages = ir.stages;
+  en.consts = ir.consts;
+  const int64_t ncurves = cv.size(0);
+  TORCH_CHECK(ncurves >= ir.num_curves, "fused_engine: the program reads ", ir.num_curves,
+              " curves, got ", ncurves);
+  en.curves.kmax = cv.size(1);
+  en.curves.k.assign(ck.data_ptr<int64_t>(), ck.data_ptr<int64_t>() + ncurves);
+  en.curves.cols.resize(ncurves * 8 * en.curves.kmax);
+  const double* cvp = cv.data_ptr<double>();
+  for (int64_t q = 0; q < ncurves; ++q) {
+    TORCH_CHECK(en.curves.k[q] >= 1 && en.curves.k[q] <= en.curves.kmax,
+                "fused_engine: curve_k");
+    for (int64_t k = 0; k < en.curves.kmax; ++k)
+      for (int64_t j = 0; j < 8; ++j)
+        en.curves.cols[(q * 8 + j) * en.curves.kmax + k] =
+            static_cast<T>(cvp[(q * en.curves.kmax + k) * 8 + j]);
+  }
+  en.ms = static_cast<T>(min_slope);
+  en.H = H, en.W = W;
+  en.layout();
+}
+
+// Map mode: the final program's map reduced by a maximum over the classes [c_lo, C),
 // (N, 1, H, W) (P-independent programs; no gradient).
+template <typename T>
+torch::Tensor class_max_map(const Call<T>& call, int64_t c_lo, const torch::TensorOptions& opt) {
+  const Engine<T>& en = call.en;
+  const LabelInfo<T>& li = *call.li;
+  const int64_t N = call.N, C = call.C, H = call.H, W = call.W, HW = call.HW;
+  const int64_t regs = call.regs;
+  auto result = torch::zeros({N, 1, H, W}, opt);
+  T* out = result.data_ptr<T>();
+  const int64_t nc = std::max<int64_t>(0, C - c_lo), nt = at::get_num_threads();
+  std::vector<std::vector<T>> acc(nt);  // per worker: max so far per image
+  std::vector<std::vector<char>> seen(nt);
+  std::atomic<int64_t> slots(0);
+  run_workers(N * nc, [&](std::atomic<int64_t>& next) {
+    const int64_t slot = slots.fetch_add(1);
+    TORCH_CHECK(slot < nt, "fused_engine: more workers than threads");
+    acc[slot].assign(N * HW, T(0));
+    seen[slot].assign(N, 0);
+    Machine<T> mc(regs);
+    Scratch<T> scr(en, false);
+    PlaneCtx<T> cx;
+    T* plane = scr.plane;
+    for (int64_t item; (item = next.fetch_add(1)) < N * nc;) {
+      const int64_t n = item / nc, c = c_lo + item % nc;
+      const int64_t* off = li.offsets.data() + n * (C + 1);
+      call.setup(cx, n, c);
+      const bool absent = off[c + 1] == off[c];
+      Stages<T> stg(en, cx, scr, mc, absent, std::vector<T*>());
+      const int64_t fp = absent ? 2 : 0;
+      const Program& pr = en.progs[fp];
+      for (int64_t h0 = 0; h0 < H; h0 += kRowStep) {
+        const int64_t h1 = std::min(H, h0 + kRowStep), end = h1 * W;
+        stg.need(fp, h1);
+        for (int64_t start = h0 * W; start < end; start += kBlock) {
+          const int64_t len = std::min(kBlock, end - start);
+          if (pr.outs[0] < 0) {
+            std::fill(plane + start, plane + start + len, static_cast<T>(pr.out_const[0]));
+          } else {
+            run_forward(en, pr, cx, mc, start, len, nullptr, false);
+            std::copy(mc.vp[pr.outs[0]], mc.vp[pr.outs[0]] + len, plane + start);
+          }
+        }
+      }
+      T* o = acc[slot].data() + n * HW;
+      if (!seen[slot][n]) {
+        std::copy(plane, plane + HW, o);
+        seen[slot][n] = 1;
+      } else {
+        for (int64_t i = 0; i < HW; ++i) o[i] = plane[i] > o[i] ? plane[i] : o[i];
+      }
+    }
+  });
+  for (int64_t n = 0; n < N; ++n) {  // the workers' maxima
+    T* o = out + n * HW;
+    bool first = true;
+    for (int64_t s = 0; s < nt; ++s) {
+      if (seen[s].empty() || !seen[s][n]) continue;
+      const T* a = acc[s].data() + n * HW;
+      if (first) {
+        std::copy(a, a + HW, o);
+        first = false;
+      } else {
+        for (int64_t i = 0; i < HW; ++i) o[i] = a[i] > o[i] ? a[i] : o[i];
+      }
+    }
+  }
+  return result;
+}
+
+// Forward pass: per-plane sums (N * C, S) float64 and, with save, the K maps the
+// backward pass needs, one (N * C, H * W) tensor each (separate tensors: allocations
+// above 32 MB are fresh pages every time).
+template <typename T>
+std::vector<torch::Tensor> forward_sums(const Call<T>& call, bool save,
+                                        const torch::TensorOptions& opt) {
+  const Engine<T>& en = call.en;
+  const LabelInfo<T>& li = *call.li;
+  const int64_t N = call.N, C = call.C, H = call.H, W = call.W, HW = call.HW, S = call.S;
+  const int64_t regs = call.regs, K = en.num_saved;
+  const bool correction = call.correction;
+  const Program& cor = en.progs[1];
+  auto sums = torch::zeros({N * C, S}, opt.dtype(torch::kDouble));
+  std::vector<torch::Tensor> keep;
+  std::vector<T*> keep_p;
+  for (int64_t k = 0; save && k < K; ++k) {
+    keep.push_back(torch::empty({N * C, HW}, opt));
+    keep_p.push_back(keep.back().data_ptr<T>());
+  }
+  run_workers(N * C, [&](std::atomic<int64_t>& next) {
+    Machine<T> mc(regs);
+    Scratch<T> scr(en, false);
+    PlaneCtx<T> cx;
+    std::vector<double> acc(S);
+    std::vector<T*> kp(keep_p.size());
+    for (int64_t plane; (plane = next.fetch_add(1)) < N * C;) {
+      const int64_t n = plane / C, c = plane % C;
+      call.setup(cx, n, c);
+      const int64_t* off = li.offsets.data() + n * (C + 1);
+      const int32_t* ids = li.idx + n * HW + off[c];
+      const int64_t nl = correction ? off[c + 1] - off[c] : 0;
+      for (size_t k = 0; k < kp.size(); ++k) kp[k] = keep_p[k] + plane * HW;
+      const bool absent = off[c + 1] == off[c];
+      const int64_t fp = absent ? 2 : 0;
+      const Program& fin = en.progs[fp];
+      Stages<T> stg(en, cx, scr, mc, absent, kp);
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t h0 = 0; h0 < H; h0 += kRowStep) {
+        const int64_t h1 = std::min(H, h0 + kRowStep), end = h1 * W;
+        stg.need(fp, h1);
+        for (int64_t start = h0 * W; start < end; start += kBlock) {
+          const int64_t len = std::min(kBlock, end - start);
+          run_forward(en, fin, cx, mc, start, len, nullptr, false);
+          for (int64_t s = 0; s < S; ++s) {
+            const int64_t r = fin.outs[s];
+            acc[s] += r >= 0 ? v_sum(mc.vp[r], len) : fin.out_const[s] * len;
+          }
+        }
+      }
+      if (nl > 0) stg.need(1, H);
+      for (int64_t start = 0; start < nl; start += kBlock) {
+        const int64_t len = std::min(kBlock, nl - start);
+        run_forward(en, cor, cx, mc, 0, len, ids + start, false);
+        for (int64_t s = 0; s < S; ++s) {
+          const int64_t r = cor.outs[s];
+          acc[s] += r >= 0 ? v_sum(mc.vp[r], len) : cor.out_const[s] * len;
+        }
+      }
+      if (!kp.empty()) stg.finish();  // the kept maps, whole
+      double* res = sums.data_ptr<double>() + plane * S;
+      for (int64_t s = 0; s < S; ++s) res[s] = acc[s];
+    }
+  });
+  std::vector<torch::Tensor> results{sums};
+  for (auto& k : keep) results.push_back(k);
+  return results;
+}
+
+// Per-thread state of the backward pass.
+template <typename T>
+struct BackwardWorker {
+  Machine<T> mc;
+  Scratch<T> scr;
+  PlaneCtx<T> cx;
+  std::vector<T> w;
+  std::vector<int64_t> routed, applied;  // rows done, per stage
+  BackwardWorker(const Engine<T>& en, int64_t regs, int64_t S)
+      : mc(regs), scr(en, true), w(S), routed(en.num_stages()), applied(en.num_stages()) {}
+};
+
+// Backward pass, rows [0, h1) of a plane: every stage's gradient routing and partial
+// derivatives as far as their adjoints are complete (kp: the plane's kept maps).
+template <typename T, typename KP>
+void stages_backward(const Engine<T>& en, const typename Engine<T>::Init& it,
+                     BackwardWorker<T>& bw, bool absent, int64_t h1, KP&& kp) {
+  const int64_t H = en.H, W = en.W, J = en.num_stages();
+  PlaneCtx<T>& cx = bw.cx;
+  Scratch<T>& scr = bw.scr;
+  std::vector<int64_t>& routed = bw.routed;
+  std::vector<int64_t>& applied = bw.applied;
+  for (int64_t j = J - 1; j >= 0; --j) {
+    const StageInfo& st = en.stage(j);
+    if (!st.active || (absent && !st.absent_in)) continue;
+    const int64_t r = st.r;
+    // rows of the pooled map's adjoint that nothing will add to any more
+    int64_t a = h1;
+    for (int64_t k : en.pool_users[j]) a = std::min(a, applied[k]);
+    // (the final program writes the input map's adjoint: route behind it)
+    if (it.ain_by_final[j] && h1 < H) a = std::min(a, std::max<int64_t>(0, h1 - r));
+    if (a > routed[j]) {
+      if (absent && !st.absent_pool) {  // pool unused where the class is absent
+      } else if (!st.is_min) {
+        pool_backward<T, true>(cx.sin[j], scr.aout[j], cx.asin[j], scr.pad, scr.yrow,
+                               scr.arow, scr.pend, H, W, r, routed[j], a);
+      } else {
+        pool_backward<T, false>(cx.sin[j], scr.aout[j], cx.asin[j], scr.pad, scr.yrow,
+                                scr.arow, scr.pend, H, W, r, routed[j], a);
+      }
+      routed[j] = a;
+    }
+    if (st.direct_p || en.leaves[j].empty()) continue;
+    // rows of the input map's adjoint that are complete
+    int64_t b = std::min(h1, routed[j] == H ? H : std::max<int64_t>(0, routed[j] - r));
+    for (int64_t k : en.input_users[j]) b = std::min(b, applied[k]);
+    if (b > applied[j]) {
+      const int64_t lo = applied[j] * W, n = (b - applied[j]) * W;
+      const T* g = scr.ain[j] + lo;
+      for (size_t q = 0; q < en.leaves[j].size(); ++q) {
+        const int64_t op = en.leaves[j][q].first, l = en.leaves[j][q].second;
+        T* target = op == OP_P ? cx.dp : (op == OP_POOL ? cx.apool[l] : cx.asin[l]);
+        if (!target) continue;
+        if (it.part_assign[j][q])
+          v_mul(g, kp(en.slot_part[j][q]) + lo, target + lo, n);
+        else
+          v_acc_mul(target + lo, g, kp(en.slot_part[j][q]) + lo, n);
+      }
+      applied[j] = b;
+    }
+  }
+}
+
+// Backward pass: with gsp the (S, C) gradient of the sums and the maps the forward pass
+// kept, dL/dP (N, C, H, W), written into kept map out_slot (>= 0; its contents are then
+// gone) or a new tensor.
+template <typename T>
+torch::Tensor backward_dp(const Call<T>& call, const double* gsp,
+                          const std::vector<torch::Tensor>& saved, int64_t out_slot,
+                          const torch::Tensor& pc) {
+  const Engine<T>& en = call.en;
+  const LabelInfo<T>& li = *call.li;
+  const int64_t N = call.N, C = call.C, H = call.H, W = call.W, HW = call.HW;
+  const int64_t J = call.J, S = call.S, K = en.num_saved;
+  const Program& cor = en.progs[1];
+  const bool correction = call.correction;
+  TORCH_CHECK(static_cast<int64_t>(saved.size()) == K,
+              "fused_engine: the backward pass needs the maps kept by the forward pass");
+  std::vector<torch::Tensor> keep;
+  std::vector<const T*> keep_p;
+  for (auto& t : saved) {
+    TORCH_CHECK(t.numel() == N * C * HW && t.scalar_type() == pc.scalar_type(),
+                "fused_engine: kept maps of the wrong size or type");
+    keep.push_back(t.contiguous());
+    keep_p.push_back(keep.back().data_ptr<T>());
+  }
+  // dL/dP goes into a kept map (whose plane is no longer needed once the plane is
+  // done: dL/dP is built in a scratch plane and copied there), or into a new tensor.
+  TORCH_CHECK(out_slot < K, "fused_engine: out_slot");
+  auto result = out_slot >= 0 ? keep[out_slot].view(pc.sizes()) : torch::empty_like(pc);
+  run_workers(N * C, [&](std::atomic<int64_t>& next) {
+    BackwardWorker<T> bw(en, call.regs, S);
+    Machine<T>& mc = bw.mc;
+    Scratch<T>& scr = bw.scr;
+    PlaneCtx<T>& cx = bw.cx;
+    T* dp_scratch = out_slot >= 0 ? thread_arena<T, kWorkerArena>().get(HW) : nullptr;
+    for (int64_t plane; (plane = next.fetch_add(1)) < N * C;) {
+      const int64_t n = plane / C, c = plane % C;
+      call.setup(cx, n, c);
+      const int64_t* off = li.offsets.data() + n * (C + 1);
+      const int32_t* ids = li.idx + n * HW + off[c];
+      const int64_t nl = correction ? off[c + 1] - off[c] : 0;
+      auto kp = [&](int64_t slot) { return keep_p[slot] + plane * HW; };
+      T* dp_out = result.data_ptr<T>() + plane * HW;
+      T* dp = dp_scratch ? dp_scratch : dp_out;
+      const bool absent = off[c + 1] == off[c];
+      const int64_t fp = absent ? 2 : 0;
+      const Program& fin = en.progs[fp];
+      const typename Engine<T>::Init& it = en.init[absent ? 1 : 0];
+      if (it.zero_dp) std::fill(dp, dp + HW, T(0));
+      cx.dp = dp;
+      Stages<T> stg(en, cx, scr, mc, absent, std::vector<T*>(), true);
+      for (int64_t j = 0; j < J; ++j) {
+        const StageInfo& st = en.stage(j);
+        if (!st.active || (absent && !st.absent_in)) continue;
+        if (en.slot_out[j] >= 0) cx.pool[j] = kp(en.slot_out[j]);
+        cx.sin[j] = st.direct_p ? cx.p : (en.slot_in[j] >= 0 ? kp(en.slot_in[j]) : nullptr);
+        if (it.zero_aout[j]) std::fill(scr.aout[j], scr.aout[j] + HW, T(0));
+        cx.apool[j] = scr.aout[j];
+        if (st.direct_p) {
+          cx.asin[j] = dp;
+        } else {
+          if (it.zero_ain[j]) std::fill(scr.ain[j], scr.ain[j] + HW, T(0));
+          cx.asin[j] = scr.ain[j];
+        }
+      }
+      for (int64_t s = 0; s < S; ++s) bw.w[s] = static_cast<T>(gsp[s * C + c]);
+      // The labelled pixels first (their adjoints land anywhere in the plane), then the
+      // plane row by row: the final program's reverse sweep, and every stage's gradient
+      // routing and partial derivatives as far as their adjoints are complete.
+      // (Without stages, the final program first: it writes dL/dP, the labelled pixels
+      // add to it.)
+      auto labelled = [&]() {
+        if (nl > 0) stg.need(1, H);
+        for (int64_t start = 0; start < nl; start += kBlock) {
+          const int64_t len = std::min(kBlock, nl - start);
+          run_forward(en, cor, cx, mc, 0, len, ids + start, true, true);
+          run_reverse(en, cor, cx, mc, 0, len, ids + start, bw.w.data(), nullptr);
+        }
+      };
+      if (J > 0) labelled();
+      std::fill(bw.routed.begin(), bw.routed.end(), 0);
+      std::fill(bw.applied.begin(), bw.applied.end(), 0);
+      for (int64_t h0 = 0; h0 < H; h0 += kRowStep) {
+        const int64_t h1 = std::min(H, h0 + kRowStep), end = h1 * W;
+        stg.need(fp, h1);
+        for (int64_t start = h0 * W; start < end; start += kBlock) {
+          const int64_t len = std::min(kBlock, end - start);
+          run_forward(en, fin, cx, mc, start, len, nullptr, true, true);
+          run_reverse(en, fin, cx, mc, start, len, nullptr, bw.w.data(), nullptr, false,
+                      it.assign_rows.data());
+        }
+        stages_backward(en, it, bw, absent, h1, kp);
+      }
+      if (J == 0) labelled();
+      if (dp_scratch) std::copy(dp_scratch, dp_scratch + HW, dp_out);
+    }
+  });
+  return result;
+}
+
+// The fused engine on a program loaded by load_program:
+//   * grad absent, map mode: the class maximum of the program's map over the classes
+//     [c_lo, C), (N, 1, H, W);
+//   * grad absent: per-plane sums (N * C, S) float64 and, with save, the maps the
+//     backward pass needs;
+//   * grad (S, C) with those maps: dL/dP (N, C, H, W) (into kept map out_slot if >= 0).
+// Labels that are neither a class index nor ignore_index raise "invalid label values".
 std::vector<torch::Tensor> fused_engine(
-    std::vector<torch::Tensor> codes, std::vector<torch::Tensor> outs,
-    std::vector<torch::Tensor> oconsts, torch::Tensor stages, torch::Tensor absent,
-    torch::Tensor consts, torch::Tensor curves, torch::Tensor curve_k, bool correction,
-    torch::Tensor p, torch::Tensor label, std::vector<torch::Tensor> xs, int64_t ignore_index,
+    const FusedIR& ir, torch::Tensor curves, torch::Tensor curve_k, torch::Tensor p,
+    torch::Tensor label, std::vector<torch::Tensor> xs, int64_t ignore_index,
     double min_slope, c10::optional<torch::Tensor> grad, std::vector<torch::Tensor> saved,
-    bool save, int64_t mode, int64_t c_lo, int64_t out_slot) {
+    bool save, int64_t c_lo, int64_t out_slot) {
   TORCH_CHECK(p.device().is_cpu() && p.dim() == 4, "fused_engine: p must be (N, C, H, W) on CPU");
   TORCH_CHECK(label.dim() == 3 && label.size(0) == p.size(0) && label.size(1) == p.size(2) &&
                   label.size(2) == p.size(3),
               "fused_engine: label must be (N, H, W) matching p");
-  TORCH_CHECK(codes.size() == outs.size() && codes.size() == oconsts.size() &&
-                  codes.size() >= static_cast<size_t>(kFirstStageProgram),
-              "fused_engine: programs");
-  TORCH_CHECK(mode == 0 || mode == 1, "fused_engine: mode must be 0 or 1");
   auto pc = p.contiguous();
   auto lc = label.to(torch::kLong).contiguous();
-  auto sc = stages.to(torch::kLong).contiguous();
-  auto kc = consts.to(torch::kDouble).contiguous();
   auto cv = curves.to(torch::kDouble).contiguous();
   auto ck = curve_k.to(torch::kLong).contiguous();
   TORCH_CHECK(cv.dim() == 3 && cv.size(2) == 8 && ck.numel() == cv.size(0),
               "fused_engine: curves must be (num_curves, Kmax, 8)");
   const int64_t N = pc.size(0), C = pc.size(1), H = pc.size(2), W = pc.size(3), HW = H * W;
   TORCH_CHECK(HW < (int64_t(1) << 31), "fused_engine: plane too large");
-  const int64_t J = sc.numel() / kStageCols;
-  TORCH_CHECK(sc.numel() == J * kStageCols &&
-                  static_cast<int64_t>(codes.size()) == kFirstStageProgram + J,
-              "fused_engine: one program per stage");
-  const int64_t S = outs[0].numel();
+  const int64_t S = ir.num_outputs;
   const bool backward = grad.has_value() && grad->defined();
-  TORCH_CHECK(mode == 0 || (!backward && S == 1), "fused_engine: map mode has one output");
+  TORCH_CHECK(ir.mode == MODE_STATS || !backward, "fused_engine: map mode has no gradient");
+  TORCH_CHECK(static_cast<int64_t>(xs.size()) == ir.num_extras,
+              "fused_engine: the program reads ", ir.num_extras, " extra maps, got ", xs.size());
   torch::Tensor gs;
   if (backward) {
     gs = grad->to(torch::kDouble).contiguous();
@@ -1306,321 +1568,24 @@ std::vector<torch::Tensor> fused_engine(
   std::vector<torch::Tensor> results;
   AT_DISPATCH_FLOATING_TYPES(pc.scalar_type(), "fused_engine", [&] {
     using T = scalar_t;
-    Engine<T> en;
-    const int64_t nk = kc.numel(), ncurves = cv.size(0);
-    for (size_t i = 0; i < codes.size(); ++i) {
-      const int64_t first = kFirstStageProgram;
-      const int64_t ii = static_cast<int64_t>(i);
-      en.progs.push_back(read_program(codes[i], outs[i], oconsts[i], nk, ncurves,
-                                      static_cast<int64_t>(xcs.size()),
-                                      ii < first ? J : ii - first));
-      if (ii == 1)
-        TORCH_CHECK(outs[1].numel() == S || !correction, "fused_engine: correction outputs");
-      if (ii == 2)
-        TORCH_CHECK(outs[2].numel() == S || mode == 1, "fused_engine: absent-class outputs");
-      if (ii >= first)
-        TORCH_CHECK(outs[i].numel() == 1, "fused_engine: a stage program has one output");
-    }
-    en.stages.assign(sc.data_ptr<int64_t>(), sc.data_ptr<int64_t>() + sc.numel());
-    for (int64_t j = 0; j < J; ++j) {
-      const int64_t* st = en.stage(j);
-      const int64_t mo = st[8], ma = st[9];
-      const bool mask_ok = mo == -1 || mo == OP_M ||
-                           (mo == OP_X && ma >= 0 && ma < static_cast<int64_t>(xcs.size())) ||
-                           ((mo == OP_POOL || mo == OP_STAGEIN) && ma >= 0 && ma < j);
-      TORCH_CHECK(st[1] >= 0 && (!st[2] || st[3]) && mask_ok, "fused_engine: bad stage row ", j);
-    }
-    auto ab = absent.to(torch::kDouble).contiguous();
-    TORCH_CHECK(ab.numel() == J, "fused_engine: one absent value per stage");
-    en.absent.assign(ab.data_ptr<double>(), ab.data_ptr<double>() + J);
-    en.consts.assign(kc.data_ptr<double>(), kc.data_ptr<double>() + nk);
-    en.curves.kmax = cv.size(1);
-    en.curves.k.assign(ck.data_ptr<int64_t>(), ck.data_ptr<int64_t>() + ncurves);
-    en.curves.cols.resize(ncurves * 8 * en.curves.kmax);
-    const double* cvp = cv.data_ptr<double>();
-    for (int64_t q = 0; q < ncurves; ++q) {
-      TORCH_CHECK(en.curves.k[q] >= 1 && en.curves.k[q] <= en.curves.kmax,
-                  "fused_engine: curve_k");
-      for (int64_t k = 0; k < en.curves.kmax; ++k)
-        for (int64_t j = 0; j < 8; ++j)
-          en.curves.cols[(q * 8 + j) * en.curves.kmax + k] =
-              static_cast<T>(cvp[(q * en.curves.kmax + k) * 8 + j]);
-    }
-    en.ms = static_cast<T>(min_slope);
-    en.H = H, en.W = W;
-    en.layout();
-    int64_t regs = 1;
-    for (auto& pr : en.progs) regs = std::max(regs, pr.ni);
-    LabelInfo<T> li(lc.data_ptr<int64_t>(), N, C, HW, ignore_index);
-    TORCH_CHECK(!li.invalid, "fused_engine: invalid label values");
-    for (int64_t j = 0; j < J; ++j)
-      if (en.g_erode[j]) li.add_uniform(en.stage(j)[1], N, H, W);
-    const T* pp = pc.data_ptr<T>();
-    std::vector<const T*> xp;
-    for (auto& x : xcs) xp.push_back(x.data_ptr<T>());
-    const double* gsp = backward ? gs.data_ptr<double>() : nullptr;
-    const int64_t K = en.num_saved;
-
-    auto setup = [&](PlaneCtx<T>& cx, int64_t n, int64_t c) {
-      cx.p = pp + (n * C + c) * HW;
-      cx.lab = li.lab + n * HW;
-      cx.mask = li.mask + n * HW;
-      cx.c = static_cast<int32_t>(c);
-      cx.x.resize(xp.size());
-      for (size_t q = 0; q < xp.size(); ++q)
-        cx.x[q] = xp[q] + (x_per_class[q] ? (n * C + c) : n) * HW;
-      cx.pool.assign(J, nullptr), cx.sin.assign(J, nullptr);
-      cx.apool.assign(J, nullptr), cx.asin.assign(J, nullptr);
-      cx.dp = nullptr;
-      cx.uniform.assign(J, nullptr);
-      for (int64_t j = 0; j < J; ++j)
-        if (en.g_erode[j]) cx.uniform[j] = li.uniform_of(en.stage(j)[1]) + n * HW;
-    };
-
-    if (mode == 1) {
-      auto result = torch::zeros({N, 1, H, W}, pc.options());
-      T* out = result.data_ptr<T>();
-      const int64_t nc = std::max<int64_t>(0, C - c_lo), nt = at::get_num_threads();
-      std::vector<std::vector<T>> acc(nt);  // per worker: max so far per image
-      std::vector<std::vector<char>> seen(nt);
-      std::atomic<int64_t> slots(0);
-      run_workers(N * nc, [&](std::atomic<int64_t>& next) {
-        const int64_t slot = slots.fetch_add(1);
-        TORCH_CHECK(slot < nt, "fused_engine: more workers than threads");
-        acc[slot].assign(N * HW, T(0));
-        seen[slot].assign(N, 0);
-        Machine<T> mc(regs);
-        Scratch<T> scr(en, false);
-        PlaneCtx<T> cx;
-        T* plane = scr.plane;
-        for (int64_t item; (item = next.fetch_add(1)) < N * nc;) {
-          const int64_t n = item / nc, c = c_lo + item % nc;
-          const int64_t* off = li.offsets.data() + n * (C + 1);
-          setup(cx, n, c);
-          const bool absent = off[c + 1] == off[c];
-          Stages<T> stg(en, cx, scr, mc, absent, std::vector<T*>());
-          const int64_t fp = absent ? 2 : 0;
-          const Program& pr = en.progs[fp];
-          for (int64_t h0 = 0; h0 < H; h0 += kRowStep) {
-            const int64_t h1 = std::min(H, h0 + kRowStep), end = h1 * W;
-            stg.need(fp, h1);
-            for (int64_t start = h0 * W; start < end; start += kBlock) {
-              const int64_t len = std::min(kBlock, end - start);
-              if (pr.outs[0] < 0) {
-                std::fill(plane + start, plane + start + len, static_cast<T>(pr.out_const[0]));
-              } else {
-                run_forward(en, pr, cx, mc, start, len, nullptr, false);
-                std::copy(mc.vp[pr.outs[0]], mc.vp[pr.outs[0]] + len, plane + start);
-              }
-            }
-          }
-          T* o = acc[slot].data() + n * HW;
-          if (!seen[slot][n]) {
-            std::copy(plane, plane + HW, o);
-            seen[slot][n] = 1;
-          } else {
-            for (int64_t i = 0; i < HW; ++i) o[i] = plane[i] > o[i] ? plane[i] : o[i];
-          }
-        }
-      });
-      for (int64_t n = 0; n < N; ++n) {  // the workers' maxima
-        T* o = out + n * HW;
-        bool first = true;
-        for (int64_t s = 0; s < nt; ++s) {
-          if (seen[s].empty() || !seen[s][n]) continue;
-          const T* a = acc[s].data() + n * HW;
-          if (first) {
-            std::copy(a, a + HW, o);
-            first = false;
-          } else {
-            for (int64_t i = 0; i < HW; ++i) o[i] = a[i] > o[i] ? a[i] : o[i];
-          }
-        }
-      }
-      results.push_back(result);
-      return;
-    }
-
-    const Program& cor = en.progs[1];
-    if (!backward) {
-      auto sums = torch::zeros({N * C, S}, pc.options().dtype(torch::kDouble));
-      std::vector<torch::Tensor> keep;
-      std::vector<T*> keep_p;
-      for (int64_t k = 0; save && k < K; ++k) {
-        keep.push_back(torch::empty({N * C, HW}, pc.options()));
-        keep_p.push_back(keep.back().data_ptr<T>());
-      }
-      run_workers(N * C, [&](std::atomic<int64_t>& next) {
-        Machine<T> mc(regs);
-        Scratch<T> scr(en, false);
-        PlaneCtx<T> cx;
-        std::vector<double> acc(S);
-        std::vector<T*> kp(keep_p.size());
-        for (int64_t plane; (plane = next.fetch_add(1)) < N * C;) {
-          const int64_t n = plane / C, c = plane % C;
-          setup(cx, n, c);
-          const int64_t* off = li.offsets.data() + n * (C + 1);
-          const int32_t* ids = li.idx + n * HW + off[c];
-          const int64_t nl = correction ? off[c + 1] - off[c] : 0;
-          for (size_t k = 0; k < kp.size(); ++k) kp[k] = keep_p[k] + plane * HW;
-          const bool absent = off[c + 1] == off[c];
-          const int64_t fp = absent ? 2 : 0;
-          const Program& fin = en.progs[fp];
-          Stages<T> stg(en, cx, scr, mc, absent, kp);
-          std::fill(acc.begin(), acc.end(), 0.0);
-          for (int64_t h0 = 0; h0 < H; h0 += kRowStep) {
-            const int64_t h1 = std::min(H, h0 + kRowStep), end = h1 * W;
-            stg.need(fp, h1);
-            for (int64_t start = h0 * W; start < end; start += kBlock) {
-              const int64_t len = std::min(kBlock, end - start);
-              run_forward(en, fin, cx, mc, start, len, nullptr, false);
-              for (int64_t s = 0; s < S; ++s) {
-                const int64_t r = fin.outs[s];
-                acc[s] += r >= 0 ? v_sum(mc.vp[r], len) : fin.out_const[s] * len;
-              }
-            }
-          }
-          if (nl > 0) stg.need(1, H);
-          for (int64_t start = 0; start < nl; start += kBlock) {
-            const int64_t len = std::min(kBlock, nl - start);
-            run_forward(en, cor, cx, mc, 0, len, ids + start, false);
-            for (int64_t s = 0; s < S; ++s) {
-              const int64_t r = cor.outs[s];
-              acc[s] += r >= 0 ? v_sum(mc.vp[r], len) : cor.out_const[s] * len;
-            }
-          }
-          if (!kp.empty()) stg.finish();  // the kept maps, whole
-          double* res = sums.data_ptr<double>() + plane * S;
-          for (int64_t s = 0; s < S; ++s) res[s] = acc[s];
-        }
-      });
-      results.push_back(sums);
-      for (auto& k : keep) results.push_back(k);
-      return;
-    }
-
-    TORCH_CHECK(static_cast<int64_t>(saved.size()) == K,
-                "fused_engine: the backward pass needs the maps kept by the forward pass");
-    std::vector<torch::Tensor> keep;
-    std::vector<const T*> keep_p;
-    for (auto& t : saved) {
-      TORCH_CHECK(t.numel() == N * C * HW && t.scalar_type() == pc.scalar_type(),
-                  "fused_engine: kept maps of the wrong size or type");
-      keep.push_back(t.contiguous());
-      keep_p.push_back(keep.back().data_ptr<T>());
-    }
-    // dL/dP goes into a kept map (whose plane is no longer needed once the plane is
-    // done: dL/dP is built in a scratch plane and copied there), or into a new tensor.
-    TORCH_CHECK(out_slot < K, "fused_engine: out_slot");
-    auto result = out_slot >= 0 ? keep[out_slot].view(pc.sizes()) : torch::empty_like(pc);
-    run_workers(N * C, [&](std::atomic<int64_t>& next) {
-      Machine<T> mc(regs);
-      Scratch<T> scr(en, true);
-      T* dp_scratch = out_slot >= 0 ? thread_arena<T, kWorkerArena>().get(HW) : nullptr;
-      PlaneCtx<T> cx;
-      std::vector<T> w(S);
-      std::vector<int64_t> routed(J), applied(J);  // rows done, per stage
-      for (int64_t plane; (plane = next.fetch_add(1)) < N * C;) {
-        const int64_t n = plane / C, c = plane % C;
-        setup(cx, n, c);
-        const int64_t* off = li.offsets.data() + n * (C + 1);
-        const int32_t* ids = li.idx + n * HW + off[c];
-        const int64_t nl = correction ? off[c + 1] - off[c] : 0;
-        auto kp = [&](int64_t slot) { return keep_p[slot] + plane * HW; };
-        T* dp_out = result.data_ptr<T>() + plane * HW;
-        T* dp = dp_scratch ? dp_scratch : dp_out;
-        const bool absent = off[c + 1] == off[c];
-        const int64_t fp = absent ? 2 : 0;
-        const Program& fin = en.progs[fp];
-        const typename Engine<T>::Init& it = en.init[absent ? 1 : 0];
-        if (it.zero_dp) std::fill(dp, dp + HW, T(0));
-        cx.dp = dp;
-        Stages<T> stg(en, cx, scr, mc, absent, std::vector<T*>(), true);
-        for (int64_t j = 0; j < J; ++j) {
-          const int64_t* st = en.stage(j);
-          if (!st[3] || (absent && !st[6])) continue;
-          if (en.slot_out[j] >= 0) cx.pool[j] = kp(en.slot_out[j]);
-          cx.sin[j] = st[2] ? cx.p : (en.slot_in[j] >= 0 ? kp(en.slot_in[j]) : nullptr);
-          if (it.zero_aout[j]) std::fill(scr.aout[j], scr.aout[j] + HW, T(0));
-          cx.apool[j] = scr.aout[j];
-          if (st[2]) {
-            cx.asin[j] = dp;
-          } else {
-            if (it.zero_ain[j]) std::fill(scr.ain[j], scr.ain[j] + HW, T(0));
-            cx.asin[j] = scr.ain[j];
-          }
-        }
-        for (int64_t s = 0; s < S; ++s) w[s] = static_cast<T>(gsp[s * C + c]);
-        // The labelled pixels first (their adjoints land anywhere in the plane), then the
-        // plane row by row: the final program's reverse sweep, and every stage's gradient
-        // routing and partial derivatives as far as their adjoints are complete.
-        // (Without stages, the final program first: it writes dL/dP, the labelled pixels
-        // add to it.)
-        auto labelled = [&]() {
-          if (nl > 0) stg.need(1, H);
-          for (int64_t start = 0; start < nl; start += kBlock) {
-            const int64_t len = std::min(kBlock, nl - start);
-            run_forward(en, cor, cx, mc, 0, len, ids + start, true, true);
-            run_reverse(en, cor, cx, mc, 0, len, ids + start, w.data(), nullptr);
-          }
-        };
-        if (J > 0) labelled();
-        std::fill(routed.begin(), routed.end(), 0);
-        std::fill(applied.begin(), applied.end(), 0);
-        for (int64_t h0 = 0; h0 < H; h0 += kRowStep) {
-          const int64_t h1 = std::min(H, h0 + kRowStep), end = h1 * W;
-          stg.need(fp, h1);
-          for (int64_t start = h0 * W; start < end; start += kBlock) {
-            const int64_t len = std::min(kBlock, end - start);
-            run_forward(en, fin, cx, mc, start, len, nullptr, true, true);
-            run_reverse(en, fin, cx, mc, start, len, nullptr, w.data(), nullptr, false,
-                        it.assign_rows.data());
-          }
-          for (int64_t j = J - 1; j >= 0; --j) {
-            const int64_t* st = en.stage(j);
-            if (!st[3] || (absent && !st[6])) continue;
-            const int64_t r = st[1];
-            // rows of the pooled map's adjoint that nothing will add to any more
-            int64_t a = h1;
-            for (int64_t k : en.pool_users[j]) a = std::min(a, applied[k]);
-            // (the final program writes the input map's adjoint: route behind it)
-            if (it.ain_by_final[j] && h1 < H) a = std::min(a, std::max<int64_t>(0, h1 - r));
-            if (a > routed[j]) {
-              if (absent && !st[7]) {  // pool unused where the class is absent
-              } else if (st[0] == 0) {
-                pool_backward<T, true>(cx.sin[j], scr.aout[j], cx.asin[j], scr.pad, scr.yrow,
-                                       scr.arow, scr.pend, H, W, r, routed[j], a);
-              } else {
-                pool_backward<T, false>(cx.sin[j], scr.aout[j], cx.asin[j], scr.pad,
-                                        scr.yrow, scr.arow, scr.pend, H, W, r, routed[j], a);
-              }
-              routed[j] = a;
-            }
-            if (st[2] || en.leaves[j].empty()) continue;
-            // rows of the input map's adjoint that are complete
-            int64_t b = std::min(h1, routed[j] == H ? H : std::max<int64_t>(0, routed[j] - r));
-            for (int64_t k : en.input_users[j]) b = std::min(b, applied[k]);
-            if (b > applied[j]) {
-              const int64_t lo = applied[j] * W, n = (b - applied[j]) * W;
-              const T* g = scr.ain[j] + lo;
-              for (size_t q = 0; q < en.leaves[j].size(); ++q) {
-                const int64_t op = en.leaves[j][q].first, l = en.leaves[j][q].second;
-                T* target = op == OP_P ? cx.dp : (op == OP_POOL ? cx.apool[l] : cx.asin[l]);
-                if (!target) continue;
-                if (it.part_assign[j][q])
-                  v_mul(g, kp(en.slot_part[j][q]) + lo, target + lo, n);
-                else
-                  v_acc_mul(target + lo, g, kp(en.slot_part[j][q]) + lo, n);
-              }
-              applied[j] = b;
-            }
-          }
-        }
-        if (J == 0) labelled();
-        if (dp_scratch) std::copy(dp_scratch, dp_scratch + HW, dp_out);
-      }
-    });
-    results.push_back(result);
+    Call<T> call;
+    build_engine(call.en, ir, cv, ck, min_slope, H, W);
+    call.N = N, call.C = C, call.H = H, call.W = W, call.HW = HW;
+    call.J = call.en.num_stages(), call.S = S, call.correction = ir.correction;
+    for (auto& pr : call.en.progs) call.regs = std::max(call.regs, pr.ni);
+    call.li = std::make_unique<LabelInfo<T>>(lc.data_ptr<int64_t>(), N, C, HW, ignore_index);
+    TORCH_CHECK(!call.li->invalid, "fused_engine: invalid label values");
+    for (int64_t j = 0; j < call.J; ++j)
+      if (call.en.g_erode[j]) call.li->add_uniform(call.en.stage(j).r, N, H, W);
+    call.pp = pc.data_ptr<T>();
+    for (auto& x : xcs) call.xp.push_back(x.data_ptr<T>());
+    call.x_per_class = x_per_class;
+    if (ir.mode == MODE_MAP)
+      results.push_back(class_max_map(call, c_lo, pc.options()));
+    else if (!backward)
+      results = forward_sums(call, save, pc.options());
+    else
+      results.push_back(backward_dp(call, gs.data_ptr<double>(), saved, out_slot, pc));
   });
   return results;
 }
@@ -1725,11 +1690,15 @@ void softmax_backward_(torch::Tensor p, torch::Tensor g) {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("bezier_forward", &bezier_forward, "Piecewise quadratic Bezier curve (value, dy/dx)");
-  m.def("window_max_forward", &window_max_forward, "Window max along one dim");
-  m.def("window_max_backward", &window_max_backward, "Gradient of window_max_forward");
   m.def("softmax_forward", &softmax_forward, "Softmax over dim 1 (N, C, H, W)");
   m.def("softmax_backward_", &softmax_backward_, "In-place softmax backward over dim 1");
+  py::class_<FusedIR, std::shared_ptr<FusedIR>>(m, "FusedIR",
+                                                "A fused program read by load_program");
+  m.def("load_program", &load_program, "Read an asl.engines.ir.FusedProgram");
+  m.def("opcodes", []() {
+    return std::vector<int64_t>{OP_P, OP_G, OP_M, OP_X, OP_CONST, OP_CURVE, OP_MUL, OP_ADD,
+                                OP_SUB, OP_ONE_MINUS, OP_POOL, OP_STAGE_IN};
+  }, "The opcodes the engine was built with (checked against asl.engines.ir.Op)");
   m.def("fused_engine", &fused_engine,
         "Fused per-class sums of elementwise and pooled maps (or dL/dP, or a class max)");
 }

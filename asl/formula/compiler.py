@@ -38,6 +38,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from .graph import (Arith, ClassMax, Const, Input, Logic, LogicOp, MapNode, Not, Pool, PoolKind,
+                    StatArith, StatCompare, StatConst, StatDiv, StatMeanC, StatNode, StatSum,
+                    StatTotal)
 from .nodes import Binary, Call, Name, Node, Number, Program, Unary
 from .parser import FormulaSyntaxError, parse
 
@@ -47,33 +50,6 @@ __all__ = [
 ]
 
 FormulaError = FormulaSyntaxError
-
-
-# ----------------------------------------------------------------------------------
-# Intermediate form
-# ----------------------------------------------------------------------------------
-@dataclass(eq=False)
-class MapNode:
-    """A per-pixel expression. ``kind`` is one of:
-
-    ``input`` (args: name), ``const`` (args: value), ``logic`` (args: op, a, b, slots),
-    ``not`` (a), ``pool`` (args: 'min'|'max', a, k), ``max_c`` (a, skip_bg),
-    ``arith`` (op, a, b).
-    """
-    kind: str
-    args: tuple
-    binary: bool  # values are known to be 0/1 (independent of the prediction's softness)
-    per_class: bool  # one channel per class (else a single channel)
-
-
-@dataclass(eq=False)
-class StatNode:
-    """An expression on summed statistics. ``kind``: ``sum`` (index into stats),
-    ``const``, ``arith`` (op, a, b), ``div`` (a, b, zero_if_empty), ``total`` (a),
-    ``mean_c`` (a, where, skip_bg), ``compare`` (op, a, b)."""
-    kind: str
-    args: tuple
-    per_class: bool
 
 
 @dataclass
@@ -89,11 +65,23 @@ class CurveSlot:
         return f'curve {self.index}: {self.op} operand {self.operand} ({self.operand_text})'
 
 
-@dataclass
+@dataclass(eq=False)
 class CompiledMetric:
-    """A compiled formula (see the module docstring)."""
+    """A compiled formula (see the module docstring and :mod:`asl.formula.graph`).
+
+    Attributes:
+        name: display name.
+        text: the formula text.
+        maps: every map node the statistics read, in topological order
+            (``maps[i].index == i``).
+        stats: the map of each ``sum(...)``, in the order of :class:`StatSum` indices.
+        result: the statistic node of the whole formula (one number).
+        slots: one entry per curve.
+        tol, drop_bg: the compile options.
+    """
     name: str
     text: str
+    maps: List[MapNode]
     stats: List[MapNode]
     result: StatNode
     slots: List[CurveSlot]
@@ -149,6 +137,7 @@ class _Compiler:
         self.drop_bg = drop_bg
         self.builtins = {k.lower(): v for k, v in builtins.items()}
         self.stats: List[MapNode] = []
+        self.created: List[MapNode] = []  # every map node, in creation order
         self.slots: List[CurveSlot] = []
         self.text = ''
         self._expanding: List[str] = []
@@ -230,7 +219,7 @@ class _Compiler:
         if n in scope.bindings:
             return scope.bindings[n]
         if n in ('P', 'G', 'M'):
-            return MapNode('input', (n, ), binary=(n != 'P'), per_class=(n != 'M'))
+            return self.node(Input(n, binary=(n != 'P'), per_class=(n != 'M'), soft=(n == 'P')))
         if n == 'tol':
             return float(self.tol)
         if n == 'drop_bg':
@@ -257,7 +246,8 @@ class _Compiler:
             self.error(f'{what} needs a per-pixel map, got a statistic', node)
         if isinstance(value, bool):
             self.error(f'{what} needs a per-pixel map, got a boolean', node)
-        return MapNode('const', (float(value), ), binary=value in (0.0, 1.0), per_class=False)
+        return self.node(Const(float(value), binary=value in (0.0, 1.0), per_class=False,
+                               soft=False))
 
     def logic(self, op: str, left: Node, right: Node, scope: _Scope, plain: bool, node: Node):
         a = self.as_map(self.lower(left, scope, plain), left, f'{_OP_NAMES[op]}')
@@ -266,7 +256,7 @@ class _Compiler:
 
     def logic_not(self, a, node):
         a = self.as_map(a, node, 'NOT')
-        return MapNode('not', (a, ), binary=a.binary, per_class=a.per_class)
+        return self.node(Not(a, binary=a.binary, per_class=a.per_class, soft=a.soft))
 
     def arith(self, op: str, a, b, node):
         if isinstance(a, bool) or isinstance(b, bool):
@@ -285,23 +275,23 @@ class _Compiler:
             a = self.as_map(a, node, op)
             b = self.as_map(b, node, op)
             binary = op == '*' and a.binary and b.binary
-            return MapNode('arith', (op, a, b), binary=binary,
-                           per_class=a.per_class or b.per_class)
+            return self.node(Arith(op, a, b, binary=binary, per_class=a.per_class or b.per_class,
+                                   soft=a.soft or b.soft))
         a, b = self.as_stat(a), self.as_stat(b)
         if op == '/':
-            return StatNode('div', (a, b, False), per_class=a.per_class or b.per_class)
-        return StatNode('arith', (op, a, b), per_class=a.per_class or b.per_class)
+            return StatDiv(a, b, False, per_class=a.per_class or b.per_class)
+        return StatArith(op, a, b, per_class=a.per_class or b.per_class)
 
     def as_stat(self, value) -> StatNode:
         if isinstance(value, StatNode):
             return value
-        return StatNode('const', (float(value), ), per_class=False)
+        return StatConst(float(value), per_class=False)
 
     def compare(self, op: str, a, b, node):
         if isinstance(a, MapNode) or isinstance(b, MapNode):
             self.error('comparisons apply to statistics, not per-pixel maps', node)
         a, b = self.as_stat(a), self.as_stat(b)
-        return StatNode('compare', (op, a, b), per_class=a.per_class or b.per_class)
+        return StatCompare(op, a, b, per_class=a.per_class or b.per_class)
 
     def call(self, node: Call, scope: _Scope, plain: bool):
         f = node.func
@@ -329,39 +319,38 @@ class _Compiler:
         if f in ('erode', 'dilate', 'min_pool', 'max_pool', 'boundary', 'max_c', 'sum'):
             a = self.as_map(a, args[0], f'{f}()')
         if f == 'erode':
-            return MapNode('pool', ('min', a, 3), binary=a.binary, per_class=a.per_class)
+            return self.pool(PoolKind.MIN, a, 1)
         if f in ('min_pool', 'max_pool'):
             k = self.int_constant(args[1], scope, f'{f}() kernel size', odd=True)
-            return MapNode('pool', (f[:3], a, k), binary=a.binary, per_class=a.per_class)
+            return self.pool(PoolKind(f[:3]), a, k // 2)
         if f == 'dilate':
             r_node = args[1] if len(args) > 1 else node.kwargs.get('r')
             r = self.tol if r_node is None else self.int_constant(r_node, scope, 'dilate() radius')
             if r == 0:
                 return a
-            return MapNode('pool', ('max', a, 2 * r + 1), binary=a.binary,
-                           per_class=a.per_class)
+            return self.pool(PoolKind.MAX, a, r)
         if f == 'boundary':
-            eroded = MapNode('pool', ('min', a, 3), binary=a.binary, per_class=a.per_class)
+            eroded = self.pool(PoolKind.MIN, a, 1)
             text = unparse(args[0])
             return self.logic_nodes('^', a, eroded, (text, f'erode({text})'), node.pos, plain)
         if f == 'max_c':
             skip = self.bool_constant(node.kwargs.get('skip_bg'), scope, 'max_c() skip_bg')
-            return MapNode('max_c', (a, skip), binary=a.binary, per_class=False)
+            return self.node(ClassMax(a, skip, binary=a.binary, per_class=False, soft=a.soft))
         if f == 'sum':
             self.stats.append(a)
-            return StatNode('sum', (len(self.stats) - 1, ), per_class=a.per_class)
+            return StatSum(len(self.stats) - 1, per_class=a.per_class)
         # statistics functions
         if isinstance(a, MapNode):
             self.error(f'{f}() needs statistics; sum(...) the map first', args[0])
         a = self.as_stat(a)
         if f == 'total':
-            return StatNode('total', (a, ), per_class=False)
+            return StatTotal(a, per_class=False)
         if f == 'div0':
             b = self.lower(args[1], scope, plain)
             if isinstance(b, MapNode):
                 self.error('div0() needs statistics; sum(...) the map first', args[1])
             b = self.as_stat(b)
-            return StatNode('div', (a, b, True), per_class=a.per_class or b.per_class)
+            return StatDiv(a, b, True, per_class=a.per_class or b.per_class)
         # mean_c
         where = node.kwargs.get('where')
         if where is not None:
@@ -371,7 +360,7 @@ class _Compiler:
                            where)
             where = self.as_stat(w)
         skip = self.bool_constant(node.kwargs.get('skip_bg'), scope, 'mean_c() skip_bg')
-        return StatNode('mean_c', (a, where, skip), per_class=False)
+        return StatMeanC(a, where, skip, per_class=False)
 
     def logic_nodes(self, op: str, a: MapNode, b: MapNode, texts: Tuple[str, str], pos: int,
                     plain: bool) -> MapNode:
@@ -379,20 +368,43 @@ class _Compiler:
 
         XOR(a, b) = OR(a, b) - AND(a, b): the AND's operands get curves first, then the OR's.
         """
-        slots = None
+        pairs = {LogicOp.AND: [None, None], LogicOp.OR: [None, None]}
         if not plain:
-            slots = []
-            for sub in (('AND', 'OR') if op == '^' else (_OP_NAMES[op], )):
-                label = sub if op != '^' else f'XOR/{sub}'
+            parts = (LogicOp.AND, LogicOp.OR) if op == '^' else (LogicOp(op), )
+            for part in parts:
+                label = _OP_NAMES[part.value] if op != '^' else f'XOR/{_OP_NAMES[part.value]}'
                 for k, (val, text) in enumerate(zip((a, b), texts), start=1):
-                    if val.binary:
-                        slots.append(None)
-                    else:
+                    if not val.binary:
                         self.slots.append(CurveSlot(len(self.slots), label, k, text, pos))
-                        slots.append(len(self.slots) - 1)
-            slots = tuple(slots)
-        return MapNode('logic', (op, a, b, slots), binary=a.binary and b.binary,
-                       per_class=a.per_class or b.per_class)
+                        pairs[part][k - 1] = len(self.slots) - 1
+        return self.node(Logic(LogicOp(op), a, b, and_curves=tuple(pairs[LogicOp.AND]),
+                               or_curves=tuple(pairs[LogicOp.OR]), binary=a.binary and b.binary,
+                               per_class=a.per_class or b.per_class, soft=a.soft or b.soft))
+
+    def node(self, node: MapNode) -> MapNode:
+        """Register a new map node (creation order is a topological order)."""
+        self.created.append(node)
+        return node
+
+    def pool(self, kind: PoolKind, a: MapNode, radius: int) -> MapNode:
+        if radius == 0:
+            return a
+        return self.node(Pool(kind, a, radius, binary=a.binary, per_class=a.per_class,
+                              soft=a.soft))
+
+    def reachable_maps(self) -> List[MapNode]:
+        """The map nodes the statistics read, in creation order, indexed."""
+        seen = set()
+        stack = list(self.stats)
+        while stack:
+            n = stack.pop()
+            if id(n) not in seen:
+                seen.add(id(n))
+                stack.extend(n.operands())
+        out = [n for n in self.created if id(n) in seen]
+        for i, n in enumerate(out):
+            n.index = i
+        return out
 
 
 def compile_formula(formula: str, tol: int = 5, drop_bg: bool = False,
@@ -423,5 +435,6 @@ def compile_formula(formula: str, tol: int = 5, drop_bg: bool = False,
     builtin = {k.lower(): k for k in BUILTIN_FORMULAS}.get(text.lower())
     program = parse(BUILTIN_FORMULAS[builtin] if builtin else text)
     result = comp.program(program)
-    return CompiledMetric(name=name or builtin or text, text=program.text, stats=comp.stats,
-                          result=result, slots=comp.slots, tol=tol, drop_bg=drop_bg)
+    return CompiledMetric(name=name or builtin or text, text=program.text,
+                          maps=comp.reachable_maps(), stats=comp.stats, result=result,
+                          slots=comp.slots, tol=tol, drop_bg=drop_bg)

@@ -38,6 +38,9 @@ class AutoSegLoss(nn.Module):
             logits (the classes always come from the logits). Default: None.
         loss_weight (float): weight of the loss. Default: 1.0.
         loss_name (str): name in the log; must start with ``loss_``. Default: ``'loss_asl'``.
+        backend (str): the engine that evaluates the surrogate: ``'auto'`` (Triton on
+            CUDA, C++ on CPU, else plain PyTorch; ``$ASL_BACKEND`` can force one),
+            ``'torch'``, ``'cpp'`` or ``'triton'``. Default: ``'auto'``.
 
     ``ignore_index`` (forward): pixels with this label count in no sum of a region
     metric (they are 0 in the ground truth and in the valid mask ``M``); boundary
@@ -54,7 +57,8 @@ class AutoSegLoss(nn.Module):
                  drop_bg: Optional[bool] = None,
                  num_class: Optional[int] = None,
                  loss_weight: float = 1.0,
-                 loss_name: str = 'loss_asl'):
+                 loss_name: str = 'loss_asl',
+                 backend: str = 'auto'):
         super().__init__()
         if not isinstance(loss_name, str) or not loss_name.startswith('loss_'):
             raise ValueError(f"loss_name must start with 'loss_' (MMEngine sums logged keys "
@@ -64,7 +68,7 @@ class AutoSegLoss(nn.Module):
             raise ValueError(f'num_class must be a positive integer, got {num_class!r}')
         self.surrogate = Surrogate(target_metric, theta=theta, raw_theta=raw_theta,
                                    parameterization=parameterization, num_pieces=num_pieces,
-                                   tol=tol, drop_bg=drop_bg)
+                                   tol=tol, drop_bg=drop_bg, backend=backend)
         self.num_class = num_class
         self.loss_weight = float(loss_weight)
         self._loss_name = loss_name
@@ -76,7 +80,7 @@ class AutoSegLoss(nn.Module):
 
         Args:
             cls_score (Tensor): logits (N, C, H, W), any floating dtype; computed in
-                float32 with autocast disabled.
+                float32 with autocast disabled (the gradient has the logits' dtype).
             label (Tensor): labels (N, H, W): class indices or ``ignore_index``.
             weight (Tensor, optional): per-pixel weights are not defined for a metric
                 surrogate; must be None.
@@ -90,7 +94,7 @@ class AutoSegLoss(nn.Module):
             raise ValueError(f'num_class={self.num_class} but the logits have '
                              f'{cls_score.shape[1]} classes (shape {tuple(cls_score.shape)})')
         with torch.autocast(device_type=cls_score.device.type, enabled=False):
-            value = self.surrogate(cls_score.float(), label, ignore_index)
+            value = self.surrogate(cls_score, label, ignore_index)
         return self.loss_weight * (1.0 - value)
 
     @property
@@ -100,4 +104,5 @@ class AutoSegLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f'target_metric={self.surrogate.name!r}, '
                 f'parameterization={self.surrogate.parameterization!r}, '
-                f'num_pieces={self.surrogate.num_pieces}, loss_weight={self.loss_weight}')
+                f'num_pieces={self.surrogate.num_pieces}, loss_weight={self.loss_weight}, '
+                f'backend={self.surrogate.backend!r}')

@@ -1,4 +1,5 @@
-"""The fused C++ kernel (asl.fused) against its pure PyTorch twin (asl.functional).
+"""The C++ engine (asl.engines.cpp) against the plain PyTorch reference (asl.functional),
+which uses no C++ at all.
 
 Values and gradients of whole surrogates and of the kernel's parts: the one-hot ``G``
 specialisation (dense pass plus labelled-pixel correction), classes absent from an
@@ -11,12 +12,16 @@ import torch
 
 from asl import Surrogate
 from asl._ext import ext
-from asl.functional import (_eval_map, evaluate_stats, prepare_targets, surrogate_value)
-from asl.fused import fused_class_max, fused_stat_sums, plan_fused
+from asl.backend import surrogate_value as engine_value
+from asl.engines import cpp
+from asl.engines.ir import Op
+from asl.engines.lower import fused_program
+from asl.functional import eval_maps, evaluate_stats, prepare_targets
+from asl.functional import surrogate_value as reference_value
 
 from conftest import blob_labels
 
-pytestmark = pytest.mark.skipif(ext is None, reason='C++ kernels not built')
+pytestmark = pytest.mark.skipif(ext is None, reason='C++ engine not built')
 
 FORMULAS = [
     'mIoU', 'FWIoU', 'mAcc', 'gAcc', 'BIoU', 'BF1', 'mIoU + BIoU',
@@ -44,6 +49,13 @@ def case(kind, c=6, seed=9):
     return logits, label
 
 
+def surrogate_value(compiled, curves, logits, label, ignore_index=255, fused=True):
+    """The C++ engine (fused) or the reference."""
+    if fused:
+        return engine_value(compiled, curves, logits, label, ignore_index, backend='cpp')
+    return reference_value(compiled, curves, logits, label, ignore_index)
+
+
 def surrogate(formula, seed=2):
     s0 = Surrogate(formula)
     g = torch.Generator().manual_seed(seed)
@@ -67,32 +79,31 @@ def test_fused_matches_pytorch(formula, kind):
 @pytest.mark.parametrize('formula', FORMULAS)
 def test_all_statistics_run_in_the_kernel(formula):
     """Only class maxima of P-dependent maps and non-per-class sums stay on PyTorch."""
-    plan = plan_fused(surrogate(formula).compiled)
-    assert plan.fused == list(range(len(plan.compiled.stats)))
-    assert all(p is not None for p in plan.extra_plans)
+    compiled = surrogate(formula).compiled
+    fp = fused_program(compiled)
+    assert list(fp.stats) == list(range(len(compiled.stats)))
+    assert all(x.program is not None for x in fp.extras)
 
 
 def test_g_specialisation_evaluates_one_curve_per_element():
     """mIoU's dense (G = 0) program keeps the OR curve only; the AND curve runs on the
     labelled pixels."""
-    plan = plan_fused(Surrogate('mIoU').compiled)
-    curves = [row for row in plan.final.live_code()[0] if row[0] == 5]
-    assert [row[3] for row in curves] == [1]
-    corr = [row[3] for row in plan.correction.live_code()[0] if row[0] == 5]
-    assert sorted(corr) == [0, 1]
+    fp = fused_program(Surrogate('mIoU').compiled)
+    assert [ins.b for ins in fp.final.instrs if ins.op is Op.CURVE] == [1]
+    assert sorted(ins.b for ins in fp.correction.instrs if ins.op is Op.CURVE) == [0, 1]
 
 
 @pytest.mark.parametrize('formula', ['mIoU', 'BF1', 'mean_c(sum(dilate(P & G, 2)) / sum(G))'])
 def test_float64_sums_and_gradients(formula):
-    """The kernel in float64 against evaluate_stats in float64."""
+    """The engine in float64 against evaluate_stats in float64."""
     s = surrogate(formula)
     logits, label = case('absent')
     p = logits.double().softmax(1)
     pa, pb = p.clone().requires_grad_(), p.clone().requires_grad_()
-    plan = plan_fused(s.compiled)
-    sums = fused_stat_sums(plan, s.curves, pa, label, 255, [])
+    fp = fused_program(s.compiled)
+    sums = cpp.stat_sums(fp, s.curves, pa, label, 255, [], from_logits=False)
     g, m = prepare_targets(label, p.shape[1], dtype=torch.float64)
-    ref = torch.stack([evaluate_stats(s.compiled, pb, g, m, s.curves)[i] for i in plan.fused])
+    ref = torch.stack([evaluate_stats(s.compiled, pb, g, m, s.curves)[i] for i in fp.stats])
     assert sums.dtype == torch.float64
     assert torch.allclose(sums, ref, atol=1e-10, rtol=1e-12)
     w = torch.randn(ref.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -102,14 +113,15 @@ def test_float64_sums_and_gradients(formula):
 
 
 def test_class_max_map_mode():
-    """BIoU's band (a class maximum of a P-independent pooled map) from the kernel."""
+    """BIoU's band (a class maximum of a P-independent pooled map) from the engine."""
     s = Surrogate('BIoU', theta='paper')
-    plan = plan_fused(s.compiled)
+    fp = fused_program(s.compiled)
     logits, label = case('absent')
     p = logits.softmax(1)
-    band = fused_class_max(plan, 0, s.curves, p, label, 255)
+    x = fp.extras[0]
+    band = cpp.class_max(x.program, x.skip_bg, s.curves, label, p.shape[1], 255, p.dtype)
     g, m = prepare_targets(label, p.shape[1])
-    ref = _eval_map(plan.extras[0], {'P': p, 'G': g, 'M': m}, s.curves, {})
+    ref = eval_maps(s.compiled, {'P': p, 'G': g, 'M': m}, s.curves)[x.node.index]
     assert band.shape == ref.shape
     assert torch.equal(band, ref)
 

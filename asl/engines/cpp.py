@@ -1,0 +1,138 @@
+"""The C++ engine: a :class:`~asl.engines.ir.FusedProgram` on CPU tensors (``asl._C``).
+
+The engine works plane by plane (one image and one class at a time), without
+materializing any (N, C, H, W) intermediate:
+
+* the elementwise parts are register programs run on blocks of pixels;
+* the input of every pool is computed for the plane only, row by row as the programs
+  reading its pooled map need it; programs read pooled maps and stage inputs as leaves;
+* the final program (``G = 0``) runs on every pixel, the correction program on the
+  pixels labelled with the plane's class (for mIoU one curve per element instead of
+  two); planes of classes absent from an image run the absent-class version;
+* the forward pass keeps the stage maps and the partial derivatives of the
+  ``P``-dependent stage programs that the backward pass needs; the backward pass runs the
+  programs in reverse mode and propagates ``dL/d(map)`` through the pools (the gradient
+  of a pool goes to the first maximum of each window, along W then H, as
+  :func:`asl.functional.max_pool`'s does) and writes ``dL/dP`` plane by plane;
+* from logits, the softmax runs in the same autograd function and its backward turns
+  ``dL/dP`` into the logits' gradient in place.
+
+The result is the function of :func:`asl.functional.evaluate_stats` (tested against
+it); only the order of floating-point operations differs. Sums are accumulated per plane
+in float64 and the planes are summed in a fixed order, so the result does not depend on
+the number of threads.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+
+from .._ext import ext
+from ..curves import MIN_SLOPE_DENOMINATOR, Curve
+from ..functional import check_labels
+from . import ir
+from .lower import curve_table
+
+__all__ = ['available', 'Program', 'stat_sums', 'class_max']
+
+
+def available() -> bool:
+    """Whether the C++ extension is built (and matches this package's opcodes)."""
+    return ext is not None
+
+
+class Program:
+    """A fused program loaded into the C++ engine, with the curve table of its last
+    curve list (the surrogate passes the same list on every call)."""
+
+    def __init__(self, fp: ir.FusedProgram):
+        if ext is None:
+            raise RuntimeError('the C++ engine is not built (asl._C is missing): reinstall '
+                               'asl with a C++ compiler, or use backend="torch"')
+        self.fp = fp
+        self.loaded = ext.load_program(fp)
+        self._curves: Optional[tuple] = None
+        self._table = None
+
+    def table(self, curves: Sequence[Curve]):
+        if self._curves != tuple(curves):  # curves compare by identity
+            self._table = curve_table(curves, self.fp.num_curves)
+            self._curves = tuple(curves)
+        return self._table
+
+    def run(self, curves, p, label, extras, ignore_index, grad=None, saved=(), save=False,
+            c_lo=0, out_slot=-1) -> List[torch.Tensor]:
+        table, ks = self.table(curves)
+        try:
+            return ext.fused_engine(self.loaded, table, ks, p, label, list(extras),
+                                    ignore_index, MIN_SLOPE_DENOMINATOR, grad, list(saved),
+                                    save, c_lo, out_slot)
+        except RuntimeError as e:  # the kernel validates the labels as it reads them
+            if 'invalid label values' in str(e):
+                check_labels(label, p.shape[1], ignore_index)  # raises the ValueError
+            raise
+
+
+def loaded(fp: ir.FusedProgram) -> Program:
+    """The C++ engine's copy of ``fp`` (made once; kept in a cache on the program)."""
+    cache = _CACHE.get(id(fp))
+    if cache is None or cache.fp is not fp:
+        cache = Program(fp)
+        _CACHE[id(fp)] = cache
+    return cache
+
+
+_CACHE: dict = {}
+
+
+class _FusedStats(torch.autograd.Function):
+    """The program's sums of ``p``, or with ``from_logits`` of ``softmax(x, 1)`` (the
+    softmax and its backward then run here: its output is kept, and the gradient is turned
+    into the logits' gradient in place)."""
+
+    @staticmethod
+    def forward(ctx, x, label, prog, curves, ignore_index, from_logits, *extras):
+        save = ctx.needs_input_grad[0]
+        p = ext.softmax_forward(x) if from_logits else x
+        res = prog.run(curves, p, label, extras, ignore_index, save=save)
+        n, c = p.shape[:2]
+        ctx.save_for_backward(p, label, *extras, *res[1:])
+        ctx.prog, ctx.curves, ctx.ignore_index = prog, curves, ignore_index
+        ctx.num_extras, ctx.from_logits = len(extras), from_logits
+        return res[0].view(n, c, -1).sum(0).t().to(p.dtype)  # (S, C)
+
+    @staticmethod
+    def backward(ctx, grad):
+        p, label, *rest = ctx.saved_tensors
+        extras, saved = rest[:ctx.num_extras], rest[ctx.num_extras:]
+        prog, curves = ctx.prog, ctx.curves
+        if getattr(ctx, 'consumed', False):  # a second backward (retain_graph): recompute
+            saved = prog.run(curves, p, label, extras, ctx.ignore_index, save=True)[1:]
+        # dL/dP goes into the first kept map (no new tensor to fault in); it is used up
+        (dp, ) = prog.run(curves, p, label, extras, ctx.ignore_index, grad=grad.contiguous(),
+                          saved=saved, out_slot=0 if saved else -1)
+        ctx.consumed = bool(saved)
+        if ctx.from_logits:
+            ext.softmax_backward_(p, dp)
+        return (dp, None, None, None, None, None) + (None, ) * len(extras)
+
+
+def stat_sums(fp: ir.FusedProgram, curves: Sequence[Curve], x: torch.Tensor,
+              label: torch.Tensor, ignore_index: int, extras: Sequence[torch.Tensor],
+              from_logits: bool = True) -> torch.Tensor:
+    """(S, C) sums of the program's statistics, differentiable with respect to ``x``: the
+    logits (float32 or float64), whose softmax over dim 1 is ``P``, or with
+    ``from_logits=False`` ``P`` itself."""
+    return _FusedStats.apply(x.contiguous(), label, loaded(fp), tuple(curves), ignore_index,
+                             from_logits, *[e.contiguous() for e in extras])
+
+
+def class_max(fp: ir.FusedProgram, skip_bg: bool, curves: Sequence[Curve], label: torch.Tensor,
+              num_classes: int, ignore_index: int, dtype: torch.dtype) -> torch.Tensor:
+    """The (N, 1, H, W) class maximum of a map-mode program (``P``-independent)."""
+    n, h, w = label.shape
+    p = torch.empty((n, num_classes, h, w), dtype=dtype)  # (never read: P-independent)
+    with torch.no_grad():
+        return loaded(fp).run(curves, p, label, [], ignore_index,
+                              c_lo=1 if skip_bg else 0)[0]

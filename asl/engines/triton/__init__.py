@@ -1,0 +1,442 @@
+"""The Triton engine: a :class:`~asl.engines.ir.FusedProgram` on CUDA tensors.
+
+How it evaluates the surrogate's sums and their gradient (all in float32, whatever the
+logits' dtype: float32, float16 or bfloat16; the gradient is returned in the logits'
+dtype):
+
+* **without pools** (mIoU, FWIoU, mAcc, gAcc, and BIoU once its band is computed): one
+  kernel reads each tile of logits once, computes the softmax, runs the final program
+  (``G = 0``) on every class and the correction program on each pixel's labelled class
+  only (so mIoU evaluates one curve per element, not two), and writes per-tile, per-class
+  partial sums; the backward pass is one kernel that recomputes the softmax from the
+  logits, runs the reverse sweeps and the softmax backward, and writes the logits'
+  gradient. Nothing of size (N, C, H, W) is kept between the two;
+* **with pools** (BF1, formulas with ``erode``/``dilate``): each stage's input map is
+  computed by a generated kernel (binary maps that do not depend on ``P`` are stored as
+  bytes) and pooled in two separable passes (along H, then W; an erosion of ``G`` reads
+  the labels directly). A pool of a ``P``-dependent map also stores, per pass, the offset
+  of each window's winner (int8), which is all its backward pass needs. The forward pass
+  keeps only the stage maps the reverse sweeps read and those offsets; the backward pass
+  writes ``dL/dP`` and the stage maps' adjoints, routes each pool's adjoint to its winners
+  by gathering (each position sums the adjoints of the windows it won, in a fixed order),
+  runs the stage programs backwards, and ends with the softmax backward;
+* the class maxima of ``P``-independent maps (BIoU's band) run in map mode first.
+
+Determinism: no kernel uses atomics; partial sums are reduced on the host in a fixed
+order (float64), so the loss and the gradient are bit-identical from run to run on the
+same device and inputs, with or without ``torch.use_deterministic_algorithms(True)``.
+Ties in a pool go to the first position of the window (as in the PyTorch reference).
+
+Labels are checked in the forward kernel (one device-to-host read per call): a value
+that is neither a class index nor ``ignore_index`` raises the same ``ValueError`` as the
+PyTorch path.
+
+The kernels are generated per fused program and curve piece counts
+(:mod:`asl.engines.triton.codegen`), written to a cache folder (``$ASL_TRITON_CACHE``,
+default ``<tmp>/asl_triton_<user>``) and imported from there, which Triton needs to read
+their source. On CPU tensors the engine runs only under Triton's interpreter
+(``TRITON_INTERPRET=1``), which is how the tests check it.
+"""
+from __future__ import annotations
+
+import getpass
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ...curves import MIN_SLOPE_DENOMINATOR, Curve
+from ...functional import check_labels
+from .. import ir
+from ..ir import Op
+from ..lower import curve_table
+
+__all__ = ['available', 'stat_sums', 'class_max', 'record_launches']
+
+
+def available() -> bool:
+    """Whether Triton is installed."""
+    return importlib.util.find_spec('triton') is not None
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def tile_block(cp: int) -> int:
+    """Pixels per tile for ``cp`` padded classes: about 2048 elements per tile (a power
+    of two between 16 and 256)."""
+    return max(16, min(256, 2048 // cp))
+
+
+POOL_BLOCK = 512
+
+_RECORDER: Optional[list] = None
+
+
+class record_launches:
+    """Context manager recording every kernel launch as ``(module file, kernel name,
+    argument types, constexprs)`` (to compile them ahead of time for a GPU,
+    ``tools/gpu/compile_kernels.py``)."""
+
+    def __enter__(self):
+        global _RECORDER
+        self.launches: list = []
+        _RECORDER = self.launches
+        return self.launches
+
+    def __exit__(self, *exc):
+        global _RECORDER
+        _RECORDER = None
+        return False
+
+
+_TYPES = {torch.float32: 'fp32', torch.float16: 'fp16', torch.bfloat16: 'bf16',
+          torch.float64: 'fp64', torch.uint8: 'u8', torch.int8: 'i8', torch.int16: 'i16',
+          torch.int32: 'i32', torch.int64: 'i64', torch.bool: 'i1'}
+
+
+def _launch(kernel, grid, *args, **meta):
+    if _RECORDER is not None:
+        fn = getattr(kernel, 'fn', kernel)
+        types = [f'*{_TYPES[a.dtype]}' if isinstance(a, torch.Tensor) else
+                 ('i64' if abs(int(a)) >= 2**31 else 'i32') for a in args]
+        _RECORDER.append((fn.__code__.co_filename, fn.__name__, types, dict(meta)))
+    kernel[grid](*args, **meta)
+
+
+# ----------------------------------------------------------------------------------
+# Generated kernels
+# ----------------------------------------------------------------------------------
+def cache_dir() -> str:
+    """Where the generated kernel modules are written."""
+    d = os.environ.get('ASL_TRITON_CACHE')
+    if not d:
+        try:
+            user = getpass.getuser()
+        except Exception:  # pragma: no cover - no user name
+            user = str(os.getuid())
+        d = os.path.join(tempfile.gettempdir(), f'asl_triton_{user}')
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+_MODULES: Dict[str, object] = {}
+
+
+def _import_source(source: str):
+    key = hashlib.sha256(source.encode()).hexdigest()[:20]
+    mod = _MODULES.get(key)
+    if mod is not None:
+        return mod
+    name = f'asl_fused_{key}'
+    path = os.path.join(cache_dir(), name + '.py')
+    if not os.path.exists(path) or open(path).read() != source:
+        tmp = f'{path}.{os.getpid()}.tmp'
+        with open(tmp, 'w') as f:
+            f.write(source)
+        os.replace(tmp, path)
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    _MODULES[key] = mod
+    return mod
+
+
+class Kernels:
+    """The generated kernels of one fused program and curve piece counts, and what the
+    engine derives from the program: which stages pool the labels directly, and which
+    maps the backward pass reads."""
+
+    def __init__(self, fp: ir.FusedProgram, pieces: Tuple[int, ...]):
+        from . import codegen
+        self.fp = fp
+        source, first = codegen.generate(fp, pieces, MIN_SLOPE_DENOMINATOR)
+        self.module = _import_source(source)
+        self.first_writes = set(first)
+        self.from_labels = [
+            not st.direct_p and len(st.input.instrs) == 1 and st.input.instrs[0].op is Op.G
+            and st.input.outputs[0].reg == 0 for st in fp.stages]
+        # the stage maps a reverse sweep reads
+        self.keep_in = [False] * len(fp.stages)
+        self.keep_out = [False] * len(fp.stages)
+        progs = [fp.final, fp.correction] + [st.input for st in fp.stages
+                                             if st.active and not st.direct_p]
+        for prog in progs:
+            if prog is None:
+                continue
+            for ins in prog.instrs:
+                if ins.needed and ins.op is Op.STAGE_IN:
+                    self.keep_in[ins.a] = True
+                if ins.needed and ins.op is Op.POOL:
+                    self.keep_out[ins.a] = True
+
+
+_KERNELS: Dict[tuple, Kernels] = {}
+
+
+def kernels_for(fp: ir.FusedProgram, pieces: Tuple[int, ...]) -> Kernels:
+    key = (id(fp), pieces)
+    k = _KERNELS.get(key)
+    if k is None or k.fp is not fp:
+        k = Kernels(fp, pieces)
+        _KERNELS[key] = k
+    return k
+
+
+class _Tables:
+    """The curve table of the last curve list, per device."""
+
+    def __init__(self):
+        self.curves = None
+        self.by_device: Dict[torch.device, torch.Tensor] = {}
+        self.pieces: Tuple[int, ...] = ()
+
+    def get(self, fp: ir.FusedProgram, curves: Sequence[Curve], device) -> torch.Tensor:
+        if self.curves != tuple(curves):
+            table, ks = curve_table(curves, fp.num_curves)
+            self.cpu = table.float().contiguous()
+            self.pieces = tuple(int(k) for k in ks.tolist())
+            self.by_device = {}
+            self.curves = tuple(curves)
+        t = self.by_device.get(device)
+        if t is None:
+            t = self.by_device[device] = self.cpu.to(device)
+        return t
+
+
+_TABLES: Dict[int, Tuple[ir.FusedProgram, _Tables]] = {}
+
+
+def _tables(fp: ir.FusedProgram) -> _Tables:
+    entry = _TABLES.get(id(fp))
+    if entry is None or entry[0] is not fp:
+        entry = (fp, _Tables())
+        _TABLES[id(fp)] = entry
+    return entry[1]
+
+
+# ----------------------------------------------------------------------------------
+# Host side
+# ----------------------------------------------------------------------------------
+class _Call:
+    """The shapes and launch settings of one call."""
+
+    def __init__(self, fp: ir.FusedProgram, kernels: Kernels, x: torch.Tensor,
+                 label: torch.Tensor, table: torch.Tensor, extras: Sequence[torch.Tensor],
+                 ignore_index: int, num_classes: int):
+        self.fp, self.k = fp, kernels
+        self.N, self.H, self.W = label.shape
+        self.C = num_classes
+        self.HW = self.H * self.W
+        self.CP = _next_pow2(self.C)
+        self.BLOCK = tile_block(self.CP)
+        self.T = -(-self.HW // self.BLOCK)
+        self.device = label.device
+        self.x, self.label, self.table = x, label, table
+        self.extras = list(extras)
+        self.ignore_index = int(ignore_index)
+        self.dummy = torch.zeros(1, dtype=torch.float32, device=self.device)
+
+    def args(self, dst=None, w=None, bad=None, dp=None, maps_in=(), maps_out=(), ain=(),
+             aout=(), c_lo=0) -> list:
+        d = self.dummy
+        out = [self.x if self.x is not None else d, self.label, self.table,
+               d if w is None else w, d if dst is None else dst, d if bad is None else bad,
+               d if dp is None else dp]
+        out += self.extras
+        J = len(self.fp.stages)
+        for j in range(J):
+            for lst in (maps_in, maps_out, ain, aout):
+                t = lst[j] if j < len(lst) else None
+                out.append(d if t is None else t)
+        return out + [self.C, self.HW, self.ignore_index, c_lo, self.T]
+
+    def launch(self, name: str, **kw) -> None:
+        kernel = getattr(self.k.module, name)
+        _launch(kernel, (self.T, self.N), *self.args(**kw), CP=self.CP, BLOCK=self.BLOCK)
+
+    def new(self, dtype) -> torch.Tensor:
+        return torch.empty((self.N, self.C, self.H, self.W), dtype=dtype, device=self.device)
+
+    def pool(self, j: int, src: Optional[torch.Tensor], dtype, offsets: bool):
+        """Stage j's pool of ``src`` (or of the labels' one-hot map): the pooled map and,
+        with ``offsets``, the winners' offsets of the two passes."""
+        st = self.fp.stages[j]
+        from_labels = src is None
+        odt = torch.int8 if st.radius <= 127 else torch.int16
+        off_h = self.new(odt) if offsets else None
+        off_w = self.new(odt) if offsets else None
+        tmp, out = self.new(dtype), self.new(dtype)
+        grid = (-(-self.HW // POOL_BLOCK), self.N * self.C)
+        from . import kernels as K
+        d = self.dummy
+        for src_t, dst, off, along_w, lab in ((src, tmp, off_h, False, from_labels),
+                                              (tmp, out, off_w, True, False)):
+            _launch(K.pool_pass, grid, d if src_t is None else src_t, self.label, dst,
+                    d if off is None else off, self.C, self.H, self.W, R=st.radius,
+                    ALONG_W=along_w, IS_MIN=st.pool is ir.Pool.MIN, FROM_LABELS=lab,
+                    WRITE_OFF=offsets, BLOCK=POOL_BLOCK)
+        return out, (off_h, off_w)
+
+    def stages_forward(self, need_grad: bool):
+        """Every stage's input and pooled maps (None where not materialized) and the
+        offsets of the pools of P-dependent maps."""
+        J = len(self.fp.stages)
+        maps_in: List[Optional[torch.Tensor]] = [None] * J
+        maps_out: List[Optional[torch.Tensor]] = [None] * J
+        offsets: List[tuple] = [(None, None)] * J
+        for j, st in enumerate(self.fp.stages):
+            dtype = torch.uint8 if st.binary and not st.active else torch.float32
+            src = None
+            if not self.k.from_labels[j]:
+                src = self.new(dtype)
+                self.launch(f'stage_fwd_{j}', dst=src, maps_in=maps_in, maps_out=maps_out)
+                maps_in[j] = src
+            keep_off = need_grad and st.active
+            maps_out[j], offsets[j] = self.pool(j, src, dtype, keep_off)
+        return maps_in, maps_out, offsets
+
+
+def _forward(fp: ir.FusedProgram, kern: Kernels, x: torch.Tensor, label: torch.Tensor,
+             table: torch.Tensor, extras, ignore_index: int, need_grad: bool):
+    call = _Call(fp, kern, x, label, table, extras, ignore_index, x.shape[1])
+    maps_in, maps_out, offsets = call.stages_forward(need_grad)
+    S = len(fp.final.outputs)
+    part = torch.empty((call.N, call.T, S, call.CP), dtype=torch.float32, device=call.device)
+    bad = torch.empty((call.N, call.T), dtype=torch.int32, device=call.device)
+    call.launch('stats_fwd', dst=part, bad=bad, maps_in=maps_in, maps_out=maps_out)
+    if bool(bad.any()):
+        check_labels(label, call.C, ignore_index)  # raises the ValueError
+        raise ValueError('invalid label values')  # pragma: no cover
+    sums = part.to(torch.float64).sum((0, 1))[:, :call.C].to(torch.float32)
+    if not need_grad:
+        return sums, None
+    kept_in = [m if kern.keep_in[j] else None for j, m in enumerate(maps_in)]
+    kept_out = [m if kern.keep_out[j] else None for j, m in enumerate(maps_out)]
+    return sums, (kept_in, kept_out, offsets)
+
+
+def _backward(fp: ir.FusedProgram, kern: Kernels, x: torch.Tensor, label: torch.Tensor,
+              table: torch.Tensor, extras, ignore_index: int, kept, grad: torch.Tensor):
+    call = _Call(fp, kern, x, label, table, extras, ignore_index, x.shape[1])
+    maps_in, maps_out, offsets = kept
+    S, C = grad.shape
+    w = torch.zeros((S, call.CP), dtype=torch.float32, device=call.device)
+    w[:, :C] = grad.float()
+    dx = torch.empty_like(x)
+    J = len(fp.stages)
+    if J == 0:
+        call.launch('stats_bwd', dst=dx, w=w)
+        return dx
+    dp = call.new(torch.float32)
+    ain: List[Optional[torch.Tensor]] = [None] * J
+    aout: List[Optional[torch.Tensor]] = [None] * J
+    for j, st in enumerate(fp.stages):
+        if not st.active:
+            continue
+        first = kern.first_writes
+        aout[j] = call.new(torch.float32) if (Op.POOL, j) in first else torch.zeros(
+            (call.N, C, call.H, call.W), device=call.device)
+        if not st.direct_p:
+            ain[j] = call.new(torch.float32) if (Op.STAGE_IN, j) in first else torch.zeros(
+                (call.N, C, call.H, call.W), device=call.device)
+    call.launch('stats_bwd', w=w, dp=dp, maps_in=maps_in, maps_out=maps_out, ain=ain,
+                aout=aout)
+    from . import kernels as K
+    grid = (-(-call.HW // POOL_BLOCK), call.N * C)
+    for j in reversed(range(J)):
+        st = fp.stages[j]
+        if not st.active:
+            continue
+        off_h, off_w = offsets[j]
+        tmp = call.new(torch.float32)
+        _launch(K.pool_grad_pass, grid, aout[j], off_w, tmp, call.H, call.W, R=st.radius,
+                ALONG_W=True, ACCUMULATE=False, BLOCK=POOL_BLOCK)
+        target = dp if st.direct_p else ain[j]
+        _launch(K.pool_grad_pass, grid, tmp, off_h, target, call.H, call.W, R=st.radius,
+                ALONG_W=False, ACCUMULATE=True, BLOCK=POOL_BLOCK)
+        del tmp
+        aout[j] = None
+        if not st.direct_p:
+            call.launch(f'stage_bwd_{j}', dp=dp, maps_in=maps_in, maps_out=maps_out, ain=ain,
+                        aout=aout)
+            ain[j] = None
+    _launch(K.softmax_backward, (call.T, call.N), x, dp, dx, C, call.HW, CP=call.CP,
+            BLOCK=call.BLOCK)
+    return dx
+
+
+def _device_guard(device: torch.device):
+    if device.type == 'cuda':
+        return torch.cuda.device(device)
+    import contextlib
+    return contextlib.nullcontext()
+
+
+class _TritonStats(torch.autograd.Function):
+    """The program's (S, C) sums of ``softmax(x, 1)``; the gradient is the logits'."""
+
+    @staticmethod
+    def forward(ctx, x, label, fp, kern, table, ignore_index, *extras):
+        need = ctx.needs_input_grad[0]
+        with _device_guard(x.device):
+            sums, kept = _forward(fp, kern, x, label, table, extras, ignore_index, need)
+        if need:
+            ctx.save_for_backward(x, label, table, *extras)
+            ctx.fp, ctx.kern, ctx.ignore_index, ctx.kept = fp, kern, ignore_index, kept
+        return sums
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, label, table, *extras = ctx.saved_tensors
+        with _device_guard(x.device):
+            dx = _backward(ctx.fp, ctx.kern, x, label, table, extras, ctx.ignore_index,
+                           ctx.kept, grad.contiguous())
+        return (dx, None, None, None, None, None) + (None, ) * len(extras)
+
+
+def _check(x: torch.Tensor) -> None:
+    if x.device.type == 'cpu' and os.environ.get('TRITON_INTERPRET', '0') != '1':
+        raise RuntimeError('the Triton engine runs on CPU tensors only under Triton\'s '
+                           'interpreter (TRITON_INTERPRET=1)')
+
+
+def stat_sums(fp: ir.FusedProgram, curves: Sequence[Curve], x: torch.Tensor,
+              label: torch.Tensor, ignore_index: int,
+              extras: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(S, C) float32 sums of the program's statistics of ``P = softmax(x, 1)``,
+    differentiable with respect to the logits ``x`` (float32, float16 or bfloat16)."""
+    _check(x)
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise ValueError(f'logits must be a floating tensor, got {x.dtype}')
+    tabs = _tables(fp)
+    table = tabs.get(fp, curves, x.device)
+    kern = kernels_for(fp, tabs.pieces)
+    xs = [e.to(device=x.device, dtype=torch.float32).contiguous() for e in extras]
+    return _TritonStats.apply(x.contiguous(), label.contiguous(), fp, kern, table,
+                              int(ignore_index), *xs)
+
+
+def class_max(fp: ir.FusedProgram, skip_bg: bool, curves: Sequence[Curve], label: torch.Tensor,
+              num_classes: int, ignore_index: int, dtype: torch.dtype) -> torch.Tensor:
+    """The (N, 1, H, W) class maximum of a map-mode program (``P``-independent)."""
+    n, h, w = label.shape
+    c_lo = 1 if skip_bg else 0
+    if num_classes - c_lo <= 0:
+        return torch.zeros((n, 1, h, w), dtype=dtype, device=label.device)
+    tabs = _tables(fp)
+    table = tabs.get(fp, curves, label.device)
+    kern = kernels_for(fp, tabs.pieces)
+    label = label.contiguous()
+    with torch.no_grad(), _device_guard(label.device):
+        call = _Call(fp, kern, None, label, table, [], ignore_index, num_classes)
+        maps_in, maps_out, _ = call.stages_forward(False)
+        out = torch.empty((n, 1, h, w), dtype=torch.float32, device=label.device)
+        call.launch('map_fwd', dst=out, maps_in=maps_in, maps_out=maps_out, c_lo=c_lo)
+    return out.to(dtype)
