@@ -3,7 +3,6 @@
 Skipped only where Slurm cannot be installed (the fixture says why).
 """
 import glob
-import json
 import os
 import signal
 import subprocess
@@ -15,10 +14,12 @@ import pytest
 pytest.importorskip('mmseg')
 
 from asl.search import slurm  # noqa: E402
-from test_search import NAME, ROOT, TINY, _env, _journal, reference_search  # noqa: E402,F401
+from search_fixtures import (CONFIG, NAME, ROOT, SAMPLES, STEPS, TINY,  # noqa: E402
+                             assert_same_search, env, events_of, journal, search_losses, tail,
+                             wait_for)
 from test_slurm_cluster import slurm_cluster  # noqa: E402,F401
 
-CONFIG = os.path.join(ROOT, 'configs', 'search', 'demo', NAME + '.py')
+_env = env
 
 
 def _slurm_cmd(work_dir, *extra):
@@ -28,32 +29,22 @@ def _slurm_cmd(work_dir, *extra):
 
 
 def _wait_for(pred, proc, what, timeout=900):
-    deadline = time.time() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        assert proc.poll() is None, f'the search ended before {what}'
-        assert time.time() < deadline, f'timed out waiting for {what}'
-        time.sleep(0.1)
+    return wait_for(pred, proc, what, timeout)
 
 
 def test_slurm_search_matches_the_local_one(slurm_cluster, reference_search, tmp_path):
-    ref_work, ref_out = reference_search
-    assert ref_out.returncode == 0
-    ref = json.load(open(os.path.join(ref_work, 'best.json')))
+    """Every trial a Slurm job: the same search as the local reference, number for number,
+    down to the per-iteration losses of every trial."""
+    ref, ref_out = reference_search
+    assert ref_out.returncode == 0, tail(ref_out)
     work = tmp_path / 'search'
     out = subprocess.run(_slurm_cmd(work), cwd=ROOT, env=_env(), capture_output=True,
                          text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    best = json.load(open(work / 'best.json'))
-    assert best['raw_theta'] == ref['raw_theta']
-    assert [s['rewards'] for s in best['steps']] == [s['rewards'] for s in ref['steps']]
-    events = _journal(work)
-    launched = [e for e in events if e['event'] == 'trial_launched']
-    assert len(launched) == 4 and all(e['executor'] == 'slurm' for e in launched)
-    assert [e['event'] for e in events] == [e['event'] for e in _journal(ref_work)] or \
-        sorted(e['event'] for e in events) == sorted(e['event'] for e in _journal(ref_work))
+    assert out.returncode == 0, tail(out)
+    launched = events_of(work, 'trial_launched')
+    assert len(launched) == STEPS * SAMPLES and all(e['executor'] == 'slurm' for e in launched)
+    assert_same_search(work, ref)
+    assert search_losses(work) == search_losses(ref)
     for e in launched:  # a Slurm job per trial, named after the search and the trial
         job = os.path.join(e['work_dir'], 'job.sh')
         text = open(job).read()
@@ -70,7 +61,7 @@ def test_scancel_from_outside_is_a_failed_trial_then_retried(slurm_cluster, tmp_
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        ev = _wait_for(lambda: [e for e in _journal(work) if e['event'] == 'trial_launched'
+        ev = _wait_for(lambda: [e for e in journal(work) if e['event'] == 'trial_launched'
                                 and e['index'] == 1], proc, 'the second trial was launched')
         job = ev[0]['info']['job_id']
         subprocess.run(['scancel', job], check=True, timeout=60)
@@ -78,24 +69,25 @@ def test_scancel_from_outside_is_a_failed_trial_then_retried(slurm_cluster, tmp_
     finally:
         if proc.poll() is None:
             proc.kill()
-    events = _journal(work)
+    events = journal(work)
     failed = [e for e in events if e['event'] == 'trial_failed']
     assert len(failed) == 1 and failed[0]['index'] == 1 and not failed[0]['final']
     assert failed[0]['kind'] == 'slurm:CANCELLED' and 'cancel' in failed[0]['reason'].lower()
     assert job in failed[0]['reason']
     retried = [e for e in events if e['event'] == 'trial_launched' and e['index'] == 1]
     assert [e['attempt'] for e in retried] == [1, 2] and retried[1]['info']['job_id'] != job
-    assert sum(1 for e in events if e['event'] == 'trial_finished') == 2
+    assert len([e for e in events if e['event'] == 'trial_finished']) == SAMPLES
 
 
 def test_controller_killed_and_resumed_waits_for_its_running_jobs(slurm_cluster,
                                                                   reference_search, tmp_path):
-    ref = json.load(open(os.path.join(reference_search[0], 'best.json')))
+    ref, _ = reference_search
     work = tmp_path / 'search'
     proc = subprocess.Popen(_slurm_cmd(work), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
+
     def two_launched():
-        ev = [e for e in _journal(work) if e['event'] == 'trial_launched']
+        ev = events_of(work, 'trial_launched')
         return ev if len(ev) >= 2 else None
 
     launched = _wait_for(two_launched, proc, 'two trials were launched')
@@ -106,14 +98,12 @@ def test_controller_killed_and_resumed_waits_for_its_running_jobs(slurm_cluster,
     assert any(not live[j].finished for j in jobs), 'the jobs should outlive the controller'
     out = subprocess.run(_slurm_cmd(work), cwd=ROOT, env=_env(), capture_output=True,
                          text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    events = _journal(work)
+    assert out.returncode == 0, tail(out)
     for idx in (0, 1):  # no duplicate jobs for the trials that were running
-        assert sum(1 for e in events if e['event'] == 'trial_launched' and e['step'] == 0
-                   and e['index'] == idx) == 1
+        assert len(events_of(work, 'trial_launched', step=0, index=idx)) == 1
     assert 're-attached' in out.stdout + out.stderr
-    best = json.load(open(work / 'best.json'))
-    assert best['raw_theta'] == ref['raw_theta']
+    assert_same_search(work, ref)
+    assert search_losses(work) == search_losses(ref)
 
 
 def test_stopping_the_search_cancels_its_jobs_only(slurm_cluster, tmp_path):
@@ -124,7 +114,7 @@ def test_stopping_the_search_cancels_its_jobs_only(slurm_cluster, tmp_path):
     proc = subprocess.Popen(_slurm_cmd(work), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        ev = _wait_for(lambda: [e for e in _journal(work) if e['event'] == 'trial_launched'],
+        ev = _wait_for(lambda: [e for e in journal(work) if e['event'] == 'trial_launched'],
                        proc, 'a trial was launched')
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 130
@@ -143,15 +133,15 @@ def test_stopping_the_search_cancels_its_jobs_only(slurm_cluster, tmp_path):
 
 def test_retrain_slurm_two_tasks_one_training(slurm_cluster, tmp_path):
     name = 'deeplabv3plus_r18tiny-d8_asl-miou_1xb8-1200_asldemo-64x64'
-    work = os.path.join(ROOT, 'work_dirs', 'retrain', name)
-    subprocess.run(['rm', '-rf', work], check=True)
-    env = dict(_env(), GPUS_PER_NODE='0', CPUS_PER_TASK='1', OMP_NUM_THREADS='1')
+    work = tmp_path / 'retrain'
+    env = dict(_env(), GPUS_PER_NODE='0', CPUS_PER_TASK='1', OMP_NUM_THREADS='1',
+               ASL_WORK_DIR=str(work))
     out = subprocess.run(['bash', 'ASL_retrain_slurm.sh', 'debug', name, '2', '1',
                           '--cfg-options', 'train_cfg.max_iters=4', 'train_cfg.val_interval=4',
                           'param_scheduler.0.end=4', 'default_hooks.checkpoint.interval=4'],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert os.path.isfile(os.path.join(work, 'iter_4.pth'))
-    log = open(glob.glob(os.path.join(work, '*', '*.log'))[0]).read()
+    assert out.returncode == 0, tail(out)
+    assert os.path.isfile(work / 'iter_4.pth')
+    log = open(glob.glob(str(work / '*' / '*.log'))[0]).read()
     assert 'Distributed launcher: slurm' in log and 'Distributed training: True' in log
     assert 'mIoU:' in log and 'BF1:' in log
