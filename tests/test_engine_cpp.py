@@ -204,3 +204,14 @@ def test_backward_twice():
     surrogate_value(s.compiled, s.curves, y, label, fused=False).backward()
     assert torch.equal(g1, g2)
     assert torch.allclose(g1, y.grad, atol=1e-9, rtol=1e-5)
+
+
+@pytest.mark.parametrize('formula', ['mIoU', 'FWIoU', 'BIoU', 'BF1'])
+def test_linear_curves_with_random_parameters(formula):
+    """Piecewise linear curves (each segment a Bezier piece in the engine's table)."""
+    s0 = Surrogate(formula, parameterization='linear')
+    g = torch.Generator().manual_seed(7)
+    raw = (torch.randn(s0.num_params(raw=True), generator=g) * 2).tolist()
+    s = Surrogate(formula, parameterization='linear', raw_theta=raw)
+    logits, label = case('absent')
+    _compare(s, logits, label)
