@@ -230,13 +230,17 @@ def per_class_values(compiled: CompiledMetric, sums: Sequence[torch.Tensor],
 
 
 def check_shapes(logits: torch.Tensor, label: torch.Tensor) -> None:
-    """Raise ValueError unless ``logits`` is (N, C, H, W) and ``label`` (N, H, W)."""
+    """Raise ValueError unless ``logits`` is (N, C, H, W) with at least one pixel and
+    ``label`` (N, H, W)."""
     if logits.dim() != 4:
         raise ValueError(f'logits must have shape (N, C, H, W), got {tuple(logits.shape)}')
     if label.shape != logits.shape[:1] + logits.shape[2:]:
         raise ValueError(f'label shape {tuple(label.shape)} does not match logits shape '
                          f'{tuple(logits.shape)}; expected '
                          f'{tuple(logits.shape[:1] + logits.shape[2:])}')
+    if logits.numel() == 0:
+        raise ValueError(f'logits of shape {tuple(logits.shape)} are empty: the surrogate '
+                         f'of an empty batch is not defined (skip the loss for it)')
 
 
 def surrogate_stats(compiled: CompiledMetric, curves: Sequence[Curve], logits: torch.Tensor,

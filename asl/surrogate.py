@@ -6,7 +6,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 
 from . import backend as _backend
-from .curves import PARAMETERIZATIONS, Curve, build_curves, params_per_curve
+from .curves import Curve, build_curves, curve_family, params_per_curve
 from .formula.compiler import CompiledMetric, compile_formula
 from .presets import paper_preset
 
@@ -25,8 +25,10 @@ class Surrogate:
             coordinates (what the search samples).
         parameterization (str): ``'bezier'``, ``'linear'`` or ``'identity'``.
             Default: ``'bezier'``.
-        num_pieces (int, optional): pieces per curve. Default: 2 for Bezier, 5 for
-            linear, or the preset's with ``theta='paper'``.
+        num_pieces (int, optional): pieces per curve. Default: inferred from the length of
+            ``theta`` when it is given (as the official loss did; the official re-training
+            configs never set it), else the family's default (Bezier 2, linear 5), or the
+            preset's with ``theta='paper'``.
         tol (int, optional): boundary tolerance in pixels. Default: 5.
         drop_bg (bool, optional): the metric's ``drop_bg`` option. Default: False, or
             the preset's with ``theta='paper'``.
@@ -42,9 +44,7 @@ class Surrogate:
                  drop_bg: Optional[bool] = None, backend: str = 'auto'):
         self.backend = _backend.requested_backend(backend)
         _backend.probe()
-        if parameterization not in PARAMETERIZATIONS:
-            raise ValueError(f'unknown parameterization {parameterization!r}; choose from '
-                             f'{", ".join(PARAMETERIZATIONS)}')
+        family = curve_family(parameterization)  # raises for an unknown name
         if isinstance(theta, str):
             if theta != 'paper':
                 raise ValueError(f"theta must be a list of numbers or 'paper', got {theta!r}")
@@ -59,17 +59,30 @@ class Surrogate:
                                  f'parameterization={parameterization!r}')
             theta, num_pieces = preset['theta'], preset['num_pieces']
             tol, drop_bg = preset['tol'], preset['drop_bg']
-        if num_pieces is None:
-            num_pieces = PARAMETERIZATIONS[parameterization][3]
-        self.parameterization = parameterization
-        self.num_pieces = num_pieces
-        params_per_curve(parameterization, num_pieces, raw=True)  # validates num_pieces
         self.compiled: CompiledMetric = compile_formula(
             target_metric, tol=5 if tol is None else tol,
             drop_bg=False if drop_bg is None else drop_bg)
+        if num_pieces is None:
+            num_pieces = self._infer_pieces(family, theta) or family.default_pieces
+        self.parameterization = parameterization
+        self.num_pieces = num_pieces
+        params_per_curve(parameterization, num_pieces, raw=True)  # validates num_pieces
         self.curves: List[Curve] = build_curves(parameterization, self.compiled.num_curves,
                                                 num_pieces, theta=theta, raw_theta=raw_theta,
                                                 layout='\n' + self.layout())
+
+    def _infer_pieces(self, family, theta) -> Optional[int]:
+        """The pieces per curve that ``theta``'s length implies, or None (no ``theta``, or
+        a length that fits no number of pieces: the length check then explains)."""
+        if theta is None or isinstance(theta, str) or not self.compiled.num_curves:
+            return None
+        try:
+            n = len(theta)
+        except TypeError:
+            return None
+        if n % self.compiled.num_curves:
+            return None
+        return family.pieces_from_coords(n // self.compiled.num_curves)
 
     @property
     def name(self) -> str:
@@ -94,13 +107,7 @@ class Surrogate:
         """All curves' control-point coordinates, flat, in the layout ``theta=`` takes
         (Bezier: ``x, y`` of each free point; linear: the interior knots). Building a
         surrogate from them gives the same curves."""
-        out: List[float] = []
-        for c in self.curves:
-            if hasattr(c, 'points'):
-                out.extend(c.points.reshape(-1).tolist())
-            elif hasattr(c, 'knots'):
-                out.extend(c.knots.reshape(-1).tolist())
-        return out
+        return [v for c in self.curves for v in c.coordinates()]
 
     def describe_curves(self) -> str:
         """The curves' control points, one line per curve."""

@@ -75,6 +75,11 @@ def tokenize(text: str) -> List[Token]:
 
 _COMPARE = ('>', '>=', '<', '<=', '==', '!=')
 
+#: Deepest nesting a formula may have (parentheses, calls, unary operators, and chains of
+#: binary operators all count): deeper formulas are refused with a FormulaSyntaxError
+#: instead of exhausting Python's recursion in the parser or the compiler.
+MAX_DEPTH = 50
+
 
 class _Parser:
 
@@ -82,6 +87,12 @@ class _Parser:
         self.text = text
         self.tokens = tokenize(text)
         self.i = 0
+        self.depth = 0
+
+    def nest(self):
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            self.error(f'the formula is nested deeper than the limit of {MAX_DEPTH} levels')
 
     # -- helpers ---------------------------------------------------------------
     @property
@@ -122,6 +133,13 @@ class _Parser:
         return Program(bindings=bindings, body=body, text=self.text)
 
     def expr(self) -> Node:
+        self.nest()
+        try:
+            return self._expr()
+        finally:
+            self.depth -= 1
+
+    def _expr(self) -> Node:
         left = self.binary_level(0)
         if self.tok[0] == 'op' and self.tok[1] in _COMPARE:
             op, pos = self.tok[1], self.tok[2]
@@ -147,7 +165,11 @@ class _Parser:
         if self.tok[0] == 'op' and self.tok[1] in ('~', '-', '+'):
             op, pos = self.tok[1], self.tok[2]
             self.i += 1
-            operand = self.unary()
+            self.nest()
+            try:
+                operand = self.unary()
+            finally:
+                self.depth -= 1
             return operand if op == '+' else Unary(op, operand, pos=pos)
         return self.atom()
 
@@ -192,4 +214,24 @@ def parse(text: str) -> Program:
     Raises:
         FormulaSyntaxError: the formula is malformed; the message names the position.
     """
-    return _Parser(text).program()
+    prog = _Parser(text).program()
+    for node in [v for _, v, _ in prog.bindings] + [prog.body]:
+        _check_depth(node, text)
+    return prog
+
+
+def _check_depth(root: Node, text: str) -> None:
+    """Refuse a syntax tree deeper than :data:`MAX_DEPTH` (long chains of binary
+    operators parse without recursion but make deep trees)."""
+    stack = [(root, 1)]
+    while stack:
+        node, d = stack.pop()
+        if d > MAX_DEPTH:
+            raise FormulaSyntaxError(f'the formula is nested deeper than the limit of '
+                                     f'{MAX_DEPTH} levels', text, node.pos)
+        if isinstance(node, Binary):
+            stack += [(node.left, d + 1), (node.right, d + 1)]
+        elif isinstance(node, Unary):
+            stack.append((node.operand, d + 1))
+        elif isinstance(node, Call):
+            stack += [(a, d + 1) for a in list(node.args) + list(node.kwargs.values())]

@@ -19,7 +19,8 @@ class SearchSettings:
     Attributes:
         target_metric: built-in metric name or a formula; the reward is its exact value
             on the hold-out split (as a fraction in [0, 1]).
-        parameterization: curve family of the surrogate (``'bezier'`` or ``'linear'``).
+        parameterization: curve family of the surrogate (a registered family with
+            parameters: ``'bezier'``, ``'linear'``, ...; see :mod:`asl.curves`).
         num_pieces: pieces (Bezier) or segments (linear) per curve; None = default.
         tol: boundary tolerance in pixels (boundary metrics).
         drop_bg: leave the background class out of the class mean.
@@ -98,8 +99,11 @@ def parse_search_section(section: Any, config_path: str = '<config>') -> SearchS
                           for k, v in section.items()})
     _check(isinstance(s.target_metric, str) and s.target_metric.strip() != '',
            f'search.target_metric must be a metric name or formula, got {s.target_metric!r}')
-    _check(s.parameterization in ('bezier', 'linear'),
-           f"search.parameterization must be 'bezier' or 'linear', got {s.parameterization!r}")
+    from ..curves import CURVES
+    searchable = [n for n, c in CURVES.items() if c.num_raw(c.default_pieces) > 0]
+    _check(s.parameterization in searchable,
+           f'search.parameterization must be a curve family with parameters '
+           f'({", ".join(searchable)}), got {s.parameterization!r}')
     _check(s.num_pieces is None or (isinstance(s.num_pieces, int) and s.num_pieces >= 1),
            f'search.num_pieces must be a positive integer, got {s.num_pieces!r}')
     _check(isinstance(s.tol, int) and s.tol >= 0,
