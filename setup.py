@@ -1,11 +1,20 @@
 """Install asl: ``pip install --no-build-isolation -e .`` (torch must be installed first).
 
 The package ships the C++ engine (``asl._C``, the surrogate's fused evaluation on CPU
-tensors). It is built when a C++ compiler is present; without one asl uses the plain
-PyTorch path on CPU (set ``ASL_NO_EXT=1`` to skip the build). The Triton engine (CUDA
-tensors) needs no build: ``pip install triton``.
+tensors). It is built when torch and a C++ compiler are present at build time (hence
+``--no-build-isolation``); without them asl uses the plain PyTorch path on CPU, with one
+warning (``ASL_NO_EXT=1`` skips the build). The Triton engine (CUDA tensors) needs no build:
+``pip install triton``.
+
+CPU flags: an editable install (``pip install -e``) is built for the machine it runs on
+(``-march=native``). A distributed build (``python -m build --no-isolation``: a wheel or an
+sdist installed elsewhere) builds the engine twice, portable (``asl._C``) and with AVX2 and
+FMA (``asl._C_avx2``), and ``asl._ext`` picks the latter at run time on CPUs that have them.
+``ASL_CPU_FLAGS`` (for example ``"-mavx2 -mfma"``, or ``""``) builds one module with those
+flags instead.
 """
 import os
+import sys
 
 from setuptools import find_packages, setup
 
@@ -25,15 +34,24 @@ def extensions():
     try:
         from torch.utils.cpp_extension import BuildExtension, CppExtension
     except ImportError:
+        print('asl: torch is not importable at build time: building without the C++ engine '
+              '(build with --no-build-isolation to include it)', file=sys.stderr)
         return {}, []
-    # The kernels are built on the machine that runs them (editable or source installs),
-    # so by default they target its CPU (AVX2 etc.: several times faster curve code).
-    # Set ASL_CPU_FLAGS (for example to "-mavx2 -mfma" or "") for portable builds.
-    cpu_flags = os.environ.get('ASL_CPU_FLAGS', '-march=native').split()
-    flags = ['-O3', '-fopenmp', '-fno-math-errno', '-fno-trapping-math'] + cpu_flags
-    ext = CppExtension('asl._C', ['asl/csrc/kernels.cpp'], extra_compile_args=flags,
-                       extra_link_args=['-fopenmp'], depends=['asl/csrc/ir_ops.h'])
-    return {'build_ext': BuildExtension}, [ext]
+    base = ['-O3', '-fopenmp', '-fno-math-errno', '-fno-trapping-math']
+
+    def ext(name, source, cpu_flags):
+        return CppExtension(f'asl.{name}', [source], extra_compile_args=base + cpu_flags,
+                            extra_link_args=['-fopenmp'],
+                            depends=['asl/csrc/kernels.cpp', 'asl/csrc/ir_ops.h'])
+
+    if 'ASL_CPU_FLAGS' in os.environ:
+        modules = [ext('_C', 'asl/csrc/kernels.cpp', os.environ['ASL_CPU_FLAGS'].split())]
+    elif any(cmd in sys.argv for cmd in ('editable_wheel', 'develop')):
+        modules = [ext('_C', 'asl/csrc/kernels.cpp', ['-march=native'])]
+    else:  # runs elsewhere: portable, plus AVX2/FMA picked at run time (asl/_ext.py)
+        modules = [ext('_C', 'asl/csrc/kernels.cpp', []),
+                   ext('_C_avx2', 'asl/csrc/kernels_avx2.cpp', ['-mavx2', '-mfma'])]
+    return {'build_ext': BuildExtension}, modules
 
 
 cmdclass, ext_modules = extensions()
@@ -47,7 +65,7 @@ setup(
     license='Apache-2.0',
     packages=find_packages(include=['asl', 'asl.*']),
     package_data={'asl': ['csrc/*.cpp', 'csrc/*.h']},
-    python_requires='>=3.8',
+    python_requires='>=3.10',
     install_requires=['numpy', 'scipy'],
     extras_require={'test': ['pytest', 'hypothesis', 'matplotlib'], 'triton': ['triton']},
     ext_modules=ext_modules,

@@ -1,14 +1,36 @@
-"""The optional C++ extension (``asl._C``, built by setup.py): the C++ engine.
+"""The optional C++ extension (built by setup.py): the C++ engine.
 
-``ext`` is None when the extension is not built, or was built from another version of
-the engine's opcodes (then a warning says to rebuild it).
+``ext`` is ``asl._C_avx2`` (distributed builds, on a CPU with AVX2 and FMA) or ``asl._C``,
+or None when the extension is not built, or was built from another version of the
+engine's opcodes (then a warning says to rebuild it).
 """
+import importlib
 import warnings
 
-try:
-    from asl import _C as ext
-except ImportError:  # pragma: no cover - depends on the build
-    ext = None
+__all__ = ['ext', 'module_names']
+
+
+def module_names(capability: str) -> list:
+    """The extension modules to try, best first, on a CPU of ``capability`` (torch's
+    ``torch.backends.cpu.get_cpu_capability()``: ``'DEFAULT'``, ``'AVX2'``, ``'AVX512'``)."""
+    return (['_C_avx2', '_C'] if capability in ('AVX2', 'AVX512') else ['_C'])
+
+
+def _load():
+    try:
+        import torch
+        capability = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # pragma: no cover - old torch
+        capability = 'DEFAULT'
+    for name in module_names(capability):
+        try:
+            return importlib.import_module(f'asl.{name}')
+        except ImportError:
+            continue
+    return None
+
+
+ext = _load()
 
 if ext is not None:
     from .engines.ir import Op
@@ -18,4 +40,3 @@ if ext is not None:
                       '--no-build-isolation -e .')
         ext = None
 
-__all__ = ['ext']
