@@ -217,7 +217,7 @@ def test_a_destructive_region_triggers_the_rollback(destructive_search):
                                                      'policy mean of step 2']
     assert done['chosen'] == 0 and len(done['scores'][0]['rewards']) == 2
     best = json.load(open(os.path.join(str(work), 'best.json')))
-    assert best['raw_theta'] == started[0]['mu'] and best['best_step'] == 0
+    assert best['raw_theta'] == started[0]['mu'] and best['best_step'] == 1  # (from 1)
     assert best['reevaluation'] == done['scores']
     assert 'after re-evaluation' in best['selection']
     seeds = [e for e in ev if e['event'] == 'reeval_started'][0]['seeds']

@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 
 from asl.search.controller import replay
-from asl.search.holdout import HoldoutError, carve_holdout, split_dataset_config
+from asl.data.holdout import HoldoutError, carve_holdout, split_dataset_config
 from asl.search.journal import Journal, JournalError
 from asl.search.policy import (PolicyState, baseline_value, clipped_objective, ppo_update,
                                sample_truncnorm, truncnorm_logpdf)

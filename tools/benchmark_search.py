@@ -66,6 +66,7 @@ TARGET_PCT = 20.0
 
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+from asl.protocol import RESULT_FILE  # noqa: E402
 from asl.utils import atomic_write_json, cpu_model, read_json_or_none  # noqa: E402
 
 
@@ -156,7 +157,7 @@ def analyse(events: List[Dict], target_pct: float = TARGET_PCT) -> Dict:
                 row['incomplete'] = True
                 trials.append(row)
                 continue
-            result = read_json_or_none(os.path.join(launch['work_dir'], 'result.json')) \
+            result = read_json_or_none(os.path.join(launch['work_dir'], RESULT_FILE)) \
                 if launch.get('work_dir') else None
             iters = int(result['iter']) if result and result.get('iter') else None
             dt = logged_data_time(launch.get('work_dir'))

@@ -84,8 +84,7 @@ LOSSES: Dict[str, str] = {
     'asl-miou+bf1': 'Auto Seg-Loss mIoU + BF1',
 }
 
-RESULT_FILE = 'result.json'
-FAILURE_FILE = 'failure.json'
+from asl.protocol import FAILURE_FILE, RESULT_FILE  # noqa: E402
 RUN_META_FILE = 'compare_run.json'
 RUN_CONFIG_FILE = 'compare_cfg.py'
 RUN_LOG_FILE = 'train.log'

@@ -166,7 +166,7 @@ def render(rows: List[Dict], pairs, args) -> str:
             mark = 'R' if s.get('rollback') else ''
             cells.append('-' if o is None else f'{o:.3f}{mark}')
             if o is not None and seen is not None and o < 0.5 * seen:
-                collapsed.append((r['seed'], s['step'] + 1, o, seen))
+                collapsed.append((r['seed'], s['step'], o, seen))
             if s['mean'] is not None:
                 seen = s['mean'] if seen is None else max(seen, s['mean'])
         c, ce, lov = r['chosen']['mIoU'], r['ce']['mIoU'], r['lovasz']['mIoU']

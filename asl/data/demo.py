@@ -70,7 +70,7 @@ __all__ = [
     'DEMO_CLASSES', 'DEMO_PALETTE', 'IGNORE_INDEX', 'GENERATOR_VERSION', 'DEFAULT_ROOT',
     'DEFAULT_SIZES', 'generate_sample', 'demo_names', 'holdout_names', 'build_demo_data',
     'ensure_demo_data', 'demo_data_status', 'read_meta', 'dataset_stats', 'label_stats',
-    'format_stats', 'DemoDataError'
+    'format_stats', 'DemoDataError', 'prepare_demo_data'
 ]
 
 
@@ -291,7 +291,7 @@ def demo_names(split, num):
 
 def holdout_names(seed, num_train, num_holdout):
     """The seeded hold-out subset of the training names (sorted)."""
-    from ..search.holdout import carve_holdout  # the search's own carving, same result
+    from .holdout import carve_holdout  # the search's own carving, same result
     return carve_holdout([f'train_{i:04d}' for i in range(num_train)], num_holdout, seed)
 
 
@@ -565,3 +565,15 @@ def ensure_demo_data(root=DEFAULT_ROOT, seed=0, force=False, progress=None, **si
         if status == 'match':
             return meta
         raise
+
+
+def prepare_demo_data(cfg) -> None:
+    """Generate the demo dataset that a config names in ``demo_data = dict(root=...,
+    seed=..., ...)`` when it is missing (nothing without ``demo_data``)."""
+    spec = cfg.get('demo_data', None)
+    if not spec:
+        return
+    spec = dict(spec)
+    root = spec.pop('root')
+    seed = spec.pop('seed', 0)
+    ensure_demo_data(root, seed, **spec)

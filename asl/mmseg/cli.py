@@ -18,13 +18,12 @@ import torch
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 
+from ..protocol import EXIT_NONFINITE
 from .launch import LAUNCHERS, adapt_config, setup_distributed
 
 __all__ = ['train_main', 'test_main', 'load_config', 'prepare_demo_data',
            'skip_config_formatting', 'quick_exit', 'EXIT_NONFINITE']
 
-#: Exit status of a training stopped by a non-finite loss.
-EXIT_NONFINITE = 3
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
@@ -55,15 +54,10 @@ def load_config(path: str, cfg_options=None, work_dir: Optional[str] = None) -> 
 
 
 def prepare_demo_data(cfg: Config) -> None:
-    """Generate the demo dataset named by ``cfg.demo_data`` (if any) when it is missing."""
-    spec = cfg.get('demo_data', None)
-    if not spec:
-        return
-    from ..data.demo import ensure_demo_data
-    spec = dict(spec)
-    root = spec.pop('root')
-    seed = spec.pop('seed', 0)
-    ensure_demo_data(root, seed, **spec)
+    """Generate the demo dataset named by ``cfg.demo_data`` (if any) when it is missing
+    (:func:`asl.data.demo.prepare_demo_data`)."""
+    from ..data.demo import prepare_demo_data as prepare
+    prepare(cfg)
 
 
 def _enable_amp(cfg: Config) -> None:

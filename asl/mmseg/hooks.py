@@ -12,11 +12,11 @@ from mmseg.registry import HOOKS
 
 from ..utils import atomic_write_json
 
-__all__ = ['ASLTrialHook', 'ASLFaultInjectionHook', 'NonFiniteLossError', 'LAUNCH_TIME_ENV']
+__all__ = ['ASLTrialHook', 'ASLFaultInjectionHook', 'NonFiniteLossError']
 
 #: Set by the search's executors to the wall-clock time (``time.time()``) at which the
 #: trial process was launched, so that process start-up counts as overhead.
-LAUNCH_TIME_ENV = 'ASL_TRIAL_LAUNCH_TIME'
+from ..protocol import FAILURE_FILE, LAUNCH_TIME_ENV, RESULT_FILE, TRIAL_ID_ENV
 
 _IMPORT_TIME = time.time()
 
@@ -58,7 +58,7 @@ class ASLTrialHook(Hook):
 
     priority = 'VERY_LOW'
 
-    def __init__(self, result_file: str = 'result.json', failure_file: str = 'failure.json',
+    def __init__(self, result_file: str = RESULT_FILE, failure_file: str = FAILURE_FILE,
                  check_finite: bool = True):
         self.result_file = result_file
         self.failure_file = failure_file
@@ -128,7 +128,8 @@ class ASLTrialHook(Hook):
 
 @HOOKS.register_module()
 class ASLFaultInjectionHook(Hook):
-    """Inject a fault into chosen search trials (for testing how a search copes).
+    """A testing tool, not for training: inject a fault into chosen search trials (to
+    test how a search copes; the tests and the README's fault-tolerance checks use it).
 
     The trial is recognised by the ``ASL_TRIAL_ID`` environment variable that the
     search's executors set (``s<step>-c<candidate>-a<attempt>``); a key of ``faults``
@@ -152,7 +153,7 @@ class ASLFaultInjectionHook(Hook):
             raise ValueError(f"fault kinds must be 'crash' or 'nonfinite', got {bad}")
         self.faults = dict(faults)
         self.at_iter = at_iter
-        tid = os.environ.get('ASL_TRIAL_ID', '')
+        tid = os.environ.get(TRIAL_ID_ENV, '')
         self.kind = next((v for k, v in self.faults.items() if tid.startswith(k)), None)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:

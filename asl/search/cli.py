@@ -82,25 +82,17 @@ def _cluster_has_gpus() -> bool:
 
 def search_main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    from .controller import Search, SearchInterrupted
-    from .settings import SearchConfigError, parse_search_section
+    from .controller import Search, SearchInterrupted, load_search_config
+    from .settings import SearchConfigError
     work_dir = args.work_dir or os.path.join(
         'work_dirs', 'search', os.path.splitext(os.path.basename(args.config))[0])
     try:
         import asl  # noqa: F401  (registers the modules)
-        from mmengine.config import Config
-        if not os.path.isfile(args.config):
-            raise SearchConfigError(f'search config not found: {args.config!r}')
-        cfg = Config.fromfile(args.config)
-        if args.cfg_options:
-            cfg.merge_from_dict(args.cfg_options)
-        section = cfg.get('search', None)
-        settings = parse_search_section(
-            section.to_dict() if hasattr(section, 'to_dict') else section, args.config)
+        cfg, settings = load_search_config(args.config, args.cfg_options)
         executor = build_executor(args, settings)
         search = Search(args.config, work_dir, seed=args.seed, searcher=args.searcher,
-                        executor=executor, cfg_options=args.cfg_options,
-                        retrain_config=args.retrain_config)
+                        executor=executor, retrain_config=args.retrain_config,
+                        loaded=(cfg, settings))
         best = search.run()
     except SearchConfigError as e:
         print(f'error: {e}', file=sys.stderr)

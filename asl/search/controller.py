@@ -52,7 +52,7 @@ from .settings import SearchConfigError, SearchSettings, parse_search_section
 from .trial import (TrialOutcome, TrialSpec, check_surrogate, make_trial_config,
                     read_trial_outcome)
 
-__all__ = ['Search', 'SearchInterrupted', 'replay', 'SearchState', 'SEARCHERS', 'KILL_AT_ENV',
+__all__ = ['Search', 'SearchInterrupted', 'load_search_config', 'replay', 'SearchState', 'SEARCHERS', 'KILL_AT_ENV',
            'REEVAL', 'mean_reward', 'own_reward', 'rollback_to', 'reeval_entries']
 
 SEARCHERS = ('ppo', 'random')
@@ -68,6 +68,25 @@ REEVAL = -1
 #: exact points with it and check that resuming gives the uninterrupted result.
 KILL_AT_ENV = 'ASL_SEARCH_KILL_AT'
 _KILL_WHEN = ('before', 'torn', 'after')
+
+
+def load_search_config(config_path: str, cfg_options: Optional[Dict] = None):
+    """The search config (with ``cfg_options`` merged) and its parsed ``search`` section:
+    ``(cfg, settings)``, read once by the command line and handed to :class:`Search`.
+
+    Raises:
+        SearchConfigError: no such file, no ``search`` section, or a bad value in it.
+    """
+    if not os.path.isfile(config_path):
+        raise SearchConfigError(f'search config not found: {config_path!r}')
+    from mmengine.config import Config
+    cfg = Config.fromfile(config_path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    section = cfg.get('search', None)
+    settings = parse_search_section(
+        section.to_dict() if hasattr(section, 'to_dict') else section, config_path)
+    return cfg, settings
 
 
 class SearchInterrupted(RuntimeError):
@@ -333,25 +352,20 @@ class Search:
             ``search.log`` in the work directory.
         on_event (callable, optional): called after every journaled event (tests use
             it to kill the search at chosen moments).
+        loaded (tuple, optional): ``(cfg, settings)`` from :func:`load_search_config`,
+            when the caller has read the config already (then ``cfg_options`` is not
+            used).
     """
 
     def __init__(self, config_path: str, work_dir: str, seed: int = 1, searcher: str = 'ppo',
                  executor: Optional[Executor] = None, cfg_options: Optional[Dict] = None,
                  retrain_config: Optional[str] = None, poll_interval: float = 0.5,
                  logger: Optional[logging.Logger] = None,
-                 on_event: Optional[Callable[[Dict], None]] = None):
+                 on_event: Optional[Callable[[Dict], None]] = None, loaded=None):
         if searcher not in SEARCHERS:
             raise SearchConfigError(f'searcher must be one of {SEARCHERS}, got {searcher!r}')
-        if not os.path.isfile(config_path):
-            raise SearchConfigError(f'search config not found: {config_path!r}')
-        from mmengine.config import Config
         self.config_path = os.path.abspath(config_path)
-        self.cfg = Config.fromfile(config_path)
-        if cfg_options:
-            self.cfg.merge_from_dict(cfg_options)
-        section = self.cfg.get('search', None)
-        self.settings: SearchSettings = parse_search_section(
-            section.to_dict() if hasattr(section, 'to_dict') else section, config_path)
+        self.cfg, self.settings = loaded or load_search_config(config_path, cfg_options)
         self.surrogate, self.identity = check_surrogate(self.settings)
         self.dim = len(self.identity)
         self.reward_key = self.surrogate.name
@@ -385,6 +399,14 @@ class Search:
                                      log_file=os.path.join(self.work_dir, 'search.log'),
                                      log_level='INFO', file_mode='a')
 
+    def info(self):
+        """What the outputs need to know about this search."""
+        from .report import SearchInfo
+        return SearchInfo(name=self.name, config_path=self.config_path, work_dir=self.work_dir,
+                          seed=self.seed, searcher=self.searcher, reward_key=self.reward_key,
+                          settings=self.settings,
+                          retrain_base=self.retrain_config or self.config_path)
+
     def fingerprint(self) -> Dict:
         return dict(config=self.name, settings=self.settings.to_dict(), seed=self.seed,
                     searcher=self.searcher, dim=self.dim, reward_key=self.reward_key)
@@ -392,8 +414,8 @@ class Search:
     def _prepare_data(self) -> None:
         """Generate demo data if the config names it; carve the hold-out (files in
         ``work_dir/holdout``)."""
-        from ..mmseg.cli import prepare_demo_data
-        from .holdout import HoldoutError, split_dataset_config
+        from ..data.demo import prepare_demo_data
+        from ..data.holdout import HoldoutError, split_dataset_config
         prepare_demo_data(self.cfg)
         val_ds = self.cfg.val_dataloader.dataset
         pipeline = val_ds.get('pipeline') or self.cfg.get('test_pipeline')
@@ -750,10 +772,11 @@ class Search:
     # ----------------------------------------------------------------- outputs
     def _finish(self, state: SearchState) -> Dict:
         from .report import write_outputs
-        best = write_outputs(self, state)
+        best = write_outputs(self.info(), state, self.logger)
         if state.finished is None:
             self._log_event('search_finished', best=dict(
-                step=best['best_step'], raw_theta=best['raw_theta']))
+                step=None if best['best_step'] is None else best['best_step'] - 1,
+                raw_theta=best['raw_theta']))
         self.logger.info(f'search finished: best {self.reward_key} parameters: '
                          f'{best["selection"]}; results in {self.work_dir} (best.json, '
                          f'retrain_config.py, plots)')

@@ -18,13 +18,11 @@ import zlib
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
+from ..protocol import LAUNCH_TIME_ENV, STDOUT_LOG, TRIAL_ID_ENV
 from .trial import TrialSpec, train_command, trial_args
 
-__all__ = ['Completion', 'Executor', 'LocalExecutor', 'LAUNCH_MODES', 'LAUNCH_TIME_ENV',
-           'TRIAL_ID_ENV']
+__all__ = ['Completion', 'Executor', 'LocalExecutor', 'LAUNCH_MODES']
 
-LAUNCH_TIME_ENV = 'ASL_TRIAL_LAUNCH_TIME'  # read by asl.mmseg.hooks.ASLTrialHook
-TRIAL_ID_ENV = 'ASL_TRIAL_ID'  # read by asl.mmseg.hooks.ASLFaultInjectionHook
 LAUNCH_MODES = ('auto', 'fork', 'spawn')
 
 
@@ -308,7 +306,7 @@ class LocalExecutor(Executor):
         port = 29500 + zlib.crc32(spec.trial_id.encode()) % 10000
         cmd = train_command(spec, self.python, launcher='pytorch' if nproc > 1 else 'none',
                             nproc=nproc, master_port=port)
-        log_path = os.path.join(spec.work_dir, 'stdout.log')
+        log_path = os.path.join(spec.work_dir, STDOUT_LOG)
         t0 = time.time()
         server = self._launcher(spec) if self._wants_fork() else None
         waited = time.time() - t0  # for the launcher's warm-up (first trial only)

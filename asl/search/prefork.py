@@ -11,7 +11,7 @@ child that becomes the trial:
   what the executor stops), killed when the server dies (``PR_SET_PDEATHSIG``; the
   server itself dies with the controller), with its own ``stdout.log``, environment,
   working directory and thread count;
-* it runs exactly what ``tools/train.py ARGS`` runs (:func:`asl.mmseg.cli.train_main`),
+* it runs exactly what ``tools/train.py ARGS`` runs (:func:`asl.mmseg.entry.run_training`),
   and its exit status is the one ``tools/train.py`` would give.
 
 The server never runs a torch operation and never initialises CUDA, so the children
@@ -73,7 +73,7 @@ def _warm_up() -> Dict:
     from mmseg.utils import register_all_modules
 
     import asl  # noqa: F401
-    import asl.mmseg.cli  # noqa: F401
+    import asl.mmseg.entry  # noqa: F401  (imports MMSeg's models and datasets now, once)
     register_all_modules(init_default_scope=False)
     # What is imported now lives as long as the server: keep the children's garbage
     # collector off it, so that they do not copy its memory pages by touching it.
@@ -110,11 +110,11 @@ def _run_child(req: Dict, proto_fd: int, in_fd: int) -> None:
         import torch
         if req.get('threads'):
             torch.set_num_threads(int(req['threads']))
-        from asl.mmseg.cli import train_main
+        from asl.mmseg.entry import run_training
         argv = [str(a) for a in req['argv']]
         sys.argv = ['tools/train.py', *argv]
         try:
-            code = train_main(argv)
+            code = run_training(argv)
         except SystemExit as e:  # argparse errors, SystemExit('error: ...')
             if isinstance(e.code, int):
                 code = e.code
@@ -129,8 +129,8 @@ def _run_child(req: Dict, proto_fd: int, in_fd: int) -> None:
         code = 1
     finally:
         try:
-            from asl.mmseg.cli import quick_exit  # flushes the logs, then os._exit
-            quick_exit(code if isinstance(code, int) else 1)
+            from asl.mmseg.entry import exit_process  # flushes the logs, then os._exit
+            exit_process(code if isinstance(code, int) else 1)
         finally:
             os._exit(1)  # only if quick_exit itself failed
 

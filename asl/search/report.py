@@ -1,17 +1,47 @@
-"""What a finished search leaves behind: ``best.json``, a re-training config and plots."""
+"""What a finished search leaves behind: ``best.json``, a re-training config and plots.
+
+Steps are numbered from 1 wherever a person reads them (the log, the progress line,
+``best.json``, the plots); the journal's ``step`` field counts from 0.
+"""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import numpy as np
 
 from ..utils import atomic_write_json, atomic_write_text
+from .settings import SearchSettings
 
-__all__ = ['write_outputs', 'select_best', 'retrain_config_text']
+__all__ = ['SearchInfo', 'write_outputs', 'select_best', 'retrain_config_text']
 
 
-def select_best(search, state) -> Dict:
+@dataclass
+class SearchInfo:
+    """What the outputs of a search need to know about it.
+
+    Attributes:
+        name: the search config's name (its file name without ``.py``).
+        config_path: the search config.
+        work_dir: the search's directory (outputs go there).
+        seed: the search seed.
+        searcher: ``'ppo'`` or ``'random'``.
+        reward_key: the metric the rewards are (the target's name).
+        settings: the parsed ``search`` section.
+        retrain_base: the config the re-training config inherits.
+    """
+    name: str
+    config_path: str
+    work_dir: str
+    seed: int
+    searcher: str
+    reward_key: str
+    settings: SearchSettings
+    retrain_base: str
+
+
+def select_best(search: SearchInfo, state) -> Dict:
     """With a finished re-evaluation: the re-evaluated result with the best average
     reward. Else, PPO: the policy mean of the step with the highest mean reward (the
     paper's rule); random search: the single best candidate."""
@@ -22,7 +52,7 @@ def select_best(search, state) -> Dict:
         ok = [r for r in rewards if r is not None]
         upd = st.update or {}
         stats = upd.get('stats', {})
-        steps.append(dict(step=k, mu=st.mu, rewards=rewards,
+        steps.append(dict(step=k + 1, mu=st.mu, rewards=rewards,
                           mean=float(np.mean(ok)) if ok else None,
                           max=float(np.max(ok)) if ok else None,
                           baseline=stats.get('baseline'), rollback=stats.get('rollback'),
@@ -36,7 +66,7 @@ def select_best(search, state) -> Dict:
     done = getattr(state, 'reeval_done', None)
     if done is not None and done.get('chosen') is not None:
         sc = done['scores'][done['chosen']]
-        best_step = sc['step']
+        best_step = sc['step'] + 1
         how = (f'{sc["source"]}: the best average reward after re-evaluation '
                f'({sc["mean"]:.4f} over {len(sc["rewards"])} proxy training(s))')
         return dict(best_step=best_step, raw_theta=[float(x) for x in sc['raw']], selection=how,
@@ -44,7 +74,7 @@ def select_best(search, state) -> Dict:
     if search.searcher == 'random':
         k, i, r = max(((s['step'], i, r) for s in scored for i, r in enumerate(s['rewards'])
                        if r is not None), key=lambda x: x[2])
-        raw = state.steps[k].candidates[i]
+        raw = state.steps[k - 1].candidates[i]
         how = f'best single candidate (step {k}, candidate {i}, reward {r:.4f})'
         best_step = k
     else:
@@ -56,7 +86,7 @@ def select_best(search, state) -> Dict:
                 steps=steps)
 
 
-def _surrogate(search, raw: List[float]):
+def _surrogate(search: SearchInfo, raw: List[float]):
     from ..surrogate import Surrogate
     s = search.settings
     return Surrogate(s.target_metric, raw_theta=raw, parameterization=s.parameterization,
@@ -74,7 +104,7 @@ def _loss_text(s, theta: List[float], num_pieces: int, weight: float) -> str:
             f"        _delete_=True)")
 
 
-def retrain_config_text(search, base: str, theta: List[float], num_pieces: int,
+def retrain_config_text(search: SearchInfo, base: str, theta: List[float], num_pieces: int,
                         best: Dict) -> str:
     """A config inheriting ``base`` with the searched loss in the decode and auxiliary
     heads (weights 1 and ``aux_weight``)."""
@@ -104,13 +134,12 @@ def retrain_config_text(search, base: str, theta: List[float], num_pieces: int,
     return '\n'.join(lines) + '\n'
 
 
-def write_outputs(search, state) -> Dict:
+def write_outputs(search: SearchInfo, state, logger=None) -> Dict:
     """Write ``best.json``, ``retrain_config.py`` and the PNG plots; return best.json."""
     best = select_best(search, state)
     sur = _surrogate(search, best['raw_theta'])
     theta = sur.coordinates()
     s = search.settings
-    base = search.retrain_config or search.config_path
     out = dict(
         target_metric=s.target_metric, reward_key=search.reward_key, searcher=search.searcher,
         seed=search.seed, config=search.config_path, best_step=best['best_step'],
@@ -119,38 +148,59 @@ def write_outputs(search, state) -> Dict:
         drop_bg=s.drop_bg, layout=sur.layout(), curves=sur.describe_curves(),
         steps=best['steps'], reevaluation=best.get('reevaluation'),
         retrain_config=os.path.join(search.work_dir, 'retrain_config.py'),
-        retrain_base=os.path.abspath(base))
+        retrain_base=os.path.abspath(search.retrain_base))
     atomic_write_json(os.path.join(search.work_dir, 'best.json'), out)
     atomic_write_text(os.path.join(search.work_dir, 'retrain_config.py'),
-                      retrain_config_text(search, base, theta, sur.num_pieces, best))
+                      retrain_config_text(search, search.retrain_base, theta, sur.num_pieces,
+                                          best))
     try:
         plot_search(search, state, best, sur)
     except Exception as e:  # plots are a convenience: never lose the results for them
-        search.logger.warning(f'could not draw the plots: {e}')
+        if logger is not None:
+            logger.warning(f'could not draw the plots: {e}')
     return out
 
 
-def plot_search(search, state, best: Dict, sur) -> None:
+def _published_curves(search: SearchInfo, sur):
+    """The published curves of the target metric (``theta='paper'``), when it has them and
+    they are as many as the searched ones; else None."""
+    from ..presets import PAPER_PRESETS
+    from ..surrogate import Surrogate
+    key = {k.lower(): k for k in PAPER_PRESETS}.get(search.settings.target_metric.lower())
+    if key is None:
+        return None
+    paper = Surrogate(key, theta='paper').curves
+    return paper if len(paper) == len(sur.curves) else None
+
+
+def plot_search(search: SearchInfo, state, best: Dict, sur) -> None:
     """``rewards.png`` (mean, max, baseline per step), ``mu.png`` (policy mean per
-    parameter over steps) and ``curves.png`` (searched curves next to the identity)."""
+    parameter over steps) and ``curves.png`` (searched curves next to the identity and,
+    for a built-in target, the published ones). Steps are numbered from 1."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     import torch
+    from matplotlib.ticker import MaxNLocator
     steps = best['steps']
-    xs = [s['step'] + 1 for s in steps]
+    xs = [s['step'] for s in steps]
+    subtitle = f'{search.name} (seed {search.seed}, {search.searcher})'
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for key, style in (('mean', 'o-'), ('max', 's--'), ('baseline', 'x:')):
         ys = [np.nan if s[key] is None else s[key] for s in steps]
         ax.plot(xs, ys, style, label=key)
     for s in steps:
         ok = [r for r in s['rewards'] if r is not None]
-        ax.scatter([s['step'] + 1] * len(ok), ok, s=8, color='gray', alpha=0.5)
+        ax.scatter([s['step']] * len(ok), ok, s=8, color='gray', alpha=0.5)
+        if s.get('rollback'):
+            ax.annotate('rolled back', (s['step'], s['rewards'][0] or 0), fontsize=6,
+                        xytext=(3, -10), textcoords='offset points')
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel('step')
     ax.set_ylabel(f'reward ({search.reward_key} on the hold-out)')
-    ax.set_title(f'{search.name}: rewards per step')
-    ax.legend()
+    ax.set_title(f'rewards per step\n{subtitle}', fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(search.work_dir, 'rewards.png'), dpi=100)
     plt.close(fig)
@@ -160,13 +210,16 @@ def plot_search(search, state, best: Dict, sur) -> None:
     if last:
         mus.append(last[-1])
     mus = np.asarray(mus)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for j in range(mus.shape[1]):
         ax.plot(range(1, len(mus) + 1), mus[:, j], label=f'theta[{j}]' if mus.shape[1] <= 12
                 else None)
-    ax.set_xlabel('step (policy mean before the step; last point: after the last update)')
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel('step (the policy mean that sampled it; last: after the last update)',
+                  fontsize=8)
     ax.set_ylabel('raw parameter (mu)')
     ax.set_ylim(0, 1)
+    ax.set_title(f'policy mean per step\n{subtitle}', fontsize=8)
     if mus.shape[1] <= 12:
         ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
@@ -175,15 +228,19 @@ def plot_search(search, state, best: Dict, sur) -> None:
 
     x = torch.linspace(0, 1, 201, dtype=torch.float64)
     n = len(sur.curves)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), squeeze=False)
+    published = _published_curves(search, sur)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4), squeeze=False)
     for i, (c, ax) in enumerate(zip(sur.curves, axes[0])):
         ax.plot(x.numpy(), c.reference(x).numpy(), label='searched')
+        if published is not None:
+            ax.plot(x.numpy(), published[i].reference(x).numpy(), '--', label='published')
         ax.plot([0, 1], [0, 1], 'k:', label='identity')
         slot = sur.compiled.slots[i].describe() if i < len(sur.compiled.slots) else ''
-        ax.set_title(f'curve {i}\n{slot}', fontsize=7)
+        ax.set_title(slot, fontsize=7)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.legend(fontsize=6)
+    fig.suptitle(f'searched curves (best step {best["best_step"]}) - {subtitle}', fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(search.work_dir, 'curves.png'), dpi=100)
     plt.close(fig)

@@ -17,7 +17,8 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import slurm
-from .executors import LAUNCH_TIME_ENV, TRIAL_ID_ENV, Completion, Executor
+from ..protocol import LAUNCH_TIME_ENV, STDOUT_LOG, TRIAL_ID_ENV
+from .executors import Completion, Executor
 from .trial import TrialSpec, train_command
 
 __all__ = ['SlurmExecutor']
@@ -77,7 +78,7 @@ class SlurmExecutor(Executor):
             env.setdefault('OMP_NUM_THREADS', str(self.cpus_per_task))
         os.makedirs(spec.work_dir, exist_ok=True)
         job_id = slurm.submit(cmd, job_name=spec.name, workdir=spec.work_dir,
-                              log_path=os.path.join(spec.work_dir, 'stdout.log'),
+                              log_path=os.path.join(spec.work_dir, STDOUT_LOG),
                               partition=self.partition, gpus=self.gpus_per_trial,
                               cpus_per_task=self.cpus_per_task, ntasks=ntasks,
                               time_limit_s=spec.time_limit, extra_args=self.extra_args, env=env)

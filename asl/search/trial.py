@@ -14,6 +14,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
+from ..protocol import FAILURE_FILE, RESULT_FILE, STDOUT_LOG
 from .settings import SearchConfigError, SearchSettings
 
 __all__ = ['TrialSpec', 'TrialOutcome', 'check_surrogate', 'make_trial_config',
@@ -153,8 +154,8 @@ def make_trial_config(cfg, settings: SearchSettings, raw_theta: List[float], tra
     hooks['checkpoint'] = None  # a relaunched trial starts over; no checkpoint needed
     cfg.default_hooks = hooks
     custom = [h for h in cfg.get('custom_hooks', []) if h.get('type') != 'ASLTrialHook']
-    custom.append(dict(type='ASLTrialHook', result_file='result.json',
-                       failure_file='failure.json'))
+    custom.append(dict(type='ASLTrialHook', result_file=RESULT_FILE,
+                       failure_file=FAILURE_FILE))
     cfg.custom_hooks = custom
     cfg.pop('demo_data', None)  # the search prepared the data already
     return cfg
@@ -201,16 +202,16 @@ def read_trial_outcome(work_dir: str, reward_key: str, exit_code: Optional[int],
     def load(name):
         return read_json_or_none(os.path.join(work_dir, name))
 
-    failure = load('failure.json')
+    failure = load(FAILURE_FILE)
     if failure is not None:
         return TrialOutcome(False, kind='nonfinite', reason=failure.get('reason', 'non-finite'),
                             result=failure, wall_s=wall_s)
     if timed_out:
         return TrialOutcome(False, kind='timeout', wall_s=wall_s,
                             reason=scheduler_reason or 'exceeded the trial time limit')
-    result = load('result.json')
+    result = load(RESULT_FILE)
     if exit_code not in (0, None) or (exit_code is None and result is None):
-        tail = _log_tail(os.path.join(work_dir, 'stdout.log'))
+        tail = _log_tail(os.path.join(work_dir, STDOUT_LOG))
         kind = 'crash'
         reason = scheduler_reason or f'exit status {exit_code}'
         if tail:

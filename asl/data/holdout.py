@@ -1,4 +1,4 @@
-"""Carving the search's hold-out split out of a training dataset config.
+"""Carving a hold-out split (the search's rewards) out of a training dataset config.
 
 The hold-out is a seeded subset of the *names* listed by the training dataset's
 ``ann_file`` (for a ``ConcatDataset``, of the union of its parts' lists). The proxy
