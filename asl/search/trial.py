@@ -106,7 +106,9 @@ def check_surrogate(settings: SearchSettings):
     return sur, identity
 
 
-def _loss(settings: SearchSettings, raw_theta: List[float], weight: float) -> Dict:
+def trial_loss(settings: SearchSettings, raw_theta: List[float], weight: float) -> Dict:
+    """The loss dict of a trial: the target's surrogate with the raw parameters
+    ``raw_theta`` (a search config holds no loss of its own: this is its proxy loss)."""
     return dict(type='AutoSegLoss', target_metric=settings.target_metric,
                 raw_theta=[float(x) for x in raw_theta],
                 parameterization=settings.parameterization, num_pieces=settings.num_pieces,
@@ -117,6 +119,20 @@ def _set_loss(head, loss: Dict) -> None:
     heads = head if isinstance(head, (list, tuple)) else [head]
     for h in heads:
         h['loss_decode'] = copy.deepcopy(loss)
+
+
+def set_trial_loss(model, settings: SearchSettings, raw_theta: List[float]) -> None:
+    """Put the trial's loss (:func:`trial_loss`) in a model config: weight 1 in the
+    decode head(s), ``settings.aux_weight`` in the auxiliary head(s).
+
+    Raises:
+        SearchConfigError: the model has no decode head.
+    """
+    if 'decode_head' not in model:
+        raise SearchConfigError('the proxy model has no decode_head to put the loss in')
+    _set_loss(model['decode_head'], trial_loss(settings, raw_theta, 1.0))
+    if model.get('auxiliary_head'):
+        _set_loss(model['auxiliary_head'], trial_loss(settings, raw_theta, settings.aux_weight))
 
 
 def make_trial_config(cfg, settings: SearchSettings, raw_theta: List[float], train_ds: Dict,
@@ -132,12 +148,7 @@ def make_trial_config(cfg, settings: SearchSettings, raw_theta: List[float], tra
     cfg = copy.deepcopy(cfg)
     if 'search' in cfg:
         cfg.pop('search')
-    model = cfg.model
-    if 'decode_head' not in model:
-        raise SearchConfigError('the proxy model has no decode_head to put the loss in')
-    _set_loss(model['decode_head'], _loss(settings, raw_theta, 1.0))
-    if model.get('auxiliary_head'):
-        _set_loss(model['auxiliary_head'], _loss(settings, raw_theta, settings.aux_weight))
+    set_trial_loss(cfg.model, settings, raw_theta)
     # absolute data paths: a trial may run in another working directory (a Slurm job)
     cfg.train_dataloader.dataset = _absolute_roots(copy.deepcopy(train_ds))
     cfg.val_dataloader.dataset = _absolute_roots(copy.deepcopy(holdout_ds))

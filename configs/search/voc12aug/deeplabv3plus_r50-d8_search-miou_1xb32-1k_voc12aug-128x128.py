@@ -36,15 +36,6 @@ search = dict(
     retrain_config=('configs/retrain/voc12aug/'
                     'deeplabv3plus_r101-d8_asl-miou_4xb8-10k_voc12aug-512x512.py'),
 )
-# The proxy's loss: the target's surrogate with identity curves (the search's starting
-# point); each trial replaces the curves with its sampled parameters (raw_theta).
-_loss = dict(
-    type='AutoSegLoss',
-    target_metric=search['target_metric'],
-    parameterization=search['parameterization'],
-    num_pieces=search['num_pieces'],
-    tol=search['tol'],
-    drop_bg=search['drop_bg'])
 crop_size = (128, 128)
 data_preprocessor = dict(size=crop_size)
 model = dict(
@@ -54,8 +45,7 @@ model = dict(
     # weights. Offline, fetch the file once and point to it with
     # `--cfg-options model.pretrained=/path/to/resnet50_v1c.pth` (or set it here).
     pretrained='open-mmlab://resnet50_v1c',
-    decode_head=dict(
-        num_classes=21, loss_decode=dict(_loss, loss_weight=1.0, _delete_=True)),
-    auxiliary_head=dict(
-        num_classes=21, loss_decode=dict(_loss, loss_weight=0.4, _delete_=True)))
-del _loss
+    # the loss of every trial is the target's surrogate with the trial's parameters,
+    # derived from `search` (asl.search.trial.make_trial_config)
+    decode_head=dict(num_classes=21),
+    auxiliary_head=dict(num_classes=21))
