@@ -8,6 +8,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+# Without a GPU the Triton engine's kernels run through Triton's interpreter. Triton reads
+# the variable when it defines its own functions, so it is set before anything (torch's
+# compiler among others) imports Triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
+
 
 def blob_labels(n, c, h, w, seed=0, ignore_frac=0.05, all_classes=True):
     """Spatially coherent random labels (upsampled coarse grid), every class present."""

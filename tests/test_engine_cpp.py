@@ -62,6 +62,17 @@ def surrogate(formula, seed=2):
     return Surrogate(formula, raw_theta=torch.rand(s0.num_params(raw=True), generator=g).tolist())
 
 
+def _compare(s, logits, label):
+    """The engine's value and gradient against the reference's."""
+    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    va = surrogate_value(s.compiled, s.curves, a, label, fused=True)
+    vb = surrogate_value(s.compiled, s.curves, b, label, fused=False)
+    va.backward()
+    vb.backward()
+    assert va.item() == pytest.approx(vb.item(), abs=2e-7, rel=1e-6)
+    assert torch.allclose(a.grad, b.grad, atol=1e-9, rtol=1e-5)
+
+
 @pytest.mark.parametrize('kind', ['all', 'absent', 'ties'])
 @pytest.mark.parametrize('formula', FORMULAS)
 def test_fused_matches_pytorch(formula, kind):
@@ -159,16 +170,9 @@ def test_ignore_index_and_single_class():
 def test_wide_planes(formula):
     """Rows longer than the kernels' chunks (and not a multiple of them); dense and sparse
     gradient routing of the pools."""
-    s = surrogate(formula)
     label = blob_labels(1, 4, 37, 150, seed=4)
     logits = torch.randn(1, 4, 37, 150, generator=torch.Generator().manual_seed(5)) * 3
-    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    va = surrogate_value(s.compiled, s.curves, a, label, fused=True)
-    vb = surrogate_value(s.compiled, s.curves, b, label, fused=False)
-    va.backward()
-    vb.backward()
-    assert va.item() == pytest.approx(vb.item(), abs=2e-7, rel=1e-6)
-    assert torch.allclose(a.grad, b.grad, atol=1e-9, rtol=1e-5)
+    _compare(surrogate(formula), logits, label)
 
 
 @pytest.mark.parametrize('formula', [
@@ -179,19 +183,12 @@ def test_sparse_ground_truth_maps(formula):
     """Small objects: the ground-truth boundaries are sparse, so their dilation is spread
     from the nonzero pixels and the pools used only against them are computed there
     only."""
-    s = surrogate(formula)
     label = torch.zeros(2, 96, 128, dtype=torch.long)
     for i, (y, x) in enumerate([(10, 20), (50, 90), (70, 10), (30, 60)]):
         label[i % 2, y:y + 7, x:x + 6] = 1 + i % 3
     label[0, 80:83, 100:110] = 255
     logits = torch.randn(2, 4, 96, 128, generator=torch.Generator().manual_seed(6)) * 3
-    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    va = surrogate_value(s.compiled, s.curves, a, label, fused=True)
-    vb = surrogate_value(s.compiled, s.curves, b, label, fused=False)
-    va.backward()
-    vb.backward()
-    assert va.item() == pytest.approx(vb.item(), abs=2e-7, rel=1e-6)
-    assert torch.allclose(a.grad, b.grad, atol=1e-9, rtol=1e-5)
+    _compare(surrogate(formula), logits, label)
 
 
 def test_backward_twice():
@@ -207,3 +204,14 @@ def test_backward_twice():
     surrogate_value(s.compiled, s.curves, y, label, fused=False).backward()
     assert torch.equal(g1, g2)
     assert torch.allclose(g1, y.grad, atol=1e-9, rtol=1e-5)
+
+
+@pytest.mark.parametrize('formula', ['mIoU', 'FWIoU', 'BIoU', 'BF1'])
+def test_linear_curves_with_random_parameters(formula):
+    """Piecewise linear curves (each segment a Bezier piece in the engine's table)."""
+    s0 = Surrogate(formula, parameterization='linear')
+    g = torch.Generator().manual_seed(7)
+    raw = (torch.randn(s0.num_params(raw=True), generator=g) * 2).tolist()
+    s = Surrogate(formula, parameterization='linear', raw_theta=raw)
+    logits, label = case('absent')
+    _compare(s, logits, label)

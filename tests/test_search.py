@@ -143,7 +143,9 @@ def test_a_work_dir_holding_another_search_is_refused(reference_search, tmp_path
 
 def test_sigterm_stops_the_search_and_its_trials(tmp_path):
     work = tmp_path / 'search'
-    proc = subprocess.Popen(search_cmd(work), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+    # trials that would train for hours: one that ends is one that was stopped
+    cmd = search_cmd(work, options=['train_cfg.max_iters=100000', 'param_scheduler.0.end=100000'])
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         launched = wait_for(lambda: events_of(work, 'trial_launched'), proc,

@@ -62,8 +62,10 @@ def test_sigkill_at_many_points_then_resume_gives_the_uninterrupted_search(refer
         proc.wait()
     finally:
         kill_group(proc)
-    # the trial died with its controller (polled: death signals are asynchronous)
+    # the trial died with its controller (polled: death signals are asynchronous), before
+    # the end of its training (which would have written result.json)
     assert wait_dead([launched[0]['info']['pid']], timeout=30.0) == []
+    assert not os.path.exists(os.path.join(launched[0]['work_dir'], 'result.json'))
     assert _finished(work) == {(0, 0)}
 
     # 2. the relaunched trial finished; its outcome is not journaled

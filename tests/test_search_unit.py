@@ -66,9 +66,16 @@ def test_update_moves_the_mean_toward_the_better_sample(baseline):
     assert not st.skipped and st.num_used == 3
     assert new.mu[0] > 0.5 and new.mu[1] < 0.5
     assert new.adam_step == 60
-    # the reported statistics, recomputed with scipy's truncated normal: the ratios of the
-    # new to the old density at the samples, the share outside [0.8, 1.2], the objective
-    # and the KL estimate
+    _check_stats(state, new, st, samples, rewards, baseline)
+    # the state round-trips through JSON exactly
+    again = PolicyState.from_dict(json.loads(json.dumps(new.to_dict())))
+    assert again == new
+
+
+def _check_stats(state, new, st, samples, rewards, baseline):
+    """The reported statistics, recomputed with scipy's truncated normal: the ratios of
+    the new to the old density at the samples, the share outside [0.8, 1.2], the clipped
+    objective and the KL estimate."""
     def pdf(mu, x):
         return np.prod([stats.truncnorm.pdf(xj, -m / 0.2, (1 - m) / 0.2, loc=m, scale=0.2)
                         for xj, m in zip(x, mu)])
@@ -78,13 +85,23 @@ def test_update_moves_the_mean_toward_the_better_sample(baseline):
     adv = np.array(rewards) - b
     assert st.baseline == pytest.approx(b)
     assert st.clip_fraction == np.mean(np.abs(ratio - 1) > 0.2)
-    assert st.clip_fraction > 0  # 60 steps at lr 0.2 go past the clip range
     assert st.objective == pytest.approx(
         np.mean(np.minimum(ratio * adv, np.clip(ratio, 0.8, 1.2) * adv)), rel=1e-9)
     assert st.approx_kl == pytest.approx(np.mean(ratio - 1 - np.log(ratio)), rel=1e-9)
-    # the state round-trips through JSON exactly
-    again = PolicyState.from_dict(json.loads(json.dumps(new.to_dict())))
-    assert again == new
+    return ratio
+
+
+@pytest.mark.parametrize('epochs,lr,clipped', [(3, 0.1, 2), (5, 0.1, 3)])
+def test_update_statistics_with_some_ratios_clipped(epochs, lr, clipped):
+    state = PolicyState.from_mu([0.5, 0.5])
+    samples = [[0.5, 0.5], [0.7, 0.3], [0.3, 0.7], [0.55, 0.6], [0.45, 0.52]]
+    rewards = [0.5, 0.6, 0.4, 0.52, 0.49]
+    new, st = ppo_update(state, samples, rewards, sigma=0.2, lr=lr, epochs=epochs,
+                         clip_eps=0.2)
+    ratio = _check_stats(state, new, st, samples, rewards, 'mu')
+    # some ratios inside the clip range, some outside, none near its edges
+    assert (np.abs(ratio - 1) > 0.2).sum() == clipped
+    assert np.all(np.abs(np.abs(ratio - 1) - 0.2) > 0.01), ratio
 
 
 def test_update_excludes_failed_candidates_and_skips_with_too_few():

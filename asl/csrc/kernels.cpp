@@ -1177,6 +1177,19 @@ struct Call {
   std::vector<const T*> xp;
   std::vector<bool> x_per_class;
 
+  // The pixels of plane (n, c) labelled c (ids; nl of them, 0 without a correction
+  // program) and whether c is absent from image n.
+  struct Labelled {
+    const int32_t* ids;
+    int64_t nl;
+    bool absent;
+  };
+  Labelled labelled(int64_t n, int64_t c) const {
+    const int64_t* off = li->offsets.data() + n * (C + 1);
+    return {li->idx + n * HW + off[c], correction ? off[c + 1] - off[c] : 0,
+            off[c + 1] == off[c]};
+  }
+
   // Points cx at plane (n, c).
   void setup(PlaneCtx<T>& cx, int64_t n, int64_t c) const {
     cx.p = pp + (n * C + c) * HW;
@@ -1228,7 +1241,6 @@ void build_engine(Engine<T>& en, const FusedIR& ir, const torch::Tensor& cv,
 template <typename T>
 torch::Tensor class_max_map(const Call<T>& call, int64_t c_lo, const torch::TensorOptions& opt) {
   const Engine<T>& en = call.en;
-  const LabelInfo<T>& li = *call.li;
   const int64_t N = call.N, C = call.C, H = call.H, W = call.W, HW = call.HW;
   const int64_t regs = call.regs;
   auto result = torch::zeros({N, 1, H, W}, opt);
@@ -1248,9 +1260,8 @@ torch::Tensor class_max_map(const Call<T>& call, int64_t c_lo, const torch::Tens
     T* plane = scr.plane;
     for (int64_t item; (item = next.fetch_add(1)) < N * nc;) {
       const int64_t n = item / nc, c = c_lo + item % nc;
-      const int64_t* off = li.offsets.data() + n * (C + 1);
       call.setup(cx, n, c);
-      const bool absent = off[c + 1] == off[c];
+      const bool absent = call.labelled(n, c).absent;
       Stages<T> stg(en, cx, scr, mc, absent, std::vector<T*>());
       const int64_t fp = absent ? 2 : 0;
       const Program& pr = en.progs[fp];
@@ -1300,10 +1311,8 @@ template <typename T>
 std::vector<torch::Tensor> forward_sums(const Call<T>& call, bool save,
                                         const torch::TensorOptions& opt) {
   const Engine<T>& en = call.en;
-  const LabelInfo<T>& li = *call.li;
   const int64_t N = call.N, C = call.C, H = call.H, W = call.W, HW = call.HW, S = call.S;
   const int64_t regs = call.regs, K = en.num_saved;
-  const bool correction = call.correction;
   const Program& cor = en.progs[1];
   auto sums = torch::zeros({N * C, S}, opt.dtype(torch::kDouble));
   std::vector<torch::Tensor> keep;
@@ -1321,11 +1330,8 @@ std::vector<torch::Tensor> forward_sums(const Call<T>& call, bool save,
     for (int64_t plane; (plane = next.fetch_add(1)) < N * C;) {
       const int64_t n = plane / C, c = plane % C;
       call.setup(cx, n, c);
-      const int64_t* off = li.offsets.data() + n * (C + 1);
-      const int32_t* ids = li.idx + n * HW + off[c];
-      const int64_t nl = correction ? off[c + 1] - off[c] : 0;
+      const auto [ids, nl, absent] = call.labelled(n, c);
       for (size_t k = 0; k < kp.size(); ++k) kp[k] = keep_p[k] + plane * HW;
-      const bool absent = off[c + 1] == off[c];
       const int64_t fp = absent ? 2 : 0;
       const Program& fin = en.progs[fp];
       Stages<T> stg(en, cx, scr, mc, absent, kp);
@@ -1432,11 +1438,9 @@ torch::Tensor backward_dp(const Call<T>& call, const double* gsp,
                           const std::vector<torch::Tensor>& saved, int64_t out_slot,
                           const torch::Tensor& pc) {
   const Engine<T>& en = call.en;
-  const LabelInfo<T>& li = *call.li;
   const int64_t N = call.N, C = call.C, H = call.H, W = call.W, HW = call.HW;
   const int64_t J = call.J, S = call.S, K = en.num_saved;
   const Program& cor = en.progs[1];
-  const bool correction = call.correction;
   TORCH_CHECK(static_cast<int64_t>(saved.size()) == K,
               "fused_engine: the backward pass needs the maps kept by the forward pass");
   std::vector<torch::Tensor> keep;
@@ -1460,13 +1464,10 @@ torch::Tensor backward_dp(const Call<T>& call, const double* gsp,
     for (int64_t plane; (plane = next.fetch_add(1)) < N * C;) {
       const int64_t n = plane / C, c = plane % C;
       call.setup(cx, n, c);
-      const int64_t* off = li.offsets.data() + n * (C + 1);
-      const int32_t* ids = li.idx + n * HW + off[c];
-      const int64_t nl = correction ? off[c + 1] - off[c] : 0;
+      const auto [ids, nl, absent] = call.labelled(n, c);
       auto kp = [&](int64_t slot) { return keep_p[slot] + plane * HW; };
       T* dp_out = result.data_ptr<T>() + plane * HW;
       T* dp = dp_scratch ? dp_scratch : dp_out;
-      const bool absent = off[c + 1] == off[c];
       const int64_t fp = absent ? 2 : 0;
       const Program& fin = en.progs[fp];
       const typename Engine<T>::Init& it = en.init[absent ? 1 : 0];

@@ -73,28 +73,21 @@ class _Scope:
 
     def leaf(self, ins: ir.Instr) -> str:
         op, a = ins.op, ins.a
-        if self.vector:
-            if op is Op.P:
-                return 'Plab'
-            if op in (Op.POOL, Op.STAGE_IN):
-                ptr = f'OUT{a}' if op is Op.POOL else f'IN{a}'
-                return f'tl.load({ptr} + gat, mask=lab_ok, other=0).to(tl.float32)'
-            if op is Op.X:
-                return f'tl.load(X{a} + n * HW + offs, mask=pm, other=0).to(tl.float32)'
-            if op is Op.G or op is Op.M:  # (folded to constants in the correction program)
-                return 'tl.full([BLOCK], 1.0, tl.float32)'
-        else:
-            if op is Op.P:
-                return 'P'
-            if op is Op.G:
-                return 'Gt'
-            if op is Op.M:
-                return 'Mrow'
-            if op in (Op.POOL, Op.STAGE_IN):
-                ptr = f'OUT{a}' if op is Op.POOL else f'IN{a}'
-                return f'tl.load({ptr} + tile, mask=m2, other=0).to(tl.float32)'
-            if op is Op.X:
-                return f'tl.load(X{a} + n * HW + offs, mask=pm, other=0).to(tl.float32)[None, :]'
+        if op is Op.P:
+            return 'Plab' if self.vector else 'P'
+        if op in (Op.G, Op.M) and self.vector:  # (folded to constants in the correction)
+            return 'tl.full([BLOCK], 1.0, tl.float32)'
+        if op is Op.G:
+            return 'Gt'
+        if op is Op.M:
+            return 'Mrow'
+        if op in (Op.POOL, Op.STAGE_IN):  # a stage map, at every class or the labelled one
+            ptr = f'OUT{a}' if op is Op.POOL else f'IN{a}'
+            at, mask = ('gat', 'lab_ok') if self.vector else ('tile', 'm2')
+            return f'tl.load({ptr} + {at}, mask={mask}, other=0).to(tl.float32)'
+        if op is Op.X:
+            row = f'tl.load(X{a} + n * HW + offs, mask=pm, other=0).to(tl.float32)'
+            return row if self.vector else row + '[None, :]'
         raise ValueError(f'not a leaf: {ins}')  # pragma: no cover
 
     def full(self, value: float) -> str:

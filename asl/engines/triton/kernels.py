@@ -76,6 +76,15 @@ def softmax_tile(x_ptr, base, HW, offs, cls, pm, cm):
 
 
 @triton.jit
+def window_position(offs, pm, h, w, H, W, d, ALONG_W: tl.constexpr):
+    """The flat position ``d`` pixels along W (or H) from ``offs``, and whether it lies
+    in the image."""
+    if ALONG_W:
+        return offs + d, pm & (w + d >= 0) & (w + d < W)
+    return offs + d * W, pm & (h + d >= 0) & (h + d < H)
+
+
+@triton.jit
 def pool_pass(src_ptr, lab_ptr, dst_ptr, off_ptr, C, H, W,
               R: tl.constexpr, ALONG_W: tl.constexpr, IS_MIN: tl.constexpr,
               FROM_LABELS: tl.constexpr, WRITE_OFF: tl.constexpr, BLOCK: tl.constexpr):
@@ -100,14 +109,7 @@ def pool_pass(src_ptr, lab_ptr, dst_ptr, off_ptr, C, H, W,
     n = plane // C
     c = plane % C
     for d in tl.static_range(-R, R + 1):
-        if ALONG_W:
-            ok = pm & (w + d >= 0) & (w + d < W)
-        else:
-            ok = pm & (h + d >= 0) & (h + d < H)
-        if ALONG_W:
-            j = offs + d
-        else:
-            j = offs + d * W
+        j, ok = window_position(offs, pm, h, w, H, W, d, ALONG_W)
         if FROM_LABELS:
             lab = tl.load(lab_ptr + n * HW + j, mask=ok, other=-1)
             v = (lab == c).to(tl.float32)
@@ -139,12 +141,7 @@ def pool_grad_pass(adj_ptr, off_ptr, out_ptr, H, W, R: tl.constexpr, ALONG_W: tl
     w = offs % W
     acc = tl.zeros([BLOCK], tl.float32)
     for d in tl.static_range(-R, R + 1):
-        if ALONG_W:
-            ok = pm & (w + d >= 0) & (w + d < W)
-            j = offs + d
-        else:
-            ok = pm & (h + d >= 0) & (h + d < H)
-            j = offs + d * W
+        j, ok = window_position(offs, pm, h, w, H, W, d, ALONG_W)
         k = tl.load(off_ptr + plane * HW + j, mask=ok, other=0).to(tl.int32)
         a = tl.load(adj_ptr + plane * HW + j, mask=ok, other=0.0)
         acc += tl.where(ok & (k == -d), a, 0.0)
