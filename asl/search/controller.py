@@ -15,14 +15,19 @@ Journal events and their fields:
 * ``search_started``: ``fingerprint`` (settings, seed, searcher, dimension, reward
   key), ``policy``, ``rng``: the initial state.
 * ``step_started``: ``step``, ``mu``, ``candidates`` (M raw vectors), ``rng`` (the
-  generator state after sampling).
+  generator state after sampling), ``policy`` (the policy that sampled them).
 * ``trial_launched``: ``step``, ``index``, ``attempt``, ``trial_id``, ``work_dir``,
   ``executor``, ``info`` (pid / job id).
 * ``trial_finished``: ``step``, ``index``, ``attempt``, ``reward``, ``metrics``,
   ``timing``.
 * ``trial_failed``: ``step``, ``index``, ``attempt``, ``kind``, ``reason``, ``final``
   (no retry left: the candidate is excluded from the update).
-* ``policy_updated``: ``step``, ``policy``, ``mu``, ``rewards``, ``stats``.
+* ``policy_updated``: ``step``, ``policy``, ``mu``, ``rewards``, ``stats`` (with
+  ``rollback`` when the policy was rolled back instead of updated).
+* ``reeval_started``: ``entries`` (the vectors re-evaluated: ``raw``, ``source``,
+  ``rewards`` already known), ``candidates`` and ``seeds`` (one proxy training each).
+* ``trial_*`` events of the re-evaluation carry ``phase='reeval'`` and ``step=-1``.
+* ``reeval_finished``: ``scores`` (per entry: all its rewards and their mean), ``chosen``.
 * ``search_finished``: ``best``.
 """
 from __future__ import annotations
@@ -47,9 +52,13 @@ from .settings import SearchConfigError, SearchSettings, parse_search_section
 from .trial import (TrialOutcome, TrialSpec, check_surrogate, make_trial_config,
                     read_trial_outcome)
 
-__all__ = ['Search', 'SearchInterrupted', 'replay', 'SearchState', 'SEARCHERS', 'KILL_AT_ENV']
+__all__ = ['Search', 'SearchInterrupted', 'replay', 'SearchState', 'SEARCHERS', 'KILL_AT_ENV',
+           'REEVAL', 'mean_reward', 'own_reward', 'rollback_to', 'reeval_entries']
 
 SEARCHERS = ('ppo', 'random')
+
+#: The ``step`` of the re-evaluation's trials.
+REEVAL = -1
 
 #: Testing aid, off unless set: ``ASL_SEARCH_KILL_AT=WHEN:KIND[:N]`` makes the controller
 #: SIGKILL itself at the N-th (default: first) journal event of kind KIND that it writes.
@@ -120,6 +129,8 @@ class StepRecord:
     candidates: List[List[float]]
     trials: Dict[int, TrialRecord] = field(default_factory=dict)
     update: Optional[Dict] = None
+    policy: Optional[Dict] = None  # the policy that sampled the candidates
+    seeds: Optional[List[int]] = None  # per candidate (re-evaluation); None: the search seed
 
     def rewards(self) -> List[Optional[float]]:
         return [self.trials[i].reward if i in self.trials else None
@@ -134,6 +145,9 @@ class SearchState:
     policy: Optional[PolicyState] = None
     rng: Optional[Dict] = None
     steps: Dict[int, StepRecord] = field(default_factory=dict)
+    reeval: Optional[StepRecord] = None  # the re-evaluation's trials
+    reeval_entries: Optional[List[Dict]] = None
+    reeval_done: Optional[Dict] = None
     finished: Optional[Dict] = None
     num_events: int = 0
 
@@ -148,10 +162,17 @@ def replay(events: List[Dict]) -> SearchState:
             st.policy = PolicyState.from_dict(ev['policy'])
             st.rng = ev['rng']
         elif kind == 'step_started':
-            st.steps[ev['step']] = StepRecord(mu=ev['mu'], candidates=ev['candidates'])
+            st.steps[ev['step']] = StepRecord(mu=ev['mu'], candidates=ev['candidates'],
+                                              policy=ev.get('policy'))
             st.rng = ev['rng']
+        elif kind == 'reeval_started':
+            st.reeval = StepRecord(mu=[], candidates=ev['candidates'], seeds=ev['seeds'])
+            st.reeval_entries = ev['entries']
+        elif kind == 'reeval_finished':
+            st.reeval_done = ev
         elif kind in ('trial_launched', 'trial_finished', 'trial_failed'):
-            rec = st.steps[ev['step']].trials.setdefault(ev['index'], TrialRecord())
+            owner = st.reeval if ev.get('phase') == 'reeval' else st.steps[ev['step']]
+            rec = owner.trials.setdefault(ev['index'], TrialRecord())
             if kind == 'trial_launched':
                 rec.in_flight = ev
             elif kind == 'trial_finished':
@@ -169,6 +190,74 @@ def replay(events: List[Dict]) -> SearchState:
         elif kind == 'search_finished':
             st.finished = ev
     return st
+
+
+def mean_reward(rewards: List[Optional[float]]) -> Optional[float]:
+    """The mean of the successful rewards (None if there is none)."""
+    ok = [r for r in rewards if r is not None]
+    return float(np.mean(ok)) if ok else None
+
+
+def own_reward(rewards: List[Optional[float]], baseline: str) -> Optional[float]:
+    """The reward of a step's policy mean: candidate 0's with ``baseline='mu'`` (if it did
+    not fail), else the step's mean reward."""
+    if baseline == 'mu' and rewards and rewards[0] is not None:
+        return float(rewards[0])
+    return mean_reward(rewards)
+
+
+def rollback_to(earlier: List[tuple], own: Optional[float], ratio: float) -> Optional[Dict]:
+    """Whether a step's policy mean did so much worse than the best earlier one that the
+    policy goes back to the state that sampled that one.
+
+    Args:
+        earlier: ``(step, own reward or None)`` of the earlier steps.
+        own: the own reward of this step's mean (None: it failed; no rollback).
+        ratio: roll back when ``own < ratio * best`` (``search.rollback``).
+
+    Returns:
+        ``dict(to_step, reward, best)`` (the first best step on ties), or None.
+    """
+    scored = [(k, r) for k, r in earlier if r is not None]
+    if own is None or not scored:
+        return None
+    k_best, r_best = max(scored, key=lambda x: x[1])
+    if own >= ratio * r_best:
+        return None
+    return dict(to_step=k_best, reward=own, best=r_best)
+
+
+def reeval_entries(steps: Dict[int, 'StepRecord'], searcher: str, baseline: str,
+                   top: int) -> List[Dict]:
+    """What the re-evaluation trains again: PPO, the policy means of the ``top`` steps with
+    the highest mean reward (the paper's ranking); random search, the ``top`` best
+    candidates. Equal vectors are one entry, their known rewards pooled (ties: the earlier
+    step first). Each entry: ``raw``, ``rewards`` (already known), ``step``, ``source``."""
+    ranked = []
+    if searcher == 'random':
+        for k, st in sorted(steps.items()):
+            for i, r in enumerate(st.rewards()):
+                if r is not None:
+                    ranked.append((r, dict(raw=st.candidates[i], rewards=[r], step=k,
+                                           source=f'step {k + 1} candidate {i}')))
+    else:
+        for k, st in sorted(steps.items()):
+            m = mean_reward(st.rewards())
+            if m is None:
+                continue
+            known = st.rewards()[:1] if baseline == 'mu' else []
+            ranked.append((m, dict(raw=st.mu, rewards=[r for r in known if r is not None],
+                                   step=k, source=f'policy mean of step {k + 1}')))
+    ranked.sort(key=lambda x: -x[0])  # stable: earlier first on ties
+    entries: List[Dict] = []
+    for _, e in ranked:
+        same = next((x for x in entries if x['raw'] == e['raw']), None)
+        if same is not None:
+            same['rewards'] += e['rewards']
+            same['source'] += ', ' + e['source']
+        elif len(entries) < top:
+            entries.append(dict(e, rewards=list(e['rewards'])))
+    return entries
 
 
 def _fmt_time(s: Optional[float]) -> str:
@@ -198,6 +287,7 @@ class Progress:
 
     def show(self, step: int, num_steps: int, running: int, done: int, failed: int,
              best: Optional[float], best_at: str) -> None:
+        """One progress line; ``step`` is :data:`REEVAL` during the re-evaluation."""
         remaining = self.total - done - failed
         if self.durations:
             avg = sum(self.durations) / len(self.durations)
@@ -205,7 +295,8 @@ class Progress:
         else:
             eta = None
         best_s = f'{best:.4f} ({best_at})' if best is not None else '-'
-        line = (f'[search] step {step + 1}/{num_steps} | trials: {running} running, {done} done, '
+        where = 're-evaluation' if step == REEVAL else f'step {step + 1}/{num_steps}'
+        line = (f'[search] {where} | trials: {running} running, {done} done, '
                 f'{failed} failed, {self.total} total | best reward {best_s} | '
                 f'elapsed {_fmt_time(time.time() - self.t0)} | ETA {_fmt_time(eta)}')
         key = line.rsplit('| elapsed', 1)[0]
@@ -374,7 +465,7 @@ class Search:
             self.logger.info('the search had finished; rewriting its outputs')
             return self._finish(state)
 
-        total = s.num_steps * s.num_samples
+        total = s.num_steps * s.num_samples + self._num_reeval_trials()
         self.progress = Progress(total, self.executor.capacity)
         for st in state.steps.values():
             for t in st.trials.values():
@@ -395,6 +486,8 @@ class Search:
                     rec = self._start_step(state, step)
                 self._run_trials(state, step, rec)
                 self._update(state, step, rec)
+            if s.reevaluate is not None and state.reeval_done is None:
+                self._reevaluate(state)
         except (KeyboardInterrupt, SearchInterrupted):
             self.progress.close()
             self.logger.warning('search stopped: stopping its running trials; run the same '
@@ -425,22 +518,37 @@ class Search:
             cands = [list(mu)] + sample_truncnorm(rng, mu, s.sigma, s.num_samples - 1).tolist()
         else:
             cands = sample_truncnorm(rng, mu, s.sigma, s.num_samples).tolist()
+        policy = state.policy.to_dict()
         self._log_event('step_started', step=step, mu=list(mu), candidates=cands,
-                        rng=rng.bit_generator.state)
+                        rng=rng.bit_generator.state, policy=policy)
         state.rng = rng.bit_generator.state
-        rec = StepRecord(mu=list(mu), candidates=cands)
+        rec = StepRecord(mu=list(mu), candidates=cands, policy=policy)
         state.steps[step] = rec
         self.logger.info(f'step {step + 1}/{s.num_steps}: {len(cands)} candidates sampled')
         return rec
 
-    def _spec(self, step: int, index: int, attempt: int) -> TrialSpec:
-        tid = f's{step:02d}-c{index:02d}-a{attempt}'
-        wd = os.path.join(self.work_dir, 'trials', f'step{step:02d}', f'cand{index:02d}',
-                          f'attempt{attempt}')
+    def _spec(self, step: int, index: int, attempt: int,
+              seed: Optional[int] = None) -> TrialSpec:
+        """A trial of a step's candidate (or, ``step == REEVAL``, of the re-evaluation,
+        with its own proxy seed)."""
+        if step == REEVAL:
+            tid = f're-c{index:02d}-a{attempt}'
+            wd = os.path.join(self.work_dir, 'trials', 'reeval', f'cand{index:02d}',
+                              f'attempt{attempt}')
+        else:
+            tid = f's{step:02d}-c{index:02d}-a{attempt}'
+            wd = os.path.join(self.work_dir, 'trials', f'step{step:02d}', f'cand{index:02d}',
+                              f'attempt{attempt}')
         return TrialSpec(trial_id=tid, step=step, index=index, attempt=attempt, work_dir=wd,
-                         config_path=os.path.join(wd, 'config.py'), seed=self.seed,
+                         config_path=os.path.join(wd, 'config.py'),
+                         seed=self.seed if seed is None else int(seed),
                          time_limit=float(self.settings.trial_time_limit),
                          gpus=self.settings.gpus_per_trial, name=f'asl-{self.name}-{tid}')
+
+    @staticmethod
+    def _phase(step: int) -> Dict:
+        """The extra field of the re-evaluation's trial events."""
+        return dict(phase='reeval') if step == REEVAL else {}
 
     def _write_trial_config(self, spec: TrialSpec, cand: List[float]) -> None:
         if os.path.isdir(spec.work_dir):  # a relaunch starts from a clean directory
@@ -458,15 +566,16 @@ class Search:
             t = rec.trials.setdefault(i, TrialRecord())
             if t.done:
                 continue
+            seed = rec.seeds[i] if rec.seeds else None
             if t.in_flight is not None:
-                spec = self._spec(step, i, t.in_flight['attempt'])
+                spec = self._spec(step, i, t.in_flight['attempt'], seed)
                 if self.executor.reattach(spec, t.in_flight.get('info') or {}):
                     self.logger.info(f'{spec.trial_id}: still running, re-attached')
                     continue
                 self.logger.info(f'{spec.trial_id}: was in flight, launching it again')
                 queue.append(spec)
             else:
-                queue.append(self._spec(step, i, t.attempts_failed + 1))
+                queue.append(self._spec(step, i, t.attempts_failed + 1, seed))
         self._show(state, step)
         while queue or self.executor.running():
             self._check_stop()
@@ -478,7 +587,7 @@ class Search:
                 rec.trials[spec.index].in_flight = self._log_event(
                     'trial_launched', step=step, index=spec.index, attempt=spec.attempt,
                     trial_id=spec.trial_id, work_dir=spec.work_dir,
-                    executor=self.executor.name, info=info)
+                    executor=self.executor.name, info=info, **self._phase(step))
                 self.logger.info(f'{spec.trial_id}: launched ({self.executor.name} {info_str(info)})')
                 self._show(state, step)
             finished = self.executor.poll()
@@ -506,7 +615,7 @@ class Search:
             t.reward, t.metrics, t.timing = out.reward, out.result.get('metrics', {}), timing
             self._log_event('trial_finished', step=spec.step, index=spec.index,
                             attempt=spec.attempt, trial_id=spec.trial_id, reward=out.reward,
-                            metrics=t.metrics, timing=timing)
+                            metrics=t.metrics, timing=timing, **self._phase(spec.step))
             if comp.wall_s:
                 self.progress.durations.append(comp.wall_s)
             self.logger.info(f'{spec.trial_id}: reward {out.reward:.4f} '
@@ -519,24 +628,45 @@ class Search:
         if final:
             t.final_failure = out.reason
         self._log_event('trial_failed', step=spec.step, index=spec.index, attempt=spec.attempt,
-                        trial_id=spec.trial_id, kind=out.kind, reason=out.reason, final=final)
+                        trial_id=spec.trial_id, kind=out.kind, reason=out.reason, final=final,
+                        **self._phase(spec.step))
         self.logger.warning(f'{spec.trial_id}: failed [{out.kind}] {out.reason}'
                             + (' (no retry left: excluded from the update)' if final
                                else ' (retrying)'))
         if final:
             return None
-        return self._spec(spec.step, spec.index, spec.attempt + 1)
+        return self._spec(spec.step, spec.index, spec.attempt + 1, spec.seed)
+
+    def _rollback(self, state: SearchState, step: int, rec: StepRecord) -> Optional[Dict]:
+        """The rollback of this step (``search.rollback``), if any (:func:`rollback_to`)."""
+        s = self.settings
+        if self.searcher != 'ppo' or s.rollback is None:
+            return None
+        earlier = [(k, own_reward(st.rewards(), s.baseline)) for k, st in
+                   sorted(state.steps.items()) if k < step and st.policy is not None]
+        return rollback_to(earlier, own_reward(rec.rewards(), s.baseline), s.rollback)
 
     def _update(self, state: SearchState, step: int, rec: StepRecord) -> None:
-        """The policy update (PPO2; none for random search), journaled."""
+        """The policy update (PPO2; none for random search), journaled. When the step's
+        mean did far worse than the best earlier one, the policy is instead rolled back
+        to the state that sampled that best mean (``search.rollback``)."""
         s = self.settings
         rewards = rec.rewards()
         ok = [r for r in rewards if r is not None]
+        back = self._rollback(state, step, rec)
         if self.searcher == 'random':
             new, stats = state.policy, dict(skipped=True, reason='random search')
+        elif back is not None:
+            new = PolicyState.from_dict(state.steps[back['to_step']].policy)
+            stats = dict(skipped=True, rollback=back, reason=(
+                f'rolled back to the policy of step {back["to_step"] + 1}: the mean\'s '
+                f'reward {back["reward"]:.4f} < {s.rollback:g} x {back["best"]:.4f}'))
+            self.logger.warning(f'step {step + 1}: {stats["reason"]}')
         else:
             new, st = ppo_update(state.policy, rec.candidates, rewards, s.sigma, s.lr,
-                                 s.ppo_epochs, s.clip_eps, s.baseline)
+                                 s.ppo_epochs, s.clip_eps, s.baseline,
+                                 target_kl=s.target_kl, max_mu_change=s.max_mu_change,
+                                 normalize=s.normalize_advantages)
             stats = st.__dict__
         summary = dict(reward_mean=float(np.mean(ok)) if ok else None,
                        reward_max=float(np.max(ok)) if ok else None,
@@ -551,9 +681,49 @@ class Search:
             f'{mean if mean is None else round(mean, 4)} search/reward_max='
             f'{summary["reward_max"] if ok else None} search/failed={summary["num_failed"]} '
             + (f'ppo/clip_fraction={stats.get("clip_fraction", 0):.3f} '
+               f'ppo/kl={stats.get("kl", 0):.4f} ppo/epochs={stats.get("epochs", 0)} '
                f'ppo/baseline={stats.get("baseline")} ' if self.searcher == 'ppo' else '')
             + ('(update skipped: ' + stats.get('reason', '') + ')' if stats.get('skipped')
                else ''))
+
+    # ------------------------------------------------------------ re-evaluation
+    def _num_reeval_trials(self) -> int:
+        r = self.settings.reevaluate
+        return 0 if r is None else r['top'] * r['seeds']
+
+    def _reevaluate(self, state: SearchState) -> None:
+        """Train the best few results again with other proxy seeds and choose by the
+        average reward (``search.reevaluate``); journaled and resumable like a step."""
+        seeds = self.settings.reevaluate['seeds']
+        if state.reeval is None:
+            entries = reeval_entries(state.steps, self.searcher, self.settings.baseline,
+                                     self.settings.reevaluate['top'])
+            cands, trial_seeds = [], []
+            for e in entries:
+                for j in range(seeds):
+                    cands.append(e['raw'])
+                    trial_seeds.append(self.seed + 1 + j)
+            self._log_event('reeval_started', entries=entries, candidates=cands,
+                            seeds=trial_seeds)
+            state.reeval = StepRecord(mu=[], candidates=cands, seeds=trial_seeds)
+            state.reeval_entries = entries
+            self.logger.info(f're-evaluation: {len(entries)} result(s) x {seeds} proxy seed(s) '
+                             f'({", ".join(e["source"] for e in entries)})')
+        self._run_trials(state, REEVAL, state.reeval)
+        rewards = state.reeval.rewards()
+        scores = []
+        for n, e in enumerate(state.reeval_entries):
+            new = [r for r in rewards[n * seeds:(n + 1) * seeds] if r is not None]
+            allr = list(e['rewards']) + new
+            scores.append(dict(source=e['source'], step=e['step'], raw=e['raw'], rewards=allr,
+                               mean=float(np.mean(allr)) if allr else None))
+        valid = [n for n, sc in enumerate(scores) if sc['mean'] is not None]
+        chosen = max(valid, key=lambda n: scores[n]['mean']) if valid else None
+        state.reeval_done = self._log_event('reeval_finished', scores=scores, chosen=chosen)
+        for sc in scores:
+            self.logger.info(f're-evaluation: {sc["source"]}: rewards '
+                             f'{[round(r, 4) for r in sc["rewards"]]}, mean '
+                             f'{sc["mean"] if sc["mean"] is None else round(sc["mean"], 4)}')
 
     def _request_stop(self, signum, frame) -> None:
         self._stop_signal = signum
@@ -565,12 +735,13 @@ class Search:
     def _show(self, state: SearchState, step: int) -> None:
         done = failed = 0
         best, best_at = None, ''
-        for k, st in state.steps.items():
+        records = list(state.steps.items()) + ([('re', state.reeval)] if state.reeval else [])
+        for k, st in records:
             for i, t in st.trials.items():
                 if t.reward is not None:
                     done += 1
                     if best is None or t.reward > best:
-                        best, best_at = t.reward, f's{k}-c{i}'
+                        best, best_at = t.reward, (f're-c{i}' if k == 're' else f's{k}-c{i}')
                 elif t.final_failure is not None:
                     failed += 1
         self.progress.show(step, self.settings.num_steps, len(self.executor.running()), done,
@@ -583,8 +754,8 @@ class Search:
         if state.finished is None:
             self._log_event('search_finished', best=dict(
                 step=best['best_step'], raw_theta=best['raw_theta']))
-        self.logger.info(f'search finished: best {self.reward_key} parameters from step '
-                         f'{best["best_step"]}; results in {self.work_dir} (best.json, '
+        self.logger.info(f'search finished: best {self.reward_key} parameters: '
+                         f'{best["selection"]}; results in {self.work_dir} (best.json, '
                          f'retrain_config.py, plots)')
         return best
 

@@ -8,7 +8,8 @@ the file back to the last complete line. Nothing is pickled: every value is JSON
 
 Event kinds (see :mod:`asl.search.controller` for their fields):
 ``search_started``, ``step_started``, ``trial_launched``, ``trial_finished``,
-``trial_failed``, ``policy_updated``, ``search_finished``.
+``trial_failed``, ``policy_updated``, ``reeval_started``, ``reeval_finished``,
+``search_finished``.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from typing import Any, Dict, List, Optional, Tuple
 __all__ = ['Journal', 'JournalError', 'EVENT_KINDS']
 
 EVENT_KINDS = ('search_started', 'step_started', 'trial_launched', 'trial_finished',
-               'trial_failed', 'policy_updated', 'search_finished')
+               'trial_failed', 'policy_updated', 'reeval_started', 'reeval_finished',
+               'search_finished')
 
 
 class JournalError(RuntimeError):

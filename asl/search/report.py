@@ -12,8 +12,9 @@ __all__ = ['write_outputs', 'select_best', 'retrain_config_text']
 
 
 def select_best(search, state) -> Dict:
-    """PPO: the policy mean of the step with the highest mean reward (the paper's rule).
-    Random search: the single best candidate."""
+    """With a finished re-evaluation: the re-evaluated result with the best average
+    reward. Else, PPO: the policy mean of the step with the highest mean reward (the
+    paper's rule); random search: the single best candidate."""
     steps = []
     for k in sorted(state.steps):
         st = state.steps[k]
@@ -24,13 +25,22 @@ def select_best(search, state) -> Dict:
         steps.append(dict(step=k, mu=st.mu, rewards=rewards,
                           mean=float(np.mean(ok)) if ok else None,
                           max=float(np.max(ok)) if ok else None,
-                          baseline=stats.get('baseline'),
+                          baseline=stats.get('baseline'), rollback=stats.get('rollback'),
+                          kl=stats.get('kl'),
                           failed={str(i): t.failures for i, t in st.trials.items()
                                   if t.failures}))
     scored = [s for s in steps if s['mean'] is not None]
     if not scored:
         raise RuntimeError('no trial of the search produced a reward; see the failures in '
                            'journal.jsonl and the trials\' stdout.log')
+    done = getattr(state, 'reeval_done', None)
+    if done is not None and done.get('chosen') is not None:
+        sc = done['scores'][done['chosen']]
+        best_step = sc['step']
+        how = (f'{sc["source"]}: the best average reward after re-evaluation '
+               f'({sc["mean"]:.4f} over {len(sc["rewards"])} proxy training(s))')
+        return dict(best_step=best_step, raw_theta=[float(x) for x in sc['raw']], selection=how,
+                    steps=steps, reevaluation=done['scores'])
     if search.searcher == 'random':
         k, i, r = max(((s['step'], i, r) for s in scored for i, r in enumerate(s['rewards'])
                        if r is not None), key=lambda x: x[2])
@@ -107,7 +117,8 @@ def write_outputs(search, state) -> Dict:
         selection=best['selection'], raw_theta=best['raw_theta'], theta=theta,
         parameterization=sur.parameterization, num_pieces=sur.num_pieces, tol=s.tol,
         drop_bg=s.drop_bg, layout=sur.layout(), curves=sur.describe_curves(),
-        steps=best['steps'], retrain_config=os.path.join(search.work_dir, 'retrain_config.py'),
+        steps=best['steps'], reevaluation=best.get('reevaluation'),
+        retrain_config=os.path.join(search.work_dir, 'retrain_config.py'),
         retrain_base=os.path.abspath(base))
     atomic_write_json(os.path.join(search.work_dir, 'best.json'), out)
     atomic_write_text(os.path.join(search.work_dir, 'retrain_config.py'),

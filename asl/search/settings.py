@@ -32,6 +32,22 @@ class SearchSettings:
         clip_eps: PPO2 clip range epsilon.
         baseline: ``'mu'`` (reward of the policy mean, sampled as candidate 0) or
             ``'mean'`` (mean reward of the step).
+        target_kl: stop an update's epochs before the exact KL divergence between the old
+            and the new policy (over the whole distribution) exceeds this; None = no limit
+            (the paper).
+        max_mu_change: keep each coordinate of the mean within this distance of its value
+            before the update; None = no limit (the paper).
+        normalize_advantages: divide the advantages by the standard deviation of the step's
+            rewards (False: the paper).
+        rollback: when the policy mean's own reward (candidate 0 with ``baseline='mu'``,
+            else the step's mean reward) falls below ``rollback`` times the best such
+            reward so far, the policy goes back to the state that produced that best mean
+            instead of being updated; None = never (the paper).
+        reevaluate: ``dict(top=K, seeds=S)``: before the search ends, the policy means of
+            the K steps with the highest mean reward (random search: the K best
+            candidates) are trained again with S other proxy seeds, and the result is the
+            one with the best average reward over all its trainings; None = the paper's
+            choice from one proxy training each.
         holdout: ``dict(num=..., seed=...)``: images carved from the training split for
             the rewards; proxy models never train on them.
         trial_time_limit: seconds a proxy training may run before it is stopped and
@@ -57,6 +73,11 @@ class SearchSettings:
     ppo_epochs: int = 60
     clip_eps: float = 0.2
     baseline: str = 'mu'
+    target_kl: Optional[float] = 1.0
+    max_mu_change: Optional[float] = 0.1
+    normalize_advantages: bool = True
+    rollback: Optional[float] = 0.5
+    reevaluate: Optional[Dict[str, int]] = field(default_factory=lambda: dict(top=3, seeds=2))
     holdout: Dict[str, int] = field(default_factory=lambda: dict(num=1500, seed=0))
     trial_time_limit: float = 3600.0
     max_retries: int = 2
@@ -119,6 +140,23 @@ def parse_search_section(section: Any, config_path: str = '<config>') -> SearchS
            f"search.baseline must be 'mu' or 'mean', got {s.baseline!r}")
     _check(not (s.baseline == 'mu' and s.num_samples < 2),
            f"search.baseline='mu' needs num_samples >= 2, got {s.num_samples}")
+    for name in ('target_kl', 'max_mu_change', 'rollback'):
+        v = getattr(s, name)
+        _check(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0),
+               f'search.{name} must be a positive number or None, got {v!r}')
+    _check(s.max_mu_change is None or s.max_mu_change < 1,
+           f'search.max_mu_change must be below 1, got {s.max_mu_change!r}')
+    _check(s.rollback is None or s.rollback < 1,
+           f'search.rollback must be a fraction below 1, got {s.rollback!r}')
+    _check(isinstance(s.normalize_advantages, bool),
+           f'search.normalize_advantages must be True or False, got {s.normalize_advantages!r}')
+    if s.reevaluate is not None:
+        r = s.reevaluate
+        _check(isinstance(r, dict) and set(r) == {'top', 'seeds'} and
+               all(isinstance(r[k], int) and not isinstance(r[k], bool) and r[k] >= 1
+                   for k in ('top', 'seeds')),
+               f'search.reevaluate must be dict(top=<positive int>, seeds=<positive int>) or '
+               f'None, got {r!r}')
     _check(isinstance(s.holdout, dict) and set(s.holdout) <= {'num', 'seed'}
            and isinstance(s.holdout.get('num'), int) and s.holdout['num'] >= 1,
            f'search.holdout must be dict(num=<positive int>, seed=<int>), got {s.holdout!r}')

@@ -26,6 +26,11 @@ search = dict(
     ppo_epochs=60,               # Adam steps on the clipped objective per step
     clip_eps=0.2,                # PPO2 clip range
     baseline='mu',               # 'mu' or 'mean'
+    target_kl=1.0,               # an update stops before KL(old || new policy) exceeds this
+    max_mu_change=0.1,           # largest change of a coordinate of the mean per update
+    normalize_advantages=True,   # advantages divided by the std of the step's rewards
+    rollback=0.5,                # back to the best mean's policy if the mean's reward < 0.5 x best
+    reevaluate=dict(top=3, seeds=2),  # the 3 best step means trained again with 2 more seeds
     holdout=dict(num=60, seed=0),  # images carved from the training split for rewards
     trial_time_limit=1200,       # seconds per proxy training (about 20 s on a quiet machine)
     max_retries=1,               # relaunches of a failed trial

@@ -23,6 +23,11 @@ search = dict(
     ppo_epochs=60,               # Adam steps on the clipped objective per step
     clip_eps=0.2,                # PPO clipping range of the probability ratio
     baseline='mu',               # 'mu' or 'mean'
+    # the paper's update and choice (asl's defaults guard a search with few candidates
+    # per step: target_kl=1.0, max_mu_change=0.1, normalize_advantages=True, rollback=0.5,
+    # reevaluate=dict(top=3, seeds=2); see the README's "A search that holds")
+    target_kl=None, max_mu_change=None, normalize_advantages=False, rollback=None,
+    reevaluate=None,
     holdout=dict(num=1500, seed=0),  # VOC 1500, Cityscapes 500
     trial_time_limit=3600,       # seconds per proxy training
     max_retries=2,               # relaunches of a failed trial

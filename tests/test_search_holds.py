@@ -1,0 +1,242 @@
+"""The search's safeguards on hand-made numbers: the exact KL limit and the mean-change
+cap of an update, reward normalization, the rollback rule, the re-evaluation's choice
+of what to train again, and their settings."""
+import json
+import math
+import os
+import signal
+import sys
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+from asl.search.controller import StepRecord, TrialRecord, reeval_entries, rollback_to
+from asl.search.policy import PolicyState, ppo_update, truncnorm_kl
+from asl.search.settings import SearchConfigError, parse_search_section
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RETRAIN = os.path.join(ROOT, 'configs', 'retrain', 'demo',
+                       'deeplabv3plus_r18tiny-d8_ce_1xb8-1200_asldemo-64x64.py')
+
+
+def _tn(m, s):
+    return stats.truncnorm(-m / s, (1 - m) / s, loc=m, scale=s)
+
+
+@pytest.mark.parametrize('mp,mq,sigma', [(0.5, 0.6, 0.2), (0.05, 0.9, 0.2), (0.99, 0.01, 0.1),
+                                         (0.25, 0.3, 0.5), (0.7, 0.7, 0.2)])
+def test_truncnorm_kl_is_exact(mp, mq, sigma):
+    p, q = _tn(mp, sigma), _tn(mq, sigma)
+    ref = integrate.quad(lambda x: p.pdf(x) * (p.logpdf(x) - q.logpdf(x)), 0, 1, limit=200)[0]
+    assert truncnorm_kl([mp], [mq], sigma) == pytest.approx(ref, rel=1e-9, abs=1e-12)
+    # a product of truncated normals: the sum over the coordinates
+    assert truncnorm_kl([mp, mq], [mq, mp], sigma) == pytest.approx(
+        ref + truncnorm_kl([mq], [mp], sigma), rel=1e-12)
+
+
+def _update(**kw):
+    rng = np.random.default_rng(0)
+    mu = [0.25, 0.25, 1 / 3, 1 / 3, 0.5, 0.5] * 2
+    samples = [mu] + np.clip(rng.normal(mu, 0.2, (3, 12)), 0, 1).tolist()
+    rewards = kw.pop('rewards', [0.30, 0.36, 0.28, 0.31])
+    args = dict(sigma=0.2, lr=0.2, epochs=60, clip_eps=0.2, baseline='mu')
+    args.update(kw)
+    state = PolicyState.from_mu(mu)
+    new, st = ppo_update(state, samples, rewards, **args)
+    return state, new, st
+
+
+def test_paper_update_moves_the_mean_far():
+    """The paper's settings: 60 Adam epochs at lr 0.2 move a coordinate of the mean by
+    almost a sigma on four scored samples (what collapsed the longer demo search)."""
+    old, new, st = _update()
+    assert st.epochs == 60 and st.stopped == ''
+    assert st.mu_change > 0.15
+    assert st.kl == pytest.approx(truncnorm_kl(old.mu, new.mu, 0.2))
+    assert st.kl > 1
+
+
+@pytest.mark.parametrize('target', [0.05, 0.5, 2.0])
+def test_target_kl_bounds_the_whole_distribution(target):
+    old, new, st = _update(target_kl=target)
+    assert st.kl <= target
+    assert truncnorm_kl(old.mu, new.mu, 0.2) == pytest.approx(st.kl)
+    assert st.epochs < 60 and f'target_kl {target:g} reached after {st.epochs}' in st.stopped
+    assert new.adam_step == st.epochs  # the undone epoch left no trace in Adam's state
+    # one more epoch would have crossed it: the same update with epochs + 1 and no limit
+    _, over, _ = _update(epochs=st.epochs + 1)
+    assert truncnorm_kl(old.mu, over.mu, 0.2) > target
+
+
+def test_max_mu_change_caps_every_coordinate():
+    old, new, st = _update(max_mu_change=0.05, lr=1.0)
+    assert st.mu_change <= 0.05 + 1e-12
+    assert max(abs(a - b) for a, b in zip(old.mu, new.mu)) <= 0.05 + 1e-12
+    assert st.mu_change > 0.04  # it moved, up to the cap
+
+
+def test_normalized_advantages_ignore_the_reward_scale():
+    rewards = [0.30, 0.36, 0.28, 0.31]
+    _, a, _ = _update(normalize=True, rewards=rewards)
+    _, b, _ = _update(normalize=True, rewards=[5 + 10 * r for r in rewards])
+    assert np.allclose(a.u, b.u, rtol=0, atol=1e-9)
+    _, c, st = _update(normalize=True, rewards=[0.3] * 4)  # all equal: nothing to learn
+    assert c.u == pytest.approx(PolicyState.from_mu(c.mu).u)
+    assert st.objective == 0
+
+
+@pytest.mark.parametrize('earlier,own,expect', [
+    ([(0, 0.30), (1, 0.40)], 0.19, dict(to_step=1, reward=0.19, best=0.40)),
+    ([(0, 0.30), (1, 0.40)], 0.20, None),  # exactly half is not below half
+    ([(0, 0.40), (1, None), (2, 0.40)], 0.1, dict(to_step=0, reward=0.1, best=0.40)),  # ties
+    ([], 0.01, None),  # nothing to go back to
+    ([(0, 0.4)], None, None),  # the mean's trial failed: no evidence
+])
+def test_rollback_rule(earlier, own, expect):
+    assert rollback_to(earlier, own, 0.5) == expect
+
+
+def _step(mu, cands, rewards):
+    st = StepRecord(mu=mu, candidates=cands)
+    for i, r in enumerate(rewards):
+        st.trials[i] = TrialRecord(reward=r, final_failure=None if r is not None else 'x')
+    return st
+
+
+def test_reeval_entries_rank_steps_and_pool_equal_means():
+    a, b, c = [0.1] * 2, [0.2] * 2, [0.3] * 2
+    steps = {0: _step(a, [a, b], [0.30, 0.20]),    # mean 0.25
+             1: _step(b, [b, c], [0.40, 0.36]),    # mean 0.38
+             2: _step(a, [a, c], [0.31, 0.35]),    # mean 0.33 (the same mean as step 0)
+             3: _step(c, [c, a], [None, None])}    # no reward
+    e = reeval_entries(steps, 'ppo', 'mu', 2)
+    assert [x['source'] for x in e] == ['policy mean of step 2',
+                                        'policy mean of step 3, policy mean of step 1']
+    assert [x['raw'] for x in e] == [b, a]
+    assert e[0]['rewards'] == [0.40] and e[1]['rewards'] == [0.31, 0.30]
+    assert [x['step'] for x in e] == [1, 2]
+    assert reeval_entries(steps, 'ppo', 'mean', 1)[0]['rewards'] == []  # mu not sampled
+    r = reeval_entries(steps, 'random', 'mu', 3)  # the best candidates, equal ones pooled
+    assert [(x['raw'], x['step'], x['rewards']) for x in r] == [
+        (b, 1, [0.40, 0.20]), (c, 1, [0.36, 0.35]), (a, 2, [0.31, 0.30])]
+
+
+@pytest.mark.parametrize('key,value,match', [
+    ('target_kl', 0, 'search.target_kl must be a positive number or None, got 0'),
+    ('max_mu_change', 1.5, 'search.max_mu_change must be below 1, got 1.5'),
+    ('rollback', 1.0, 'search.rollback must be a fraction below 1, got 1.0'),
+    ('normalize_advantages', 'yes', "normalize_advantages must be True or False, got 'yes'"),
+    ('reevaluate', dict(top=0, seeds=2), r'search.reevaluate must be dict\(top=<positive int>'),
+    ('reevaluate', dict(top=2), r'search.reevaluate must be dict'),
+])
+def test_bad_settings_are_named(key, value, match):
+    with pytest.raises(SearchConfigError, match=match):
+        parse_search_section({key: value})
+
+
+def test_defaults_and_the_papers_settings():
+    d = parse_search_section({})
+    assert (d.target_kl, d.max_mu_change, d.normalize_advantages, d.rollback) == (1.0, 0.1,
+                                                                                   True, 0.5)
+    assert d.reevaluate == dict(top=3, seeds=2)
+    paper = parse_search_section(dict(target_kl=None, max_mu_change=None,
+                                      normalize_advantages=False, rollback=None,
+                                      reevaluate=None))
+    assert paper.target_kl is None and paper.reevaluate is None
+    assert math.isclose(paper.lr, 0.2) and paper.ppo_epochs == 60
+
+
+# ----------------------------------------------------------------------------------
+# Real tiny searches
+# ----------------------------------------------------------------------------------
+def _destructive_config(tmp):
+    """The demo search config with every trial outside the identity (the initial mean)
+    destroyed; 2 steps x 2 candidates, rollback when the mean's reward drops below 0.9 x
+    the best, re-evaluation of the 2 best means with 1 more seed."""
+    from asl.curves import identity_theta
+    from search_fixtures import CONFIG
+    center = identity_theta('bezier', 2) * 2
+    path = os.path.join(str(tmp), 'destructive.py')
+    with open(path, 'w') as f:
+        f.write(f"_base_ = {CONFIG!r}\n"
+                "custom_imports = dict(imports=['asl', 'asl_search_hooks'], "
+                "allow_failed_imports=False)\n"
+                f"custom_hooks = [dict(type='DestructiveRegionHook', center={center!r})]\n"
+                f"search = dict(retrain_config={RETRAIN!r})\n")
+    return path
+
+
+OPTIONS = ['search.num_samples=2', 'search.rollback=0.9', 'search.reevaluate.top=2',
+           'search.reevaluate.seeds=1']
+
+
+def _search(config, work, *extra, **env_extra):
+    from search_fixtures import TINY, env, run
+    cmd = [sys.executable, os.path.join(ROOT, 'tools', 'search.py'), config, '--work-dir',
+           str(work), '--seed', '1', '--threads-per-trial', '1', *extra, '--cfg-options',
+           *TINY, *OPTIONS]
+    pypath = os.pathsep.join([os.path.join(ROOT, 'tests'), os.environ.get('PYTHONPATH', '')])
+    return run(cmd, env=env(PYTHONPATH=pypath, **env_extra))
+
+
+def _events(work):
+    with open(os.path.join(str(work), 'journal.jsonl')) as f:
+        return [json.loads(line) for line in f if line.endswith('\n')]
+
+
+@pytest.fixture(scope='module')
+def destructive_search(tmp_path_factory):
+    pytest.importorskip('mmseg')
+    tmp = tmp_path_factory.mktemp('destructive')
+    config = _destructive_config(tmp)
+    work = tmp / 'search'
+    out = _search(config, work)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return config, work
+
+
+def test_a_destructive_region_triggers_the_rollback(destructive_search):
+    """Step 1's candidates outside the initial mean are destroyed; the update moves the
+    mean into that region; step 2's mean is destroyed too, so the policy goes back to
+    the state that sampled step 1 (exactly), and the re-evaluation picks the initial
+    mean."""
+    _, work = destructive_search
+    ev = _events(work)
+    started = {e['step']: e for e in ev if e['event'] == 'step_started'}
+    updates = {e['step']: e for e in ev if e['event'] == 'policy_updated'}
+    r0, r1 = updates[0]['rewards'], updates[1]['rewards']
+    assert r0[0] > 0.2 and r0[1] < r0[0] * 0.9  # the mean trains; the sample is destroyed
+    assert started[1]['mu'] != started[0]['mu']  # the update left the initial mean
+    assert r1[0] < 0.9 * r0[0]  # ... into the destructive region
+    back = updates[1]['stats']['rollback']
+    assert back == dict(to_step=0, reward=r1[0], best=r0[0])
+    assert updates[1]['policy'] == started[0]['policy']  # exactly the best mean's policy
+    done = next(e for e in ev if e['event'] == 'reeval_finished')
+    assert [s['source'] for s in done['scores']] == ['policy mean of step 1',
+                                                     'policy mean of step 2']
+    assert done['chosen'] == 0 and len(done['scores'][0]['rewards']) == 2
+    best = json.load(open(os.path.join(str(work), 'best.json')))
+    assert best['raw_theta'] == started[0]['mu'] and best['best_step'] == 0
+    assert best['reevaluation'] == done['scores']
+    assert 'after re-evaluation' in best['selection']
+    seeds = [e for e in ev if e['event'] == 'reeval_started'][0]['seeds']
+    assert seeds == [2, 2]  # another proxy seed than the search's
+
+
+def test_sigkill_during_the_reevaluation_then_resume(destructive_search, tmp_path):
+    """Killed when the re-evaluation has started, and again just before its choice is
+    journaled: the resumed search makes the same choice, with the same rewards."""
+    config, ref = destructive_search
+    work = tmp_path / 'search'
+    for point in ('after:reeval_started', 'before:reeval_finished'):
+        out = _search(config, work, ASL_SEARCH_KILL_AT=point)
+        assert out.returncode == -signal.SIGKILL, point + out.stderr[-2000:]
+    out = _search(config, work)
+    assert out.returncode == 0, out.stderr[-3000:]
+    a = json.load(open(os.path.join(str(ref), 'best.json')))
+    b = json.load(open(os.path.join(str(work), 'best.json')))
+    for key in ('raw_theta', 'reevaluation', 'selection', 'steps'):
+        assert a[key] == b[key], key
+    kinds = [e['event'] for e in _events(work)]
+    assert kinds.count('reeval_started') == 1 and kinds.count('reeval_finished') == 1
