@@ -171,11 +171,13 @@ def _engine_stats(engine: str, compiled: CompiledMetric, curves: Sequence[Curve]
             env['P'] = logits.float().softmax(1)
         return env
 
+    shared_p = engine == 'cpp' and bool(rest)  # the PyTorch path reads P: one softmax
+    x_in = (torch_env(True)['P'] if shared_p else logits.float()) if engine == 'cpp' else logits
     extras = []
     for x in fp.extras:
         if x.program is not None:
-            extras.append(mod.class_max(x.program, x.skip_bg, curves, label, logits.shape[1],
-                                        ignore_index, torch.float32))
+            extras.append(mod.class_max(x.program, x.skip_bg, curves, label, x_in,
+                                        ignore_index))
         else:
             nodes = _closure(x.node)
             values = Fn.eval_maps(compiled, torch_env(any(n.soft for n in nodes)), curves,
@@ -184,8 +186,6 @@ def _engine_stats(engine: str, compiled: CompiledMetric, curves: Sequence[Curve]
     sums: List[Optional[torch.Tensor]] = [None] * len(compiled.stats)
     if fp.stats:
         if engine == 'cpp':
-            shared_p = bool(rest)  # the PyTorch path reads P: compute the softmax once
-            x_in = torch_env(True)['P'] if shared_p else logits.float()
             fused = mod.stat_sums(fp, curves, x_in, label, ignore_index, extras,
                                   from_logits=not shared_p)
         else:

@@ -20,12 +20,14 @@ CONFIG = os.path.join(ROOT, 'configs', 'search', 'demo', NAME + '.py')
 ITERS = 30
 #: 2 steps x 3 candidates of a 30-iteration proxy trained with RMSprop (which learns the
 #: larger classes in 30 iterations; SGD needs hundreds), 16 hold-out images, every
-#: iteration logged (the per-iteration losses are compared between executors)
+#: iteration logged (the per-iteration losses are compared between executors); the two
+#: step means re-evaluated with one more proxy seed each
 TINY = ['search.num_steps=2', 'search.num_samples=3', 'search.holdout.num=16',
         f'train_cfg.max_iters={ITERS}', f'param_scheduler.0.end={ITERS}',
         'optim_wrapper.optimizer.type=RMSprop', 'optim_wrapper.optimizer.lr=0.001',
-        'default_hooks.logger.interval=1']
-STEPS, SAMPLES = 2, 3
+        'default_hooks.logger.interval=1', 'search.reevaluate.top=2',
+        'search.reevaluate.seeds=1']
+STEPS, SAMPLES, REEVAL = 2, 3, 2
 
 
 def env(**extra):
@@ -136,11 +138,23 @@ def trajectory(work_dir):
     """Everything a search decided, exactly: the initial policy and random state, then per
     step the policy mean, the candidates, the random state after sampling, the reward of
     every candidate, the update's statistics and the policy after it (mean, ``u`` and
-    Adam's moments and step), and the final choice of ``best.json``."""
-    out = dict(start=None, steps=[], best=None)
+    Adam's moments and step), the re-evaluation (what, with which seeds, the rewards, the
+    choice) and the final choice of ``best.json``."""
+    out = dict(start=None, steps=[], reeval=None, best=None)
     for e in journal(work_dir):
         kind = e['event']
-        if kind == 'search_started':
+        if kind == 'reeval_started':
+            out['reeval'] = dict(entries=e['entries'], candidates=e['candidates'],
+                                 seeds=e['seeds'], rewards={}, failures={}, finished=None)
+        elif kind == 'reeval_finished':
+            out['reeval']['finished'] = dict(scores=e['scores'], chosen=e['chosen'])
+        elif e.get('phase') == 'reeval' and kind == 'trial_finished':
+            assert e['index'] not in out['reeval']['rewards'], ('finished twice', e)
+            out['reeval']['rewards'][e['index']] = e['reward']
+        elif e.get('phase') == 'reeval' and kind == 'trial_failed':
+            out['reeval']['failures'].setdefault(e['index'], []).append(
+                (e['attempt'], e['kind'], e['final']))
+        elif kind == 'search_started':
             out['start'] = dict(policy=e['policy'], rng=e['rng'], fingerprint=e['fingerprint'])
         elif kind == 'step_started':
             assert e['step'] == len(out['steps'])
@@ -160,7 +174,7 @@ def trajectory(work_dir):
     if os.path.exists(best):
         b = json.load(open(best))
         out['best'] = dict(raw_theta=b['raw_theta'], theta=b['theta'], best_step=b['best_step'],
-                           steps=b['steps'])
+                           steps=b['steps'], reevaluation=b.get('reevaluation'))
     return out
 
 
@@ -197,13 +211,15 @@ def trial_losses(trial_dir):
 
 
 def search_losses(work_dir):
-    """``{(step, candidate): per-iteration losses}`` of every finished trial."""
+    """``{(step, candidate): per-iteration losses}`` of every finished trial (step -1: the
+    re-evaluation)."""
     return {(e['step'], e['index']): trial_losses(_trial_dir(work_dir, e))
             for e in events_of(work_dir, 'trial_finished')}
 
 
 def _trial_dir(work_dir, e):
-    return os.path.join(str(work_dir), 'trials', f'step{e["step"]:02d}', f'cand{e["index"]:02d}',
+    step = 'reeval' if e.get('phase') == 'reeval' else f'step{e["step"]:02d}'
+    return os.path.join(str(work_dir), 'trials', step, f'cand{e["index"]:02d}',
                         f'attempt{e["attempt"]}')
 
 
@@ -216,6 +232,7 @@ def assert_same_search(work_dir, ref_dir, events=True):
     for k, (x, y) in enumerate(zip(a['steps'], b['steps'])):
         for key in ('mu', 'rng', 'candidates', 'rewards', 'failures', 'update'):
             assert x[key] == y[key], f'step {k}: {key} differs:\n{x[key]}\n{y[key]}'
+    assert a['reeval'] == b['reeval'], f're-evaluation differs:\n{a["reeval"]}\n{b["reeval"]}'
     assert a['best'] == b['best']
     if events:
         assert event_sets(work_dir) == event_sets(ref_dir)

@@ -137,8 +137,10 @@ def test_tiny_run_spawned_then_forked(tmp_path):
         finished = {e['trial_id']: e for e in events if e['event'] == 'trial_finished'}
         rewards[mode] = [finished[t]['reward'] for t in sorted(finished)]
         rep = json.loads((work / 'benchmark.json').read_text())
-        assert rep['finished'] == 2 and rep['failed'] == 0
-        assert [t['trial_id'] for t in rep['trials']] == ['s00-c00-a1', 's00-c01-a1']
+        # the step's 2 trials and the re-evaluation of its mean with 2 more seeds (the demo's)
+        assert rep['finished'] == 4 and rep['failed'] == 0
+        assert sorted(t['trial_id'] for t in rep['trials']) == [
+            're-c00-a1', 're-c01-a1', 's00-c00-a1', 's00-c01-a1']
         for t in rep['trials']:
             timing = finished[t['trial_id']]['timing']
             assert t['iters'] == 4
@@ -150,11 +152,11 @@ def test_tiny_run_spawned_then_forked(tmp_path):
             # its row in the printed table
             assert (f"| {t['trial_id']} | 4 | {t['executor_wall_s']:.1f} | "
                     f"{t['train_iter_s']:.1f} | {t['val_s']:.2f} |") in out.stdout
-        assert rep['trials_per_hour'] == pytest.approx(3600 * 2 / rep['span_s'])
+        assert rep['trials_per_hour'] == pytest.approx(3600 * 4 / rep['span_s'])
         assert f'search: {work}' in out.stdout
-    assert '| finished trials / failed attempts | 2 / 0 |' in out.stdout
+    assert '| finished trials / failed attempts | 4 / 0 |' in out.stdout
     assert out.stdout.count('PASS: max overhead') + out.stdout.count('FAIL: max overhead') == 2
-    assert '| launch | spawn | fork |' in out.stdout and '| trials | 2 | 2 |' in out.stdout
+    assert '| launch | spawn | fork |' in out.stdout and '| trials | 4 | 4 |' in out.stdout
     assert 'fork / spawn: trials per hour x' in out.stdout
     assert rewards['spawn'] == rewards['fork']
     # an earlier run is not overwritten unless asked

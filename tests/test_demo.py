@@ -57,7 +57,8 @@ def test_demo_tiny_killed_during_a_retraining_then_resumed(tmp_path):
     assert not (asl_dir / 'metrics.json').exists(), 'the re-training ended before the kill'
     search_dir = work / 'search'
     launched = events_of(search_dir, 'trial_launched')
-    assert len(launched) == 2 and events_of(search_dir, 'search_finished')
+    # the step's 2 trials and the re-evaluation of its mean with 2 more seeds (the demo's)
+    assert len(launched) == 4 and events_of(search_dir, 'search_finished')
 
     out = subprocess.run(_cmd(work), cwd=ROOT, env=env(), capture_output=True, text=True,
                          timeout=900)

@@ -130,7 +130,7 @@ def test_class_max_map_mode():
     logits, label = case('absent')
     p = logits.softmax(1)
     x = fp.extras[0]
-    band = cpp.class_max(x.program, x.skip_bg, s.curves, label, p.shape[1], 255, p.dtype)
+    band = cpp.class_max(x.program, x.skip_bg, s.curves, label, p, 255)
     g, m = prepare_targets(label, p.shape[1])
     ref = eval_maps(s.compiled, {'P': p, 'G': g, 'M': m}, s.curves)[x.node.index]
     assert band.shape == ref.shape

@@ -17,7 +17,8 @@ import pytest
 
 pytest.importorskip('mmseg')
 
-from search_fixtures import (CONFIG, ROOT, SAMPLES, STEPS, assert_not_degenerate,  # noqa: E402
+from search_fixtures import (CONFIG, REEVAL, ROOT, SAMPLES, STEPS,  # noqa: E402
+                             assert_not_degenerate,
                              assert_same_search, descendants, env, events_of, journal,
                              kill_group, run, search_cmd, search_losses, tail, trajectory,
                              wait_dead, wait_for)
@@ -33,25 +34,35 @@ def test_asl_search_sh_tiny_search(reference_search):
     assert len(best['raw_theta']) == 12 and len(best['theta']) == 12
     assert [s['step'] for s in best['steps']] == list(range(STEPS))
     assert all(len(s['rewards']) == SAMPLES and None not in s['rewards'] for s in best['steps'])
-    # the result is the policy mean of the step with the highest mean reward
+    # the two step means, trained again with another proxy seed: the result is the one with
+    # the best average of its two rewards (the step's candidate 0 and the re-evaluation)
     t = trajectory(work)
     means = [np.mean(list(s['rewards'].values())) for s in t['steps']]
-    k = int(np.argmax(means))
+    order = [int(k) for k in np.argsort(means, kind='stable')[::-1]]
+    re = t['reeval']
+    assert [e['raw'] for e in re['entries']] == [t['steps'][k]['mu'] for k in order]
+    assert re['seeds'] == [2, 2]  # the search seed is 1
+    avg = [np.mean([t['steps'][k]['rewards'][0], re['rewards'][n]]) for n, k in
+           enumerate(order)]
+    assert [s['mean'] for s in re['finished']['scores']] == pytest.approx(avg, abs=1e-12)
+    k = order[int(np.argmax(avg))]
     assert best['best_step'] == k and best['raw_theta'] == t['steps'][k]['mu']
+    assert best['reevaluation'] == re['finished']['scores']
     for png in ('rewards.png', 'mu.png', 'curves.png'):
         assert os.path.getsize(os.path.join(work, png)) > 1000
     kinds = [e['event'] for e in journal(work)]
     assert kinds[0] == 'search_started' and kinds[-1] == 'search_finished'
-    assert kinds.count('trial_finished') == STEPS * SAMPLES
+    assert kinds.count('trial_finished') == STEPS * SAMPLES + REEVAL
     assert kinds.count('policy_updated') == STEPS
     # every trial ran as its own MMSeg training, of its own candidate (not the mean):
     # the loss in its resolved config holds the candidate's raw parameters
     from mmengine.config import Config
     for e in events_of(work, 'trial_finished'):
-        d = os.path.join(work, 'trials', f'step{e["step"]:02d}', f'cand{e["index"]:02d}',
-                         'attempt1')
+        step = 'reeval' if e.get('phase') == 'reeval' else f'step{e["step"]:02d}'
+        d = os.path.join(work, 'trials', step, f'cand{e["index"]:02d}', 'attempt1')
         cfg = Config.fromfile(os.path.join(d, 'config.py'))
-        cand = t['steps'][e['step']]['candidates'][e['index']]
+        cand = (re['candidates'] if e.get('phase') == 'reeval' else
+                t['steps'][e['step']]['candidates'])[e['index']]
         assert list(cfg.model.decode_head.loss_decode.raw_theta) == cand
         assert list(cfg.model.auxiliary_head.loss_decode.raw_theta) == cand
         assert json.load(open(os.path.join(d, 'result.json')))['metrics']['mIoU'] == \
@@ -96,7 +107,8 @@ def test_two_workers_run_trials_at_once_with_the_same_result(reference_search, t
 
 def test_random_searcher(tmp_path):
     """The paper's random-search baseline: uniform candidates from the seeded generator,
-    no policy update, the best single candidate wins."""
+    no policy update; the two best single candidates are trained again with another seed
+    and the better average wins."""
     work = tmp_path / 'random'
     out = run(search_cmd(work, '--searcher', 'random', options=['search.num_samples=2']))
     assert out.returncode == 0, tail(out)
@@ -110,11 +122,15 @@ def test_random_searcher(tmp_path):
         assert step['update']['stats'] == dict(skipped=True, reason='random search')
         rewards.update({(k, i): r for i, r in step['rewards'].items()})
     assert len(rewards) == 2 * STEPS and len(set(rewards.values())) >= 3, rewards
-    k, i = max(rewards, key=rewards.get)
+    top = sorted(rewards, key=lambda key: -rewards[key])[:2]  # (distinct vectors)
+    re = t['reeval']
+    assert [e['raw'] for e in re['entries']] == [t['steps'][k]['candidates'][i] for k, i in top]
+    avg = [np.mean([rewards[key], re['rewards'][n]]) for n, key in enumerate(top)]
+    k, i = top[int(np.argmax(avg))]
     assert t['best']['best_step'] == k
     assert t['best']['raw_theta'] == t['steps'][k]['candidates'][i]
     best = json.load(open(work / 'best.json'))
-    assert best['searcher'] == 'random' and f'candidate {i}' in best['selection']
+    assert best['searcher'] == 'random' and f'step {k + 1} candidate {i}' in best['selection']
 
 
 def test_a_work_dir_holding_another_search_is_refused(reference_search, tmp_path):

@@ -24,7 +24,7 @@ import pytest
 
 pytest.importorskip('mmseg')
 
-from search_fixtures import (ROOT, STEPS, SAMPLES, assert_same_search, env,  # noqa: E402
+from search_fixtures import (REEVAL, ROOT, STEPS, SAMPLES, assert_same_search, env,  # noqa: E402
                              events_of, journal, kill_group, run, search_cmd, search_losses,
                              tail, wait_dead, wait_for)
 
@@ -105,5 +105,6 @@ def test_sigkill_at_many_points_then_resume_gives_the_uninterrupted_search(refer
     launches = {}
     for e in events_of(work, 'trial_launched'):
         launches[(e['step'], e['index'])] = launches.get((e['step'], e['index']), 0) + 1
-    assert launches == {(0, 0): 1, (0, 1): 3, (0, 2): 1, (1, 0): 1, (1, 1): 1, (1, 2): 2}
-    assert len(events_of(work, 'trial_finished')) == STEPS * SAMPLES
+    assert launches == {(0, 0): 1, (0, 1): 3, (0, 2): 1, (1, 0): 1, (1, 1): 1, (1, 2): 2,
+                        (-1, 0): 1, (-1, 1): 1}  # (the re-evaluation: step -1)
+    assert len(events_of(work, 'trial_finished')) == STEPS * SAMPLES + REEVAL

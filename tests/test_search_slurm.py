@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip('mmseg')
 
 from asl.search import slurm  # noqa: E402
-from search_fixtures import (CONFIG, NAME, ROOT, SAMPLES, STEPS, TINY,  # noqa: E402
+from search_fixtures import (CONFIG, NAME, REEVAL, ROOT, SAMPLES, STEPS, TINY,  # noqa: E402
                              assert_same_search, env, events_of, journal, search_losses, tail,
                              wait_for)
 from test_slurm_cluster import slurm_cluster  # noqa: E402,F401
@@ -42,7 +42,8 @@ def test_slurm_search_matches_the_local_one(slurm_cluster, reference_search, tmp
                          text=True, timeout=900)
     assert out.returncode == 0, tail(out)
     launched = events_of(work, 'trial_launched')
-    assert len(launched) == STEPS * SAMPLES and all(e['executor'] == 'slurm' for e in launched)
+    assert len(launched) == STEPS * SAMPLES + REEVAL
+    assert all(e['executor'] == 'slurm' for e in launched)
     assert_same_search(work, ref)
     assert search_losses(work) == search_losses(ref)
     for e in launched:  # a Slurm job per trial, named after the search and the trial
@@ -76,7 +77,8 @@ def test_scancel_from_outside_is_a_failed_trial_then_retried(slurm_cluster, tmp_
     assert job in failed[0]['reason']
     retried = [e for e in events if e['event'] == 'trial_launched' and e['index'] == 1]
     assert [e['attempt'] for e in retried] == [1, 2] and retried[1]['info']['job_id'] != job
-    assert len([e for e in events if e['event'] == 'trial_finished']) == SAMPLES
+    # the step's trials and the re-evaluation of its mean (one step: one entry)
+    assert len([e for e in events if e['event'] == 'trial_finished']) == SAMPLES + 1
 
 
 def test_controller_killed_and_resumed_waits_for_its_running_jobs(slurm_cluster,

@@ -129,10 +129,10 @@ def stat_sums(fp: ir.FusedProgram, curves: Sequence[Curve], x: torch.Tensor,
 
 
 def class_max(fp: ir.FusedProgram, skip_bg: bool, curves: Sequence[Curve], label: torch.Tensor,
-              num_classes: int, ignore_index: int, dtype: torch.dtype) -> torch.Tensor:
-    """The (N, 1, H, W) class maximum of a map-mode program (``P``-independent)."""
-    n, h, w = label.shape
-    p = torch.empty((n, num_classes, h, w), dtype=dtype)  # (never read: P-independent)
+              x: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """The (N, 1, H, W) class maximum of a map-mode program (``P``-independent): ``x``
+    (N, C, H, W), the logits or ``P``, gives the classes and the dtype (its values are not
+    read; passing the tensor the statistics use saves allocating another one)."""
     with torch.no_grad():
-        return loaded(fp).run(curves, p, label, [], ignore_index,
+        return loaded(fp).run(curves, x.detach(), label, [], ignore_index,
                               c_lo=1 if skip_bg else 0)[0]

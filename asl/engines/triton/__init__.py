@@ -424,9 +424,12 @@ def stat_sums(fp: ir.FusedProgram, curves: Sequence[Curve], x: torch.Tensor,
 
 
 def class_max(fp: ir.FusedProgram, skip_bg: bool, curves: Sequence[Curve], label: torch.Tensor,
-              num_classes: int, ignore_index: int, dtype: torch.dtype) -> torch.Tensor:
-    """The (N, 1, H, W) class maximum of a map-mode program (``P``-independent)."""
+              x: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """The (N, 1, H, W) float32 class maximum of a map-mode program (``P``-independent);
+    ``x`` (N, C, H, W), the logits, gives the number of classes (its values are not
+    read)."""
     n, h, w = label.shape
+    num_classes, dtype = x.shape[1], torch.float32
     c_lo = 1 if skip_bg else 0
     if num_classes - c_lo <= 0:
         return torch.zeros((n, 1, h, w), dtype=dtype, device=label.device)
