@@ -32,7 +32,7 @@ def test_asl_search_sh_tiny_search(reference_search):
     assert_not_degenerate(work)
     best = json.load(open(os.path.join(work, 'best.json')))
     assert len(best['raw_theta']) == 12 and len(best['theta']) == 12
-    assert [s['step'] for s in best['steps']] == list(range(STEPS))
+    assert [s['step'] for s in best['steps']] == list(range(1, STEPS + 1))  # (from 1)
     assert all(len(s['rewards']) == SAMPLES and None not in s['rewards'] for s in best['steps'])
     # the two step means, trained again with another proxy seed: the result is the one with
     # the best average of its two rewards (the step's candidate 0 and the re-evaluation)
@@ -46,7 +46,7 @@ def test_asl_search_sh_tiny_search(reference_search):
            enumerate(order)]
     assert [s['mean'] for s in re['finished']['scores']] == pytest.approx(avg, abs=1e-12)
     k = order[int(np.argmax(avg))]
-    assert best['best_step'] == k and best['raw_theta'] == t['steps'][k]['mu']
+    assert best['best_step'] == k + 1 and best['raw_theta'] == t['steps'][k]['mu']
     assert best['reevaluation'] == re['finished']['scores']
     for png in ('rewards.png', 'mu.png', 'curves.png'):
         assert os.path.getsize(os.path.join(work, png)) > 1000
@@ -127,7 +127,7 @@ def test_random_searcher(tmp_path):
     assert [e['raw'] for e in re['entries']] == [t['steps'][k]['candidates'][i] for k, i in top]
     avg = [np.mean([rewards[key], re['rewards'][n]]) for n, key in enumerate(top)]
     k, i = top[int(np.argmax(avg))]
-    assert t['best']['best_step'] == k
+    assert t['best']['best_step'] == k + 1  # (steps are numbered from 1 in best.json)
     assert t['best']['raw_theta'] == t['steps'][k]['candidates'][i]
     best = json.load(open(work / 'best.json'))
     assert best['searcher'] == 'random' and f'step {k + 1} candidate {i}' in best['selection']
