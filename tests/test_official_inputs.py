@@ -8,17 +8,9 @@ from asl import Surrogate, compile_formula
 from asl.formula import FormulaError
 from asl.formula.parser import MAX_DEPTH
 
-# The numbers of the official re-training configs (DESIGN.md section 4), typed here.
-MIOU = [5.69728440e-04, 6.43720450e-01, 3.38589169e-01, 7.05543360e-01, 6.25281252e-01,
-        7.79551927e-01, 6.90375570e-01, 1.30628900e-02, 8.34170515e-01, 9.62431815e-01,
-        9.42998269e-01, 9.80038125e-01]
-FWIOU = [3.65390355e-04, 9.84171689e-01, 9.69491959e-01, 9.92340326e-01, 9.88328516e-01,
-         9.95552719e-01, 3.54609758e-01, 2.67221928e-01, 5.60551465e-01, 4.35290039e-01,
-         5.65432191e-01, 6.01448298e-01]
-MACC = [2.1453928e-02, 7.3905742e-01, 4.1163361e-01, 7.9865617e-01, 9.1986191e-01,
-        9.5041156e-01]
-BF1 = [0.8113003373146057, 0.8526162505149841, 0.17164576053619385, 0.03164796531200409,
-       0.20997394621372223, 0.44903290271759033, 0.07847517728805542, 0.8753038048744202]
+# The numbers of the official re-training configs, typed in test_presets.py.
+from test_presets import BF1, FWIOU, MACC, MIOU  # noqa: E402
+
 OFFICIAL = {
     'mIoU': dict(theta=MIOU, drop_bg=False),
     'FWIoU': dict(theta=FWIOU, drop_bg=False),

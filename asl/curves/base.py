@@ -79,6 +79,14 @@ class Curve:
     def from_points(cls, points: Sequence[float], num_pieces: Optional[int] = None) -> 'Curve':
         raise NotImplementedError
 
+    def _expect_pieces(self, num_pieces: Optional[int], what: str) -> 'Curve':
+        """``self``, or ValueError if it does not have ``num_pieces`` pieces (``what``: the
+        numbers that made it, for the message)."""
+        if num_pieces is not None and self.num_pieces != num_pieces:
+            raise ValueError(f'{what} make {self.num_pieces} piece(s), expected '
+                             f'num_pieces={num_pieces}')
+        return self
+
     # -- one curve -----------------------------------------------------------------------
     def coordinates(self) -> List[float]:
         """The curve's coordinates, in the layout ``theta=`` takes."""

@@ -128,10 +128,7 @@ class BezierCurve(Curve):
     @classmethod
     def from_points(cls, points, num_pieces: Optional[int] = None) -> 'BezierCurve':
         curve = cls(points)
-        if num_pieces is not None and curve.num_pieces != num_pieces:
-            raise ValueError(f'{len(curve.points)} control points make {curve.num_pieces} '
-                             f'piece(s), expected num_pieces={num_pieces}')
-        return curve
+        return curve._expect_pieces(num_pieces, f'{len(curve.points)} control points')
 
     def describe(self):
         pts = ', '.join(f'({x:.4g}, {y:.4g})' for x, y in self.points.tolist())

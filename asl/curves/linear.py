@@ -60,10 +60,7 @@ class LinearCurve(Curve):
     @classmethod
     def from_points(cls, points, num_pieces: Optional[int] = None) -> 'LinearCurve':
         curve = cls(points)
-        if num_pieces is not None and curve.num_pieces != num_pieces:
-            raise ValueError(f'{len(curve.knots)} interior knots make {curve.num_pieces} '
-                             f'segment(s), expected num_pieces={num_pieces}')
-        return curve
+        return curve._expect_pieces(num_pieces, f'{len(curve.knots)} interior knots')
 
     def bezier_table(self) -> torch.Tensor:
         """(K, 8) float64 piece coefficients: each segment as a quadratic Bezier piece

@@ -76,6 +76,16 @@ def softmax_tile(x_ptr, base, HW, offs, cls, pm, cm):
 
 
 @triton.jit
+def plane_tile(H, W, BLOCK: tl.constexpr):
+    """The (image, class) plane of this program (grid axis 1), its tile of pixels (axis
+    0), their mask and their rows and columns."""
+    plane = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    pm = offs < H * W
+    return plane, offs, pm, offs // W, offs % W
+
+
+@triton.jit
 def window_position(offs, pm, h, w, H, W, d, ALONG_W: tl.constexpr):
     """The flat position ``d`` pixels along W (or H) from ``offs``, and whether it lies
     in the image."""
@@ -95,12 +105,8 @@ def pool_pass(src_ptr, lab_ptr, dst_ptr, off_ptr, C, H, W,
     (label == class) read from the (N, H, W) labels. ``WRITE_OFF``: also store the
     winning position's offset (in [-R, R]) for the backward pass.
     """
-    plane = tl.program_id(1).to(tl.int64)
+    plane, offs, pm, h, w = plane_tile(H, W, BLOCK)
     HW = H * W
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    pm = offs < HW
-    h = offs // W
-    w = offs % W
     if IS_MIN:
         best = tl.full([BLOCK], float('inf'), tl.float32)
     else:
@@ -133,12 +139,8 @@ def pool_grad_pass(adj_ptr, off_ptr, out_ptr, H, W, R: tl.constexpr, ALONG_W: tl
     outputs whose window's winner it is (``off`` at the output == its offset from it),
     in a fixed order (no atomics: the result is the same on every run). Writes or
     (``ACCUMULATE``) adds to ``out``."""
-    plane = tl.program_id(1).to(tl.int64)
+    plane, offs, pm, h, w = plane_tile(H, W, BLOCK)
     HW = H * W
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    pm = offs < HW
-    h = offs // W
-    w = offs % W
     acc = tl.zeros([BLOCK], tl.float32)
     for d in tl.static_range(-R, R + 1):
         j, ok = window_position(offs, pm, h, w, H, W, d, ALONG_W)
