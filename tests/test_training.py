@@ -110,16 +110,19 @@ def test_kill_after_first_checkpoint_then_resume(tmp_path):
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(2), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
-    # last_checkpoint is written once a checkpoint is complete
-    while not (work / 'last_checkpoint').exists():
+    # last_checkpoint names a checkpoint once it is complete (the file is created, then
+    # written: wait for its content)
+    def named():
+        path = work / 'last_checkpoint'
+        return re.search(r'iter_(\d+)\.pth', path.read_text()) if path.exists() else None
+
+    while named() is None:
         assert proc.poll() is None, 'training ended before its first checkpoint'
         assert time.time() < deadline
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    time.sleep(0.2)
-    last = (work / 'last_checkpoint').read_text().strip()
-    k = int(re.search(r'iter_(\d+)\.pth', last).group(1))
+    k = int(named().group(1))
     assert k < 40, 'the training finished before it could be killed'
     first_logs = set(glob.glob(str(work / '*' / '*.log')))
     out = subprocess.run(cmd + ['--resume'], cwd=ROOT, env=_env(2), capture_output=True,
