@@ -285,7 +285,9 @@ def test_paper_search_settings(rel):
                     target_kl=None, max_mu_change=None, normalize_advantages=False,
                     rollback=None, reevaluate=None,
                     holdout=dict(num=DATASETS[spec['data']][2], seed=0),
-                    trial_time_limit=3600, max_retries=2, gpus_per_trial=1)
+                    trial_time_limit=3600, max_retries=2, gpus_per_trial=1,
+                    # the official num_models_per_gpu=4
+                    trials_per_gpu=4)
     search = {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg.search.items()}
     # the re-training config the search's result inherits: the matching R101 config
     retrain = search.pop('retrain_config')

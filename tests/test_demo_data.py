@@ -254,3 +254,40 @@ def test_cli(tmp_path, capsys):
     assert read_meta(out)['seed'] == 1
     assert file_hashes(out) != hashes
     assert sorted(os.listdir(tmp_path)) == ['asl_demo']
+
+
+def test_more_classes_are_variants_of_the_object_kinds(tmp_path):
+    """``--classes 21`` (the paper's proxy task has 21): every class is drawn, each label
+    is a class or the ignore label, and the five-class images are the demo's own."""
+    root = str(tmp_path / 'c21')
+    meta = build_demo_data(root, seed=0, num_train=24, num_val=4, num_holdout=4, size=96,
+                           num_classes=21)
+    assert meta['num_classes'] == 21 and len(meta['classes']) == 21
+    assert len(meta['palette']) == 21 and meta['classes'][:5] == list(DEMO_CLASSES)
+    assert meta['classes'][5:9] == ['blob2', 'building2', 'line2', 'spot2']
+    seen = set()
+    for name in read_list(root, 'train'):
+        label = load_label(root, 'train', name)
+        seen |= set(np.unique(label).tolist())
+    assert seen == set(range(21)) | {IGNORE_INDEX}
+    # a variant has its own colour: the mean colour of blob2 pixels differs from blob's
+    img, lab = zip(*(generate_sample(0, 'train', i, 96, 21) for i in range(24)))
+    img, lab = np.stack(img).reshape(-1, 3), np.stack(lab).reshape(-1)
+    assert np.abs(img[lab == 1].mean(0) - img[lab == 5].mean(0)).max() > 20
+    for i in range(3):
+        a, b = generate_sample(0, 'val', i, 64), generate_sample(0, 'val', i, 64, 5)
+        assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
+    with pytest.raises(ValueError, match='num_classes must be in'):
+        build_demo_data(str(tmp_path / 'bad'), seed=0, num_classes=4)
+
+
+def test_datasets_written_before_num_classes_still_match(tmp_path):
+    root = str(tmp_path / 'old')
+    build_demo_data(root, **SMALL)
+    meta = read_meta(root)
+    del meta['num_classes']  # as written by the earlier generator
+    with open(os.path.join(root, 'meta.json'), 'w') as f:
+        json.dump(meta, f)
+    assert demo.demo_data_status(root, 0, **SMALL)[0] == 'match'
+    status, _, diffs = demo.demo_data_status(root, 0, num_classes=21, **SMALL)
+    assert status == 'mismatch' and diffs == ['num_classes: existing 5, requested 21']

@@ -1,7 +1,12 @@
 """Generate the embedded demo dataset (synthetic, deterministic from a seed).
 
     python tools/make_demo_data.py [--out data/asl_demo] [--seed 0] [--num-train 240]
-                                   [--num-val 80] [--num-holdout 60] [--size 64] [--force]
+                                   [--num-val 80] [--num-holdout 60] [--size 64]
+                                   [--classes 5] [--force]
+
+More classes than the demo's five (``--classes 21``, the shape of PASCAL VOC) adds
+coloured variants of the four object kinds; with ``--size 128 --classes 21
+--num-train 512`` it has the shape of the paper's proxy task.
 
 If ``--out`` already holds a dataset with the same parameters (seed, sizes, counts,
 generator version) nothing is done; if it holds a different one the command refuses
@@ -31,6 +36,8 @@ def parse_args(argv=None):
                    help='training images put in the search hold-out (default: %(default)s)')
     p.add_argument('--size', type=int, default=DEFAULT_SIZES['size'],
                    help='image height and width in pixels (default: %(default)s)')
+    p.add_argument('--classes', type=int, default=5,
+                   help='classes, background included (default: %(default)s; at least 5)')
     p.add_argument('--force', action='store_true',
                    help='replace an existing dataset generated with other parameters')
     return p.parse_args(argv)
@@ -39,14 +46,14 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     sizes = dict(num_train=args.num_train, num_val=args.num_val, num_holdout=args.num_holdout,
-                 size=args.size)
+                 size=args.size, num_classes=args.classes)
     try:
         status, meta, diffs = demo_data_status(args.out, args.seed, **sizes)
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     desc = (f'seed {args.seed}, {args.num_train} train ({args.num_holdout} hold-out) + '
-            f'{args.num_val} val images of {args.size}x{args.size}')
+            f'{args.num_val} val images of {args.size}x{args.size}, {args.classes} classes')
     if status == 'match':
         print(f'{args.out} already holds the demo dataset ({desc}); nothing to do.')
         print(format_stats(meta))

@@ -50,10 +50,15 @@ DEFAULT_ROOT = os.path.join('data', 'asl_demo')
 DEFAULT_SIZES = dict(num_train=240, num_val=80, num_holdout=60, size=64)
 
 # Parameters that identify a dataset: an existing output is reused only if all match.
-_IDENTITY_KEYS = ('generator_version', 'seed', 'size', 'num_train', 'num_val', 'num_holdout')
+_IDENTITY_KEYS = ('generator_version', 'seed', 'size', 'num_train', 'num_val', 'num_holdout',
+                  'num_classes')
+# Datasets written before ``num_classes`` existed have the demo's five classes.
+_IDENTITY_DEFAULTS = dict(num_classes=len(DEMO_CLASSES))
+MAX_CLASSES = 254  # labels are uint8 and 255 is the ignore label
 _SPLIT_CODES = {'train': 0, 'val': 1}
 
 BACKGROUND, BLOB, BUILDING, LINE, SPOT = range(5)
+_KINDS = (BLOB, BUILDING, LINE, SPOT)
 
 # Mean object colours (RGB) and the per-instance jitter around them.
 _CLASS_RGB = {
@@ -70,7 +75,8 @@ __all__ = [
     'DEMO_CLASSES', 'DEMO_PALETTE', 'IGNORE_INDEX', 'GENERATOR_VERSION', 'DEFAULT_ROOT',
     'DEFAULT_SIZES', 'generate_sample', 'demo_names', 'holdout_names', 'build_demo_data',
     'ensure_demo_data', 'demo_data_status', 'read_meta', 'dataset_stats', 'label_stats',
-    'format_stats', 'DemoDataError', 'prepare_demo_data'
+    'format_stats', 'DemoDataError', 'prepare_demo_data', 'class_names', 'class_palette',
+    'class_kind', 'MAX_CLASSES'
 ]
 
 
@@ -181,13 +187,43 @@ def _spot_distance(rng, yy, xx, size):
     return np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
 
 
+def class_kind(cls):
+    """The object kind (blob, building, line, spot) that class ``cls`` is drawn as: the
+    demo's classes 1-4 are the kinds themselves; a dataset with more classes adds variants
+    of the kinds in turn (5: blob, 6: building, ...), each with its own colour."""
+    return cls if cls < 5 else _KINDS[(cls - 5) % 4]
+
+
+def _class_rgb(cls):
+    if cls < 5:
+        return np.asarray(_CLASS_RGB[cls])
+    return np.random.default_rng([7919, int(cls)]).uniform(35.0, 225.0, 3)
+
+
+def class_names(num_classes):
+    """The class names of a dataset with ``num_classes`` classes."""
+    names = list(DEMO_CLASSES[:num_classes])
+    for c in range(5, num_classes):
+        names.append(f'{DEMO_CLASSES[class_kind(c)]}{(c - 5) // 4 + 2}')
+    return names
+
+
+def class_palette(num_classes):
+    """Display colours of a dataset with ``num_classes`` classes."""
+    return [list(p) for p in DEMO_PALETTE[:num_classes]] + [
+        [int(v) for v in np.random.default_rng([104729, c]).integers(0, 256, 3)]
+        for c in range(5, num_classes)]
+
+
 def _instance_colour(rng, cls, h, w):
-    base = np.asarray(_CLASS_RGB[cls]) + rng.normal(0.0, _CLASS_JITTER[cls], 3)
+    kind = class_kind(cls)
+    jitter = _CLASS_JITTER[kind] * (1.0 if cls < 5 else 0.5)
+    base = _class_rgb(cls) + rng.normal(0.0, jitter, 3)
     shade = 1.0 + 0.12 * _smooth_noise(rng, h, w, 2)
     return base[None, None, :] * shade[:, :, None]
 
 
-def generate_sample(seed, split, index, size=64):
+def generate_sample(seed, split, index, size=64, num_classes=5):
     """Generate one (image, label) pair.
 
     Args:
@@ -195,6 +231,9 @@ def generate_sample(seed, split, index, size=64):
         split (str): ``'train'`` or ``'val'``.
         index (int): image index within the split.
         size (int): image height and width in pixels.
+        num_classes (int): classes, background included (5: the demo's; more adds
+            coloured variants of the four object kinds, see :func:`class_kind`). With 5
+            the images are those of earlier versions, pixel for pixel.
 
     Returns:
         tuple: ``image`` (size, size, 3) uint8 RGB and ``label`` (size, size) uint8
@@ -219,8 +258,12 @@ def generate_sample(seed, split, index, size=64):
     soft_ids = []  # instances with a soft edge and an ignore band
     next_id = 1
 
+    variants = {k: [c for c in range(1, num_classes) if class_kind(c) == k] for k in _KINDS}
+
     def paint(mask, alpha, cls, soft):
         nonlocal img, next_id
+        if len(variants[cls]) > 1:  # one of the classes drawn as this kind
+            cls = variants[cls][int(rng.integers(len(variants[cls])))]
         colour = _instance_colour(rng, cls, h, w)
         a = alpha[:, :, None]
         img = img * (1.0 - a) + colour * a
@@ -268,7 +311,7 @@ def generate_sample(seed, split, index, size=64):
         vis = inst == iid
         if vis.any():
             ignore |= _dilate(vis, band) & ~vis
-    ignore &= label <= BUILDING
+    ignore &= np.isin(label, [BACKGROUND] + variants[BLOB] + variants[BUILDING])
     label[ignore] = IGNORE_INDEX
 
     # Global photometric changes, sensor noise, quantisation.
@@ -400,9 +443,12 @@ def _save_png(array, path):
         path, format='PNG', optimize=False, compress_level=6)
 
 
-def _params(seed, num_train, num_val, num_holdout, size):
+def _params(seed, num_train, num_val, num_holdout, size, num_classes=5):
     seed, num_train, num_val = int(seed), int(num_train), int(num_val)
-    num_holdout, size = int(num_holdout), int(size)
+    num_holdout, size, num_classes = int(num_holdout), int(size), int(num_classes)
+    if not 5 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f'num_classes must be in [5, {MAX_CLASSES}] (background and the four '
+                         f'object kinds at least), got {num_classes}')
     if seed < 0:
         raise ValueError(f'seed must be non-negative, got {seed}')
     if size < 16:
@@ -412,14 +458,15 @@ def _params(seed, num_train, num_val, num_holdout, size):
     if not 0 < num_holdout < num_train:
         raise ValueError(f'num_holdout must be in [1, num_train - 1], got {num_holdout}')
     return dict(generator_version=GENERATOR_VERSION, seed=seed, size=size,
-                num_train=num_train, num_val=num_val, num_holdout=num_holdout)
+                num_train=num_train, num_val=num_val, num_holdout=num_holdout,
+                num_classes=num_classes)
 
 
 def _write_dataset(out, params, progress=None):
     seed, size = params['seed'], params['size']
     for sub in ('img_dir/train', 'img_dir/val', 'ann_dir/train', 'ann_dir/val', 'splits'):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
-    classes = list(DEMO_CLASSES)
+    classes = class_names(params['num_classes'])
     train = demo_names('train', params['num_train'])
     val = demo_names('val', params['num_val'])
     holdout = holdout_names(seed, params['num_train'], params['num_holdout'])
@@ -428,7 +475,7 @@ def _write_dataset(out, params, progress=None):
     acc = {s: _StatsAccumulator(len(classes)) for s in ('train', 'train_proxy', 'holdout', 'val')}
     for split, names in (('train', train), ('val', val)):
         for i, name in enumerate(names):
-            image, label = generate_sample(seed, split, i, size)
+            image, label = generate_sample(seed, split, i, size, params['num_classes'])
             _save_png(image, os.path.join(out, 'img_dir', split, name + '.png'))
             _save_png(label, os.path.join(out, 'ann_dir', split, name + '.png'))
             acc[split].add(label)
@@ -444,7 +491,7 @@ def _write_dataset(out, params, progress=None):
     meta.update(
         name='asl_demo',
         classes=classes,
-        palette=[list(p) for p in DEMO_PALETTE],
+        palette=class_palette(params['num_classes']),
         ignore_index=IGNORE_INDEX,
         img_suffix='.png',
         seg_map_suffix='.png',
@@ -481,8 +528,9 @@ def demo_data_status(root=DEFAULT_ROOT, seed=0, **sizes):
     meta = read_meta(root)
     if meta is None:
         return 'mismatch', None, [f'{root} exists but has no readable meta.json']
-    diffs = [f'{k}: existing {meta.get(k)!r}, requested {params[k]!r}'
-             for k in _IDENTITY_KEYS if meta.get(k) != params[k]]
+    diffs = [f'{k}: existing {meta.get(k, _IDENTITY_DEFAULTS.get(k))!r}, requested '
+             f'{params[k]!r}' for k in _IDENTITY_KEYS
+             if meta.get(k, _IDENTITY_DEFAULTS.get(k)) != params[k]]
     if not diffs:
         for kind in ('img_dir', 'ann_dir'):
             for split, n in (('train', params['num_train']), ('val', params['num_val'])):

@@ -138,7 +138,12 @@ class ASLFaultInjectionHook(Hook):
 
     * ``'crash'``: raise ``RuntimeError`` at iteration ``at_iter``;
     * ``'nonfinite'``: fill the model's parameters with NaN after iteration
-      ``at_iter``, so the following losses are NaN (caught by :class:`ASLTrialHook`).
+      ``at_iter``, so the following losses are NaN (caught by :class:`ASLTrialHook`);
+    * ``'oom'``: raise ``torch.OutOfMemoryError`` with PyTorch's ``CUDA out of memory``
+      message at iteration ``at_iter`` (what a trial packed with too many siblings on
+      one GPU meets);
+    * ``'hang'``: stop making progress at iteration ``at_iter`` (sleep until killed),
+      to test time limits.
 
     Args:
         faults (dict): trial id prefix -> kind.
@@ -146,11 +151,12 @@ class ASLFaultInjectionHook(Hook):
     """
 
     priority = 'LOW'
+    KINDS = ('crash', 'nonfinite', 'oom', 'hang')
 
     def __init__(self, faults: Dict[str, str], at_iter: int = 2):
-        bad = {k: v for k, v in faults.items() if v not in ('crash', 'nonfinite')}
+        bad = {k: v for k, v in faults.items() if v not in self.KINDS}
         if bad:
-            raise ValueError(f"fault kinds must be 'crash' or 'nonfinite', got {bad}")
+            raise ValueError(f'fault kinds must be one of {self.KINDS}, got {bad}')
         self.faults = dict(faults)
         self.at_iter = at_iter
         tid = os.environ.get(TRIAL_ID_ENV, '')
@@ -162,6 +168,14 @@ class ASLFaultInjectionHook(Hook):
         if self.kind == 'crash':
             raise RuntimeError(f'injected crash at iteration {self.at_iter}')
         import torch
+        if self.kind == 'oom':
+            raise torch.OutOfMemoryError(
+                f'CUDA out of memory. Tried to allocate 2.00 GiB (injected at iteration '
+                f'{self.at_iter})')
+        if self.kind == 'hang':
+            import time
+            while True:
+                time.sleep(1.0)
         with torch.no_grad():
             for p in runner.model.parameters():
                 p.fill_(float('nan'))

@@ -28,7 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--gpus', type=int, default=None,
                    help='local GPUs to use (default: all visible)')
     p.add_argument('--threads-per-trial', type=int, default=None,
-                   help='CPU threads per local trial (default: cores / workers)')
+                   help='CPU threads per local trial (default: cores / trials at once)')
+    p.add_argument('--trials-per-gpu', type=int, default=None,
+                   help='trials at once on each GPU (each its own process), on each CPU '
+                        'worker without GPUs, or per Slurm job (default: '
+                        'search.trials_per_gpu, 1 unless the config sets it)')
     p.add_argument('--launch', choices=('auto', 'fork', 'spawn'), default='auto',
                    help="how local trials start: 'fork' them from a launcher that has "
                         "imported torch and MMSeg once, or 'spawn' tools/train.py afresh; "
@@ -56,18 +60,42 @@ def _parser() -> argparse.ArgumentParser:
 
 def build_executor(args, settings):
     """The executor the command line asks for."""
+    from .settings import SearchConfigError
+    packed = args.trials_per_gpu if args.trials_per_gpu is not None else settings.trials_per_gpu
+    if packed < 1:
+        raise SearchConfigError(f'--trials-per-gpu must be at least 1, got {packed}')
     if args.executor == 'slurm':
         from .slurm_executor import SlurmExecutor
         gpus = args.gpus_per_trial
         if gpus is None:
             gpus = settings.gpus_per_trial if _cluster_has_gpus() else 0
-        return SlurmExecutor(max_jobs=args.max_jobs, partition=args.partition, gpus_per_trial=gpus,
-                             cpus_per_task=args.cpus_per_task,
-                             extra_args=shlex.split(args.srun_args or ''))
+        _check_amp(settings, gpus)
+        try:
+            return SlurmExecutor(max_jobs=args.max_jobs, partition=args.partition,
+                                 gpus_per_trial=gpus, cpus_per_task=args.cpus_per_task,
+                                 extra_args=shlex.split(args.srun_args or ''),
+                                 trials_per_job=packed)
+        except ValueError as e:
+            raise SearchConfigError(str(e)) from e
     from .executors import LocalExecutor
-    return LocalExecutor(workers=args.workers, gpus=args.gpus,
-                         gpus_per_trial=args.gpus_per_trial or settings.gpus_per_trial,
-                         threads_per_trial=args.threads_per_trial, launch=args.launch)
+    try:
+        ex = LocalExecutor(workers=args.workers, gpus=args.gpus,
+                           gpus_per_trial=args.gpus_per_trial or settings.gpus_per_trial,
+                           threads_per_trial=args.threads_per_trial, launch=args.launch,
+                           trials_per_gpu=packed)
+    except ValueError as e:
+        raise SearchConfigError(str(e)) from e
+    _check_amp(settings, len(ex.gpu_slots))
+    return ex
+
+
+def _check_amp(settings, gpus: int) -> None:
+    """AMP proxy trainings need CUDA (MMEngine's AmpOptimWrapper)."""
+    from .settings import SearchConfigError
+    if settings.amp and not gpus:
+        raise SearchConfigError(f'search.amp={settings.amp!r} needs GPUs for the proxy '
+                                f'trainings (MMEngine\'s AmpOptimWrapper runs on CUDA) and '
+                                f'this search has none; set search.amp=False')
 
 
 def _cluster_has_gpus() -> bool:

@@ -408,7 +408,9 @@ class Search:
                           retrain_base=self.retrain_config or self.config_path)
 
     def fingerprint(self) -> Dict:
-        return dict(config=self.name, settings=self.settings.to_dict(), seed=self.seed,
+        settings = self.settings.to_dict()
+        settings.pop('trials_per_gpu')  # how trials are packed does not change the search
+        return dict(config=self.name, settings=settings, seed=self.seed,
                     searcher=self.searcher, dim=self.dim, reward_key=self.reward_key)
 
     def _prepare_data(self) -> None:
@@ -601,16 +603,20 @@ class Search:
         self._show(state, step)
         while queue or self.executor.running():
             self._check_stop()
-            while queue and len(self.executor.running()) < self.executor.capacity:
-                self._check_stop()
-                spec = queue.pop(0)
-                self._write_trial_config(spec, rec.candidates[spec.index])
-                info = self.executor.launch(spec)
-                rec.trials[spec.index].in_flight = self._log_event(
-                    'trial_launched', step=step, index=spec.index, attempt=spec.attempt,
-                    trial_id=spec.trial_id, work_dir=spec.work_dir,
-                    executor=self.executor.name, info=info, **self._phase(step))
-                self.logger.info(f'{spec.trial_id}: launched ({self.executor.name} {info_str(info)})')
+            free = self.executor.capacity - len(self.executor.running())
+            if queue and free > 0:
+                batch, queue = queue[:free], queue[free:]
+                self.executor.release(batch)
+                for spec in batch:
+                    self._write_trial_config(spec, rec.candidates[spec.index])
+                infos = self.executor.launch_many(batch)
+                for spec, info in zip(batch, infos):
+                    rec.trials[spec.index].in_flight = self._log_event(
+                        'trial_launched', step=step, index=spec.index, attempt=spec.attempt,
+                        trial_id=spec.trial_id, work_dir=spec.work_dir,
+                        executor=self.executor.name, info=info, **self._phase(step))
+                    self.logger.info(f'{spec.trial_id}: launched ({self.executor.name} '
+                                     f'{info_str(info)})')
                 self._show(state, step)
             finished = self.executor.poll()
             for spec, comp in finished:

@@ -59,6 +59,17 @@ class Executor:
         """Start a trial; return JSON-able info to journal (pid, job id...)."""
         raise NotImplementedError
 
+    def launch_many(self, specs: List[TrialSpec]) -> List[Dict]:
+        """Start several trials (at most the free capacity); their journal infos, in order.
+        An executor that packs trials (several in one Slurm job) overrides this."""
+        return [self.launch(spec) for spec in specs]
+
+    def release(self, specs: List[TrialSpec]) -> None:
+        """Called before ``specs`` are (re)launched and their directories reset: make sure
+        nothing left by an earlier controller still runs them (e.g. a job submitted just
+        before the controller was killed, or a packed job of which only some trials were
+        re-attached)."""
+
     def poll(self) -> List[Tuple[TrialSpec, Completion]]:
         """Trials that ended since the last call."""
         raise NotImplementedError
@@ -141,7 +152,10 @@ class LocalExecutor(Executor):
 
     With CUDA devices, ``gpus`` devices (default: all visible) are split into slots of
     ``gpus_per_trial``; a trial with several GPUs runs under torchrun. Without CUDA,
-    ``workers`` trials run at once, each with ``threads_per_trial`` CPU threads.
+    there are ``workers`` slots, each trial with ``threads_per_trial`` CPU threads.
+    Each slot runs up to ``trials_per_gpu`` trials at once (packing: several small proxy
+    trainings share one GPU), each its own process, with its own work directory, time
+    limit and failure: a trial that crashes or runs out of memory fails alone.
     Trials are stopped (SIGTERM, then SIGKILL) at their time limit. Children die with
     the controller; a resumed controller kills any leftover process group of an
     in-flight trial before launching it again.
@@ -157,11 +171,13 @@ class LocalExecutor(Executor):
     or dies, the executor falls back to spawning and says so.
 
     Args:
-        workers (int): concurrent CPU trials (ignored with GPUs). Default: 1.
+        workers (int): CPU slots (ignored with GPUs). Default: 1.
         gpus (int, optional): GPUs to use (default: all visible; 0 forces CPU).
         gpus_per_trial (int): GPUs per trial. Default: 1.
-        threads_per_trial (int, optional): OMP/MKL threads per CPU trial (default:
-            cores // workers).
+        trials_per_gpu (int): trials at once per slot (GPU, or CPU worker); only with
+            ``gpus_per_trial=1``. Default: 1.
+        threads_per_trial (int, optional): OMP/MKL threads per trial (default: cores
+            divided by the number of trials that run at once).
         python (str, optional): interpreter for the trials (default: this one).
         env (dict, optional): extra environment variables.
         launch (str): ``'auto'``, ``'fork'`` or ``'spawn'`` (see above).
@@ -174,13 +190,15 @@ class LocalExecutor(Executor):
     def __init__(self, workers: int = 1, gpus: Optional[int] = None, gpus_per_trial: int = 1,
                  threads_per_trial: Optional[int] = None, python: Optional[str] = None,
                  env: Optional[Dict[str, str]] = None, launch: str = 'auto',
-                 log_dir: Optional[str] = None):
+                 log_dir: Optional[str] = None, trials_per_gpu: int = 1):
         if launch not in LAUNCH_MODES:
             raise ValueError(f'launch must be one of {LAUNCH_MODES}, got {launch!r}')
         if workers < 1:
             raise ValueError(f'workers must be at least 1, got {workers}')
         if gpus_per_trial < 1:
             raise ValueError(f'gpus_per_trial must be at least 1, got {gpus_per_trial}')
+        if trials_per_gpu < 1:
+            raise ValueError(f'trials_per_gpu must be at least 1, got {trials_per_gpu}')
         visible = _visible_gpus()
         if gpus is not None:
             if gpus > len(visible):
@@ -194,15 +212,20 @@ class LocalExecutor(Executor):
             n = len(visible) // gpus_per_trial
             self.gpu_slots = [visible[i * gpus_per_trial:(i + 1) * gpus_per_trial]
                               for i in range(n)]
+        if trials_per_gpu > 1 and self.gpu_slots and gpus_per_trial > 1:
+            raise ValueError(f'trials_per_gpu={trials_per_gpu} packs single-GPU trials; it '
+                             f'cannot be combined with gpus_per_trial={gpus_per_trial}')
         self.workers = workers
         self.gpus_per_trial = gpus_per_trial
+        self.trials_per_gpu = trials_per_gpu
+        self.num_slots = len(self.gpu_slots) or workers
         cores = os.cpu_count() or 1
-        self.threads = threads_per_trial or max(cores // (len(self.gpu_slots) or workers), 1)
+        self.threads = threads_per_trial or max(cores // (self.num_slots * trials_per_gpu), 1)
         self.python = python or sys.executable
         self.env = dict(env or {})
         self._running: Dict[str, Dict] = {}  # trial_id -> state
         self._adopted: Dict[str, Dict] = {}
-        self._free_slots = list(range(len(self.gpu_slots)))
+        self._load = [0] * self.num_slots  # trials running in each slot
         self.launch_mode = launch
         self.log_dir = log_dir
         self._server = None  # PreforkServer, started at the first forked trial
@@ -211,16 +234,18 @@ class LocalExecutor(Executor):
 
     @property
     def capacity(self) -> int:
-        return len(self.gpu_slots) or self.workers
+        return self.num_slots * self.trials_per_gpu
 
     def describe(self) -> str:
         mode = 'forked from a pre-warmed launcher' if self._wants_fork() else \
             'a new process each'
+        packed = (f' ({self.trials_per_gpu} per {"GPU" if self.gpu_slots else "worker"})'
+                  if self.trials_per_gpu > 1 else '')
         if self.gpu_slots:
-            return (f'local, {len(self.gpu_slots)} trial(s) at once on GPUs '
+            return (f'local, {self.capacity} trial(s) at once{packed} on GPUs '
                     f'{self.gpu_slots}, {mode}')
-        return (f'local, {self.workers} CPU trial(s) at once, {self.threads} thread(s) each, '
-                f'{mode}')
+        return (f'local, {self.capacity} CPU trial(s) at once{packed}, {self.threads} '
+                f'thread(s) each, {mode}')
 
     def _wants_fork(self) -> bool:
         """Whether trials are forked (every slot has ``gpus_per_trial`` GPUs; one process
@@ -292,9 +317,9 @@ class LocalExecutor(Executor):
         env.update(self.env)
         env[TRIAL_ID_ENV] = spec.trial_id
         env['PYTHONUNBUFFERED'] = '1'
-        slot = None
+        slot = self._load.index(min(self._load))  # the least loaded slot
+        self._load[slot] += 1
         if self.gpu_slots:
-            slot = self._free_slots.pop(0)
             gpus = self.gpu_slots[slot]
             env['CUDA_VISIBLE_DEVICES'] = ','.join(gpus)
             nproc = len(gpus)
@@ -329,8 +354,7 @@ class LocalExecutor(Executor):
                                             preexec_fn=_die_with_parent)
                 pid = proc.pid
         except BaseException:
-            if slot is not None:
-                self._free_slots.insert(0, slot)
+            self._load[slot] -= 1
             raise
         self._running[spec.trial_id] = dict(spec=spec, proc=proc, pid=pid, start=start,
                                             slot=slot, server=server)
@@ -390,8 +414,7 @@ class LocalExecutor(Executor):
             except (ProcessLookupError, PermissionError):
                 pass
             del self._running[tid]
-            if r['slot'] is not None:
-                self._free_slots.append(r['slot'])
+            self._load[r['slot']] -= 1
             reason = f'exceeded the time limit of {r["spec"].time_limit:g} s' if timed_out else why
             done.append((r['spec'], Completion(exit_code=code, timed_out=timed_out,
                                                wall_s=time.time() - r['start'],
@@ -416,7 +439,7 @@ class LocalExecutor(Executor):
             _kill_group(r['pid'], grace=3.0)
             self._exit_status(r, wait=10.0)
         self._running.clear()
-        self._free_slots = list(range(len(self.gpu_slots)))
+        self._load = [0] * self.num_slots
         self.close()
 
     def close(self) -> None:

@@ -5,7 +5,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-__all__ = ['SearchSettings', 'SearchConfigError', 'parse_search_section']
+__all__ = ['SearchSettings', 'SearchConfigError', 'parse_search_section', 'amp_dtype']
+
+
+def amp_dtype(amp: Any) -> Optional[str]:
+    """The autocast dtype of ``search.amp`` (None: full precision)."""
+    if amp is True:
+        return 'float16'
+    return amp or None
 
 
 class SearchConfigError(ValueError):
@@ -55,6 +62,15 @@ class SearchSettings:
             recorded as failed.
         max_retries: relaunches of a failed trial before it counts as failed for good.
         gpus_per_trial: GPUs per proxy training (more than one runs torchrun).
+        trials_per_gpu: proxy trainings run at once on each GPU (each its own process,
+            work directory, time limit and failure), like the official
+            ``num_models_per_gpu``; on CPU workers, trainings at once per worker; with
+            Slurm, trainings per job. Pays when one proxy training leaves the GPU idle
+            (small models, small crops); single-GPU trials only. Not part of the search's
+            fingerprint: a search may be resumed with another value.
+        amp: proxy trainings with automatic mixed precision (MMEngine's
+            ``AmpOptimWrapper``; ``True`` or ``'float16'``, or ``'bfloat16'``); the
+            surrogate loss is computed in float32 either way. Needs CUDA GPUs.
         aux_weight: loss weight of the surrogate in the auxiliary head(s).
         retrain_config: config that the final re-training config inherits (a relative
             path is looked up next to the search config, then from the current
@@ -83,6 +99,8 @@ class SearchSettings:
     trial_time_limit: float = 3600.0
     max_retries: int = 2
     gpus_per_trial: int = 1
+    trials_per_gpu: int = 1
+    amp: Any = False
     aux_weight: float = 0.4
     retrain_config: Optional[str] = None
 
@@ -134,10 +152,15 @@ def parse_search_section(section: Any, config_path: str = '<config>') -> SearchS
         _check(isinstance(v, (int, float)) and v > 0,
                f'search.{name} must be a positive number, got {v!r}')
     _check(s.sigma <= 1.0, f'search.sigma must be at most 1, got {s.sigma!r}')
-    for name in ('num_samples', 'num_steps', 'ppo_epochs', 'gpus_per_trial'):
+    for name in ('num_samples', 'num_steps', 'ppo_epochs', 'gpus_per_trial', 'trials_per_gpu'):
         v = getattr(s, name)
         _check(isinstance(v, int) and v >= 1,
                f'search.{name} must be a positive integer, got {v!r}')
+    _check(s.trials_per_gpu == 1 or s.gpus_per_trial == 1,
+           f'search.trials_per_gpu={s.trials_per_gpu} packs single-GPU proxy trainings; it '
+           f'cannot be combined with gpus_per_trial={s.gpus_per_trial}')
+    _check(isinstance(s.amp, bool) or s.amp in ('float16', 'bfloat16'),
+           f"search.amp must be False, True, 'float16' or 'bfloat16', got {s.amp!r}")
     _check(isinstance(s.max_retries, int) and s.max_retries >= 0,
            f'search.max_retries must be a non-negative integer, got {s.max_retries!r}')
     _check(s.baseline in ('mu', 'mean'),

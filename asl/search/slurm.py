@@ -41,7 +41,7 @@ LIVE_STATES = frozenset({
     'RESV_DEL_HOLD'})
 
 _SEP = '\x1f'  # squeue field terminator: never part of a job name, comment or reason
-_SQUEUE_FIELDS = ('JobID', 'State', 'exit_code', 'Reason', 'Comment', 'Name')
+_SQUEUE_FIELDS = ('JobID', 'State', 'exit_code', 'Reason', 'Comment', 'Name', 'WorkDir')
 _CANCEL_PREFIX = 'cancelled: '
 _JOB_ID = re.compile(r'^\d+(?:[_+]\d+)?$')
 _TIMEOUT_S = 60.0
@@ -89,6 +89,8 @@ class JobInfo:
             timed-out job it is whatever the interrupted script returned (``-15``, ``143``, ``1``
             ...): judge those by ``state``.
         finished: True when the job will not run any more (a terminal state).
+        name: The job's name, where the source reports it (squeue); else ``''``.
+        work_dir: The job's working directory, where the source reports it (squeue).
     """
 
     job_id: str
@@ -96,6 +98,8 @@ class JobInfo:
     reason: str
     exit_code: Optional[int]
     finished: bool
+    name: str = ''
+    work_dir: str = ''
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -353,13 +357,13 @@ def _squeue(args: Sequence[str]) -> Dict[str, JobInfo]:
         fields = line.split(_SEP)
         if len(fields) < len(_SQUEUE_FIELDS):
             continue
-        job_id, state, status, slurm_reason, comment, name = (f.strip() for f in
-                                                              fields[:len(_SQUEUE_FIELDS)])
+        job_id, state, status, slurm_reason, comment, name, work_dir = (
+            f.strip() for f in fields[:len(_SQUEUE_FIELDS)])
         state = _base_state(state)
         code, sig = _exit_from_status(status)
         exit_code = _exit_code(state, code, sig)
         jobs[job_id] = JobInfo(job_id, state, _reason(state, slurm_reason, exit_code, comment),
-                               exit_code, state in FINISHED_STATES)
+                               exit_code, state in FINISHED_STATES, name, work_dir)
     return jobs
 
 
@@ -520,10 +524,11 @@ def list_jobs(name_prefix: str) -> Dict[str, JobInfo]:
         fields = line.split(_SEP)
         if len(fields) < len(_SQUEUE_FIELDS):
             continue
-        job_id, state, _status, slurm_reason, comment, name = fields[:len(_SQUEUE_FIELDS)]
+        job_id, state, _status, slurm_reason, comment, name, work_dir = (
+            fields[:len(_SQUEUE_FIELDS)])
         job_id, state = job_id.strip(), _base_state(state)
         if state in FINISHED_STATES or not name.startswith(name_prefix):
             continue
         jobs[job_id] = JobInfo(job_id, state, _reason(state, slurm_reason, None, comment),
-                               None, False)
+                               None, False, name.strip(), work_dir.strip())
     return jobs

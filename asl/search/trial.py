@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
 from ..protocol import FAILURE_FILE, RESULT_FILE, STDOUT_LOG
-from .settings import SearchConfigError, SearchSettings
+from .settings import SearchConfigError, SearchSettings, amp_dtype
 
 __all__ = ['TrialSpec', 'TrialOutcome', 'check_surrogate', 'make_trial_config',
            'read_trial_outcome', 'train_command', 'trial_args', 'REPO_ROOT']
@@ -143,7 +143,8 @@ def make_trial_config(cfg, settings: SearchSettings, raw_theta: List[float], tra
       head(s) the same at ``settings.aux_weight``;
     * training on the proxy split, validation (once, at the end) on the hold-out with
       the exact target metric, no checkpoints;
-    * :class:`~asl.mmseg.hooks.ASLTrialHook` to report the result.
+    * :class:`~asl.mmseg.hooks.ASLTrialHook` to report the result;
+    * with ``settings.amp``, MMEngine's ``AmpOptimWrapper`` (the surrogate stays float32).
     """
     cfg = copy.deepcopy(cfg)
     if 'search' in cfg:
@@ -169,6 +170,11 @@ def make_trial_config(cfg, settings: SearchSettings, raw_theta: List[float], tra
                        failure_file=FAILURE_FILE))
     cfg.custom_hooks = custom
     cfg.pop('demo_data', None)  # the search prepared the data already
+    dtype = amp_dtype(settings.amp)
+    if dtype is not None:
+        wrapper = dict(cfg.optim_wrapper)
+        wrapper.update(type='AmpOptimWrapper', dtype=dtype)
+        cfg.optim_wrapper = wrapper
     return cfg
 
 

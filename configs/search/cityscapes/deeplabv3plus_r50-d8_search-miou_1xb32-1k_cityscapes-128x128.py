@@ -32,6 +32,7 @@ search = dict(
     trial_time_limit=3600,       # seconds per proxy training
     max_retries=2,               # relaunches of a failed trial
     gpus_per_trial=1,            # GPUs (torch.distributed processes) per proxy training
+    trials_per_gpu=4,            # proxy trainings at once on each GPU (official num_models_per_gpu=4)
     # re-training config of the result (from the repository root)
     retrain_config=('configs/retrain/cityscapes/'
                     'deeplabv3plus_r101-d8_asl-miou_4xb8-10k_cityscapes-512x1024.py'),
