@@ -57,20 +57,16 @@ echo "[kit] downloading wheels for CPython $PY_VERSION ($ABI, x86_64 Linux) into
 specs=()
 for p in "${PACKAGES[@]}"; do specs+=("$(pinned "$p")"); done
 failed=()
+DL=("${PIP[@]}" download -q --disable-pip-version-check --no-deps --only-binary=:all:
+    --python-version "$PY_VERSION" --implementation cp --abi "$ABI" --abi abi3 --abi none
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64
+    --platform manylinux_2_28_x86_64 --platform any -d "$KIT/wheels")
 for spec in "${specs[@]}"; do
-    if ! "${PIP[@]}" download -q --disable-pip-version-check --no-deps --only-binary=:all: \
-            --python-version "$PY_VERSION" --implementation cp --abi "$ABI" --abi abi3 \
-            --abi none --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
-            --platform manylinux_2_28_x86_64 --platform any -d "$KIT/wheels" "$spec" \
-            > "$KIT/.download.log" 2>&1; then
+    if ! "${DL[@]}" "$spec" > "$KIT/.download.log" 2>&1; then
         # a version of this environment may have no wheel for that Python: take the newest
         name="${spec%%[=<>]*}"
-        if [ "$name" != "$spec" ] && [[ "$spec" != *"<"* ]] && "${PIP[@]}" download -q \
-                --disable-pip-version-check --no-deps --only-binary=:all: \
-                --python-version "$PY_VERSION" --implementation cp --abi "$ABI" --abi abi3 \
-                --abi none --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
-                --platform manylinux_2_28_x86_64 --platform any -d "$KIT/wheels" "$name" \
-                > "$KIT/.download.log" 2>&1; then
+        if [ "$name" != "$spec" ] && [[ "$spec" != *"<"* ]] \
+                && "${DL[@]}" "$name" > "$KIT/.download.log" 2>&1; then
             echo "[kit] $spec has no $ABI wheel; took the newest $name"
         else
             failed+=("$spec")
