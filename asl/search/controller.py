@@ -136,10 +136,11 @@ class TrialRecord:
     final_failure: Optional[str] = None
     failures: List[str] = field(default_factory=list)
     in_flight: Optional[Dict] = None  # the last trial_launched without an outcome
+    rejected: bool = False  # by pre-screening: never trained
 
     @property
     def done(self) -> bool:
-        return self.reward is not None or self.final_failure is not None
+        return self.reward is not None or self.final_failure is not None or self.rejected
 
 
 @dataclass
@@ -150,6 +151,7 @@ class StepRecord:
     update: Optional[Dict] = None
     policy: Optional[Dict] = None  # the policy that sampled the candidates
     seeds: Optional[List[int]] = None  # per candidate (re-evaluation); None: the search seed
+    screened: Optional[Dict] = None  # the step_screened event (search.prescreen)
 
     def rewards(self) -> List[Optional[float]]:
         return [self.trials[i].reward if i in self.trials else None
@@ -184,6 +186,10 @@ def replay(events: List[Dict]) -> SearchState:
             st.steps[ev['step']] = StepRecord(mu=ev['mu'], candidates=ev['candidates'],
                                               policy=ev.get('policy'))
             st.rng = ev['rng']
+        elif kind == 'step_screened':
+            st.steps[ev['step']].screened = ev
+            for i in ev['rejected']:
+                st.steps[ev['step']].trials.setdefault(i, TrialRecord()).rejected = True
         elif kind == 'reeval_started':
             st.reeval = StepRecord(mu=[], candidates=ev['candidates'], seeds=ev['seeds'])
             st.reeval_entries = ev['entries']
@@ -582,9 +588,47 @@ class Search:
                                 self._holdout_ds, self.reward_key)
         cfg.dump(spec.config_path)
 
+    def _screen(self, step: int, rec: StepRecord) -> None:
+        """Pre-screen the step's candidates (``search.prescreen``), journaled once, before
+        any of its trials is launched."""
+        from ..exact import ExactMetrics
+        from ..surrogate import Surrogate
+        from .prescreen import rejected, screen_score, screening_labels
+        p, s = self.settings.prescreen, self.settings
+        t0 = time.time()
+        if getattr(self, '_screen_labels', None) is None:
+            self._screen_labels = screening_labels(self._train_ds, p['images'])
+            head = self.cfg.model.decode_head
+            head = head[0] if isinstance(head, (list, tuple)) else head
+            self._screen_classes = int(head['num_classes'])
+        metric = ExactMetrics([s.target_metric], self._screen_classes, tol=s.tol,
+                              drop_bg=s.drop_bg)
+
+        def score(raw):
+            sur = Surrogate(s.target_metric, raw_theta=raw, parameterization=s.parameterization,
+                            num_pieces=s.num_pieces, tol=s.tol, drop_bg=s.drop_bg)
+            return screen_score(sur, self._screen_labels, self._screen_classes, metric,
+                                p['steps'], p['lr'], p['seed'])
+
+        scores = [score(c) for c in rec.candidates]
+        mu_first = self.searcher == 'ppo' and s.baseline == 'mu'
+        reference = scores[0] if mu_first else score(rec.mu)
+        out = rejected(scores, reference, p['threshold'], keep=[0] if mu_first else [])
+        rec.screened = self._log_event('step_screened', step=step, scores=scores,
+                                       reference=reference, threshold=p['threshold'],
+                                       rejected=out, seconds=round(time.time() - t0, 3))
+        for i in out:
+            rec.trials.setdefault(i, TrialRecord()).rejected = True
+        self.logger.info(
+            f'step {step + 1}: pre-screened {len(scores)} candidates in '
+            f'{time.time() - t0:.1f} s (policy mean {reference:.3f}); rejected '
+            + (', '.join(f'candidate {i} ({scores[i]:.3f})' for i in out) if out else 'none'))
+
     def _run_trials(self, state: SearchState, step: int, rec: StepRecord) -> None:
         """Launch every unfinished candidate (retrying failures) until all are done."""
         s = self.settings
+        if step != REEVAL and s.prescreen is not None and rec.screened is None:
+            self._screen(step, rec)
         queue: List[TrialSpec] = []
         for i in range(len(rec.candidates)):
             t = rec.trials.setdefault(i, TrialRecord())
@@ -679,8 +723,11 @@ class Search:
         mean did far worse than the best earlier one, the policy is instead rolled back
         to the state that sampled that best mean (``search.rollback``)."""
         s = self.settings
-        rewards = rec.rewards()
-        ok = [r for r in rewards if r is not None]
+        trained = rec.rewards()
+        ok = [r for r in trained if r is not None]
+        rejected = [i for i, t in sorted(rec.trials.items()) if t.rejected]
+        # a rejected candidate takes the step's lowest trained reward (none trained: none)
+        rewards = [min(ok) if i in rejected and ok else r for i, r in enumerate(trained)]
         back = self._rollback(state, step, rec)
         if self.searcher == 'random':
             new, stats = state.policy, dict(skipped=True, reason='random search')
@@ -698,7 +745,9 @@ class Search:
             stats = st.__dict__
         summary = dict(reward_mean=float(np.mean(ok)) if ok else None,
                        reward_max=float(np.max(ok)) if ok else None,
-                       num_ok=len(ok), num_failed=len(rewards) - len(ok))
+                       num_ok=len(ok), num_failed=len(trained) - len(ok) - len(rejected))
+        if rejected:
+            summary['rejected'] = rejected
         ev = self._log_event('policy_updated', step=step, policy=new.to_dict(), mu=new.mu,
                              rewards=rewards, stats=stats, summary=summary)
         rec.update = ev

@@ -20,9 +20,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 __all__ = ['Journal', 'JournalError', 'EVENT_KINDS']
 
-EVENT_KINDS = ('search_started', 'step_started', 'trial_launched', 'trial_finished',
-               'trial_failed', 'policy_updated', 'reeval_started', 'reeval_finished',
-               'search_finished')
+EVENT_KINDS = ('search_started', 'step_started', 'step_screened', 'trial_launched',
+               'trial_finished', 'trial_failed', 'policy_updated', 'reeval_started',
+               'reeval_finished', 'search_finished')
 
 
 class JournalError(RuntimeError):

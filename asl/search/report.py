@@ -59,6 +59,9 @@ def select_best(search: SearchInfo, state) -> Dict:
                           kl=stats.get('kl'),
                           failed={str(i): t.failures for i, t in st.trials.items()
                                   if t.failures}))
+        if st.screened is not None:  # pre-screening: scores, rejected (never trained)
+            steps[-1].update(screen_scores=st.screened['scores'],
+                             rejected=st.screened['rejected'])
     scored = [s for s in steps if s['mean'] is not None]
     if not scored:
         raise RuntimeError('no trial of the search produced a reward; see the failures in '

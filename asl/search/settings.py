@@ -68,6 +68,12 @@ class SearchSettings:
             Slurm, trainings per job. Pays when one proxy training leaves the GPU idle
             (small models, small crops); single-GPU trials only. Not part of the search's
             fingerprint: a search may be resumed with another value.
+        prescreen: ``dict(images=4, steps=10, lr=0.5, threshold=0.5, seed=0)`` (entries
+            left out take these values): before a step's proxy trainings, each candidate
+            is scored by optimising free logits on a few proxy-training label maps with
+            its surrogate (:mod:`asl.search.prescreen`); a candidate scoring below
+            ``threshold`` times the policy mean's score is rejected without training and
+            takes the step's lowest trained reward in the update. None = off.
         amp: proxy trainings with automatic mixed precision (MMEngine's
             ``AmpOptimWrapper``; ``True`` or ``'float16'``, or ``'bfloat16'``); the
             surrogate loss is computed in float32 either way. Needs CUDA GPUs.
@@ -101,6 +107,7 @@ class SearchSettings:
     gpus_per_trial: int = 1
     trials_per_gpu: int = 1
     amp: Any = False
+    prescreen: Optional[Dict[str, Any]] = None
     aux_weight: float = 0.4
     retrain_config: Optional[str] = None
 
@@ -184,6 +191,22 @@ def parse_search_section(section: Any, config_path: str = '<config>') -> SearchS
                    for k in ('top', 'seeds')),
                f'search.reevaluate must be dict(top=<positive int>, seeds=<positive int>) or '
                f'None, got {r!r}')
+    if s.prescreen is not None:
+        from .prescreen import PRESCREEN_DEFAULTS
+        p = s.prescreen
+        _check(isinstance(p, dict) and set(p) <= set(PRESCREEN_DEFAULTS),
+               f'search.prescreen must be None or a dict with keys among '
+               f'{sorted(PRESCREEN_DEFAULTS)}, got {p!r}')
+        p = s.prescreen = {**PRESCREEN_DEFAULTS, **p}
+        for k in ('images', 'steps'):
+            _check(isinstance(p[k], int) and not isinstance(p[k], bool) and p[k] >= 1,
+                   f'search.prescreen.{k} must be a positive integer, got {p[k]!r}')
+        _check(isinstance(p['seed'], int) and not isinstance(p['seed'], bool),
+               f'search.prescreen.seed must be an integer, got {p["seed"]!r}')
+        _check(isinstance(p['lr'], (int, float)) and p['lr'] > 0,
+               f'search.prescreen.lr must be a positive number, got {p["lr"]!r}')
+        _check(isinstance(p['threshold'], (int, float)) and 0 < p['threshold'] <= 1,
+               f'search.prescreen.threshold must be in (0, 1], got {p["threshold"]!r}')
     _check(isinstance(s.holdout, dict) and set(s.holdout) <= {'num', 'seed'}
            and isinstance(s.holdout.get('num'), int) and s.holdout['num'] >= 1,
            f'search.holdout must be dict(num=<positive int>, seed=<int>), got {s.holdout!r}')
