@@ -9,14 +9,16 @@ Everything here is plain data, with no dependency, so that both sides import it:
   validation, written by :class:`asl.mmseg.hooks.ASLTrialHook`; fields in
   :data:`RESULT_FIELDS`), :data:`FAILURE_FILE` (written instead when a loss is not
   finite) and :data:`STDOUT_LOG` (the process's output, written by the executor);
-* the exit statuses a trial's process uses (:data:`EXIT_NONFINITE`; otherwise 0 for
-  success, 1 for an exception, 2 for bad arguments, ``-N`` for signal N).
+* the exit statuses a trial's process uses (:data:`EXIT_NONFINITE`, :data:`EXIT_STOPPED`;
+  otherwise 0 for success, 1 for an exception, 2 for bad arguments, ``-N`` for signal N);
+* with early stopping, :data:`PROBES_FILE` and :data:`STOPPED_FILE`.
 
 A new field of the contract is added here once and read from here by every side.
 """
 __all__ = [
     'TRIAL_ID_ENV', 'LAUNCH_TIME_ENV', 'RESULT_FILE', 'FAILURE_FILE', 'STDOUT_LOG',
-    'RESULT_FIELDS', 'FAILURE_FIELDS', 'EXIT_NONFINITE'
+    'RESULT_FIELDS', 'FAILURE_FIELDS', 'EXIT_NONFINITE', 'PROBES_FILE', 'STOPPED_FILE',
+    'EXIT_STOPPED'
 ]
 
 #: The trial's id (``s<step>-c<candidate>-a<attempt>``, ``re-c<n>-a<attempt>``), set by the
@@ -48,3 +50,14 @@ FAILURE_FIELDS = ('reason', 'kind', 'iter', 'key', 'value')
 
 #: Exit status of a training stopped on a non-finite loss.
 EXIT_NONFINITE = 3
+
+#: Intermediate hold-out scores of a trial with early stopping (``search.early_stop``):
+#: one JSON line per probe, ``iter``, ``score`` (the reward key, as a fraction),
+#: ``threshold`` (None: no rule at that point) and ``metrics``.
+PROBES_FILE = 'probes.jsonl'
+
+#: Written when a trial stopped itself early: ``iter``, ``score``, ``threshold``, ``reason``.
+STOPPED_FILE = 'stopped.json'
+
+#: Exit status of a training that stopped itself early (its probe fell below the rule).
+EXIT_STOPPED = 4

@@ -78,7 +78,7 @@ def _screened(work):
     return [e for e in journal(work) if e['event'] == 'step_screened']
 
 
-def test_rejected_candidates_are_not_trained_and_take_the_lowest_reward(tmp_path):
+def test_rejected_candidates_are_not_trained_and_take_a_reward_below_the_lowest(tmp_path):
     work = tmp_path / 'search'
     out = run(search_cmd(work, options=SCREEN))
     assert out.returncode == 0, tail(out)
@@ -100,10 +100,13 @@ def test_rejected_candidates_are_not_trained_and_take_the_lowest_reward(tmp_path
     for upd in (e for e in events if e['event'] == 'policy_updated'):
         trained = [e['reward'] for e in events if e['event'] == 'trial_finished'
                    and e['step'] == upd['step']]
+        scr = next(e for e in screened if e['step'] == upd['step'])
         for step, i in all_rejected:
-            if step == upd['step']:
-                assert upd['rewards'][i] == min(trained)
-                assert upd['summary']['rejected'] == [i]
+            if step == upd['step']:  # below every trained reward, by how far it fell short
+                ratio = scr['scores'][i] / (scr['threshold'] * scr['reference'])
+                assert upd['rewards'][i] == pytest.approx(min(trained) * ratio, abs=1e-12)
+                assert upd['rewards'][i] < min(trained)
+                assert i in upd['summary']['rejected']
     best = json.load(open(work / 'best.json'))
     for step, i in all_rejected:
         assert best['steps'][step]['rewards'][i] is None

@@ -18,7 +18,7 @@ import torch
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 
-from ..protocol import EXIT_NONFINITE
+from ..protocol import EXIT_NONFINITE, EXIT_STOPPED
 from .launch import LAUNCHERS, adapt_config, setup_distributed
 
 __all__ = ['train_main', 'test_main', 'load_config', 'prepare_demo_data',
@@ -130,13 +130,16 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     setup_distributed(args.launcher)
     runner = _build_runner(cfg)
     _log_notes(runner, notes)
-    from .hooks import NonFiniteLossError
+    from .hooks import NonFiniteLossError, TrialStoppedEarly
     code = 0
     try:
         runner.train()
     except NonFiniteLossError as e:
         runner.logger.error(f'training stopped: {e}')
         code = EXIT_NONFINITE
+    except TrialStoppedEarly as e:
+        runner.logger.info(f'training stopped: {e}')
+        code = EXIT_STOPPED
     if args.lean and args.launcher == 'none':
         quick_exit(code)
     return code

@@ -12,17 +12,22 @@ from mmseg.registry import HOOKS
 
 from ..utils import atomic_write_json
 
-__all__ = ['ASLTrialHook', 'ASLFaultInjectionHook', 'NonFiniteLossError']
+__all__ = ['ASLTrialHook', 'ASLFaultInjectionHook', 'NonFiniteLossError', 'TrialStoppedEarly']
 
 #: Set by the search's executors to the wall-clock time (``time.time()``) at which the
 #: trial process was launched, so that process start-up counts as overhead.
-from ..protocol import FAILURE_FILE, LAUNCH_TIME_ENV, RESULT_FILE, TRIAL_ID_ENV
+from ..protocol import (FAILURE_FILE, LAUNCH_TIME_ENV, PROBES_FILE, RESULT_FILE, STOPPED_FILE,
+                        TRIAL_ID_ENV)
 
 _IMPORT_TIME = time.time()
 
 
 class NonFiniteLossError(RuntimeError):
     """A loss became NaN or infinite; the training is stopped at that iteration."""
+
+
+class TrialStoppedEarly(RuntimeError):
+    """An intermediate hold-out score fell below the early-stopping rule."""
 
 
 def _as_float(v) -> Optional[float]:
@@ -44,6 +49,12 @@ class ASLTrialHook(Hook):
       metrics, the iteration and timings: ``wall_s`` since launch, ``train_iter_s``
       (time inside training iterations), ``val_s`` and ``overhead_s`` (everything else:
       process start, imports, model build, data loading warm-up, evaluation).
+    * Early stopping (``probe_iters``): after each of these iterations the validation
+      (the hold-out) runs once more; the score (``probe_key``, as a fraction) is appended
+      to ``probe_file``, and when it is below that point's threshold ``stopped_file`` is
+      written and :class:`TrialStoppedEarly` raised: the process exits at once with
+      ``EXIT_STOPPED``. The thresholds are fixed before the trial starts, so the decision
+      depends on nothing but the trial itself (a relaunched trial decides the same).
 
     Relative file names are resolved in the runner's ``work_dir``. Only rank 0 writes,
     unless ``result_file`` contains ``{rank}``: then every rank writes its own view of
@@ -54,15 +65,34 @@ class ASLTrialHook(Hook):
         failure_file (str): JSON file written on a non-finite loss. Default:
             ``failure.json``.
         check_finite (bool): check the losses. Default: True.
+        probe_iters (list): iterations after which to probe the hold-out score.
+        probe_thresholds (list): per probe, the score below which the trial stops
+            (None: never at that probe).
+        probe_key (str): the metric of the probes (the search's reward key).
+        probe_file, stopped_file (str): see above.
     """
 
     priority = 'VERY_LOW'
 
     def __init__(self, result_file: str = RESULT_FILE, failure_file: str = FAILURE_FILE,
-                 check_finite: bool = True):
+                 check_finite: bool = True, probe_iters=(), probe_thresholds=(),
+                 probe_key: Optional[str] = None, probe_file: str = PROBES_FILE,
+                 stopped_file: str = STOPPED_FILE):
         self.result_file = result_file
         self.failure_file = failure_file
         self.check_finite = check_finite
+        self.probe_iters = [int(i) for i in probe_iters]
+        self.probe_thresholds = list(probe_thresholds) or [None] * len(self.probe_iters)
+        if len(self.probe_thresholds) != len(self.probe_iters):
+            raise ValueError(f'{len(self.probe_thresholds)} probe thresholds for '
+                             f'{len(self.probe_iters)} probe iterations')
+        if self.probe_iters and not probe_key:
+            raise ValueError('probe_iters needs probe_key (the metric to probe)')
+        self.probe_key = probe_key
+        self.probe_file = probe_file
+        self.stopped_file = stopped_file
+        self._probe_metrics = None
+        self._probing = False
         launch = os.environ.get(LAUNCH_TIME_ENV)
         self.launch_time = _as_float(launch) if launch else None
         if self.launch_time is None:
@@ -94,6 +124,42 @@ class ASLTrialHook(Hook):
                 self._write_failure(runner, dict(reason=reason, kind='nonfinite',
                                                  iter=runner.iter + 1, key=key, value=str(v)))
                 raise NonFiniteLossError(reason)
+        it = runner.iter + 1
+        if it in self.probe_iters and it < runner.max_iters:
+            self._probe(runner, it, self.probe_thresholds[self.probe_iters.index(it)])
+
+    def _probe(self, runner, it: int, threshold: Optional[float]) -> None:
+        """Validate now (the hold-out), record the score, stop below ``threshold``."""
+        self._probing, self._probe_metrics = True, None
+        try:
+            runner.val_loop.run()
+        finally:
+            self._probing = False
+            runner.model.train()
+        metrics = self._probe_metrics or {}
+        value = _as_float(metrics.get(self.probe_key))
+        score = value / 100.0 if value is not None and math.isfinite(value) else 0.0
+        stop = threshold is not None and score < threshold
+        self._append_probe(runner, dict(iter=it, score=score, threshold=threshold,
+                                        metrics={k: _as_float(v) for k, v in metrics.items()}))
+        if stop:
+            reason = (f'stopped early at iteration {it}: {self.probe_key} {score:.4f} < '
+                      f'{threshold:.4f}, the rule\'s threshold at that point')
+            self._write_stopped(runner, dict(iter=it, score=score, threshold=threshold,
+                                             reason=reason))
+            raise TrialStoppedEarly(reason)
+
+    @master_only
+    def _append_probe(self, runner, line: dict) -> None:
+        import json
+        with open(self._path(runner, self.probe_file), 'a') as f:
+            f.write(json.dumps(line) + '\n')
+            f.flush()
+            os.fsync(f.fileno())
+
+    @master_only
+    def _write_stopped(self, runner, info: dict) -> None:
+        atomic_write_json(self._path(runner, self.stopped_file), info)
 
     @master_only
     def _write_failure(self, runner, info: dict) -> None:
@@ -106,6 +172,9 @@ class ASLTrialHook(Hook):
         if self._t_val is not None:
             self.val_s += time.perf_counter() - self._t_val
             self._t_val = None
+        if self._probing:  # an early-stopping probe, not the trial's result
+            self._probe_metrics = dict(metrics or {})
+            return
         self._write_result(runner, metrics or {})
 
     def _write_result(self, runner, metrics: Dict[str, float]) -> None:

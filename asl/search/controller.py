@@ -49,8 +49,8 @@ from .executors import Completion, Executor, LocalExecutor
 from .journal import EVENT_KINDS, Journal
 from .policy import PolicyState, ppo_update, sample_truncnorm
 from .settings import SearchConfigError, SearchSettings, parse_search_section
-from .trial import (TrialOutcome, TrialSpec, check_surrogate, make_trial_config,
-                    read_trial_outcome)
+from .trial import (TrialOutcome, TrialSpec, check_surrogate, make_trial_config, probe_plan,
+                    read_probes, read_trial_outcome)
 
 __all__ = ['Search', 'SearchInterrupted', 'load_search_config', 'replay', 'SearchState', 'SEARCHERS', 'KILL_AT_ENV',
            'REEVAL', 'mean_reward', 'own_reward', 'rollback_to', 'reeval_entries']
@@ -137,10 +137,13 @@ class TrialRecord:
     failures: List[str] = field(default_factory=list)
     in_flight: Optional[Dict] = None  # the last trial_launched without an outcome
     rejected: bool = False  # by pre-screening: never trained
+    stopped: Optional[Dict] = None  # the trial_stopped event (early stopping)
+    probes: List[Dict] = field(default_factory=list)  # early-stopping scores
 
     @property
     def done(self) -> bool:
-        return self.reward is not None or self.final_failure is not None or self.rejected
+        return (self.reward is not None or self.final_failure is not None or self.rejected
+                or self.stopped is not None)
 
 
 @dataclass
@@ -152,6 +155,7 @@ class StepRecord:
     policy: Optional[Dict] = None  # the policy that sampled the candidates
     seeds: Optional[List[int]] = None  # per candidate (re-evaluation); None: the search seed
     screened: Optional[Dict] = None  # the step_screened event (search.prescreen)
+    probe_plan: Optional[Dict] = None  # early stopping: probe iterations and thresholds
 
     def rewards(self) -> List[Optional[float]]:
         return [self.trials[i].reward if i in self.trials else None
@@ -195,14 +199,17 @@ def replay(events: List[Dict]) -> SearchState:
             st.reeval_entries = ev['entries']
         elif kind == 'reeval_finished':
             st.reeval_done = ev
-        elif kind in ('trial_launched', 'trial_finished', 'trial_failed'):
+        elif kind in ('trial_launched', 'trial_finished', 'trial_failed', 'trial_stopped'):
             owner = st.reeval if ev.get('phase') == 'reeval' else st.steps[ev['step']]
             rec = owner.trials.setdefault(ev['index'], TrialRecord())
             if kind == 'trial_launched':
                 rec.in_flight = ev
             elif kind == 'trial_finished':
                 rec.reward, rec.metrics, rec.timing = ev['reward'], ev['metrics'], ev['timing']
+                rec.probes = ev.get('probes') or []
                 rec.in_flight = None
+            elif kind == 'trial_stopped':
+                rec.stopped, rec.probes, rec.in_flight = ev, ev['probes'], None
             else:
                 rec.attempts_failed += 1
                 rec.failures.append(f'attempt {ev["attempt"]}: [{ev["kind"]}] {ev["reason"]}')
@@ -229,6 +236,26 @@ def own_reward(rewards: List[Optional[float]], baseline: str) -> Optional[float]
     if baseline == 'mu' and rewards and rewards[0] is not None:
         return float(rewards[0])
     return mean_reward(rewards)
+
+
+def settled_reward(rec: 'StepRecord', index: int, trained: List[float]) -> Optional[float]:
+    """The reward in the PPO update of a candidate settled without a full training: the
+    step's lowest full-length reward times how far the candidate fell below its rule,
+    ``score / threshold`` (< 1): pre-screening's score against ``threshold x`` the policy
+    mean's, or early stopping's probe score against that point's threshold. Always below
+    every full-length reward of the step, lower the further below the rule (the order
+    among such candidates is kept), and on the rewards' own scale. None when no trial of
+    the step was trained to the end (the candidate is then left out, like a failure)."""
+    if not trained:
+        return None
+    t = rec.trials[index]
+    if t.stopped is not None:
+        score, bar = t.stopped['score'], t.stopped['threshold']
+    else:
+        scr = rec.screened
+        score, bar = scr['scores'][index], scr['threshold'] * scr['reference']
+    ratio = min(max(score / bar, 0.0), 1.0) if bar and bar > 0 else 0.0
+    return float(min(trained)) * ratio
 
 
 def rollback_to(earlier: List[tuple], own: Optional[float], ratio: float) -> Optional[Dict]:
@@ -580,12 +607,13 @@ class Search:
         """The extra field of the re-evaluation's trial events."""
         return dict(phase='reeval') if step == REEVAL else {}
 
-    def _write_trial_config(self, spec: TrialSpec, cand: List[float]) -> None:
+    def _write_trial_config(self, spec: TrialSpec, cand: List[float],
+                            probes: Optional[Dict] = None) -> None:
         if os.path.isdir(spec.work_dir):  # a relaunch starts from a clean directory
             shutil.rmtree(spec.work_dir)
         os.makedirs(spec.work_dir)
         cfg = make_trial_config(self.cfg, self.settings, cand, self._train_ds,
-                                self._holdout_ds, self.reward_key)
+                                self._holdout_ds, self.reward_key, probes=probes)
         cfg.dump(spec.config_path)
 
     def _screen(self, step: int, rec: StepRecord) -> None:
@@ -624,11 +652,29 @@ class Search:
             f'{time.time() - t0:.1f} s (policy mean {reference:.3f}); rejected '
             + (', '.join(f'candidate {i} ({scores[i]:.3f})' for i in out) if out else 'none'))
 
+    def _trial_probes(self, rec: StepRecord, spec: TrialSpec) -> Optional[Dict]:
+        """A trial's early-stopping probes: the step's plan, without thresholds for the
+        policy mean itself (candidate 0 with ``baseline='mu'``: the baseline of the
+        update and the step's own reward must be full-length)."""
+        plan = rec.probe_plan
+        if plan and spec.index == 0 and self.searcher == 'ppo' and \
+                self.settings.baseline == 'mu':
+            plan = dict(plan, thresholds=[None] * len(plan['thresholds']))
+        return plan
+
     def _run_trials(self, state: SearchState, step: int, rec: StepRecord) -> None:
         """Launch every unfinished candidate (retrying failures) until all are done."""
         s = self.settings
         if step != REEVAL and s.prescreen is not None and rec.screened is None:
             self._screen(step, rec)
+        if step != REEVAL and s.early_stop is not None:
+            # from the finished trials of the earlier steps only: fixed for the whole step,
+            # whenever (and however often) its trials are launched
+            e = s.early_stop
+            history = [t.probes for k, st in state.steps.items() if k < step
+                       for t in st.trials.values() if t.reward is not None]
+            rec.probe_plan = probe_plan(int(self.cfg.train_cfg.max_iters), e['at'], history,
+                                        e['quantile'], e['min_trials'])
         queue: List[TrialSpec] = []
         for i in range(len(rec.candidates)):
             t = rec.trials.setdefault(i, TrialRecord())
@@ -651,14 +697,17 @@ class Search:
             if queue and free > 0:
                 batch, queue = queue[:free], queue[free:]
                 self.executor.release(batch)
-                for spec in batch:
-                    self._write_trial_config(spec, rec.candidates[spec.index])
+                plans = [self._trial_probes(rec, spec) for spec in batch]
+                for spec, plan in zip(batch, plans):
+                    self._write_trial_config(spec, rec.candidates[spec.index], plan)
                 infos = self.executor.launch_many(batch)
-                for spec, info in zip(batch, infos):
+                for spec, info, plan in zip(batch, infos, plans):
+                    extra = dict(probes=plan) if plan else {}
                     rec.trials[spec.index].in_flight = self._log_event(
                         'trial_launched', step=step, index=spec.index, attempt=spec.attempt,
                         trial_id=spec.trial_id, work_dir=spec.work_dir,
-                        executor=self.executor.name, info=info, **self._phase(step))
+                        executor=self.executor.name, info=info, **extra,
+                        **self._phase(step))
                     self.logger.info(f'{spec.trial_id}: launched ({self.executor.name} '
                                      f'{info_str(info)})')
                 self._show(state, step)
@@ -680,14 +729,27 @@ class Search:
             out.kind = comp.kind
         t = rec.trials[spec.index]
         t.in_flight = None
+        probes = read_probes(spec.work_dir) if rec.probe_plan else None
+        if out.kind == 'stopped' and rec.probe_plan:  # by the rule: not a failure, no retry
+            st = out.result
+            t.stopped = self._log_event(
+                'trial_stopped', step=spec.step, index=spec.index, attempt=spec.attempt,
+                trial_id=spec.trial_id, iter=st.get('iter'), score=st.get('score'),
+                threshold=st.get('threshold'), reason=out.reason, probes=probes,
+                wall_s=comp.wall_s)
+            t.probes = probes
+            self.logger.info(f'{spec.trial_id}: {out.reason}')
+            return None
         if out.ok:
             timing = {k: out.result.get(k) for k in ('wall_s', 'train_iter_s', 'val_s',
                                                      'overhead_s')}
             timing['executor_wall_s'] = comp.wall_s
             t.reward, t.metrics, t.timing = out.reward, out.result.get('metrics', {}), timing
+            extra = dict(probes=probes) if probes is not None else {}
+            t.probes = probes or []
             self._log_event('trial_finished', step=spec.step, index=spec.index,
                             attempt=spec.attempt, trial_id=spec.trial_id, reward=out.reward,
-                            metrics=t.metrics, timing=timing, **self._phase(spec.step))
+                            metrics=t.metrics, timing=timing, **extra, **self._phase(spec.step))
             if comp.wall_s:
                 self.progress.durations.append(comp.wall_s)
             self.logger.info(f'{spec.trial_id}: reward {out.reward:.4f} '
@@ -726,8 +788,9 @@ class Search:
         trained = rec.rewards()
         ok = [r for r in trained if r is not None]
         rejected = [i for i, t in sorted(rec.trials.items()) if t.rejected]
-        # a rejected candidate takes the step's lowest trained reward (none trained: none)
-        rewards = [min(ok) if i in rejected and ok else r for i, r in enumerate(trained)]
+        stopped = [i for i, t in sorted(rec.trials.items()) if t.stopped is not None]
+        rewards = [settled_reward(rec, i, ok) if i in rejected + stopped else r
+                   for i, r in enumerate(trained)]
         back = self._rollback(state, step, rec)
         if self.searcher == 'random':
             new, stats = state.policy, dict(skipped=True, reason='random search')
@@ -745,9 +808,12 @@ class Search:
             stats = st.__dict__
         summary = dict(reward_mean=float(np.mean(ok)) if ok else None,
                        reward_max=float(np.max(ok)) if ok else None,
-                       num_ok=len(ok), num_failed=len(trained) - len(ok) - len(rejected))
+                       num_ok=len(ok),
+                       num_failed=len(trained) - len(ok) - len(rejected) - len(stopped))
         if rejected:
             summary['rejected'] = rejected
+        if stopped:
+            summary['stopped'] = stopped
         ev = self._log_event('policy_updated', step=step, policy=new.to_dict(), mu=new.mu,
                              rewards=rewards, stats=stats, summary=summary)
         rec.update = ev
@@ -821,6 +887,8 @@ class Search:
                         best, best_at = t.reward, (f're-c{i}' if k == 're' else f's{k}-c{i}')
                 elif t.final_failure is not None:
                     failed += 1
+                elif t.rejected or t.stopped is not None:
+                    done += 1  # settled without a full training
         self.progress.show(step, self.settings.num_steps, len(self.executor.running()), done,
                            failed, best, best_at)
 

@@ -15,8 +15,10 @@ the reachable score depends on the metric, the classes and the data (an absolute
 threshold would need tuning per task), while the policy mean is what the search
 currently believes in: a candidate that does much worse than it on this task carries
 no information worth a proxy training. Rejected candidates are journaled (the step's
-``step_screened`` event) and take the lowest trained reward of their step in the PPO
-update, so that the policy learns to move away from them.
+``step_screened`` event) and take, in the PPO update, the lowest full-length reward of
+their step times ``score / (threshold x reference)`` (below 1):
+:func:`asl.search.controller.settled_reward`, so that the policy learns to move away
+from them, the more so the worse they screened.
 
 Everything here is deterministic: a fixed seed, float32, the same label maps.
 """

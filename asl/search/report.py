@@ -62,6 +62,10 @@ def select_best(search: SearchInfo, state) -> Dict:
         if st.screened is not None:  # pre-screening: scores, rejected (never trained)
             steps[-1].update(screen_scores=st.screened['scores'],
                              rejected=st.screened['rejected'])
+        stopped = {str(i): dict(iter=t.stopped['iter'], score=t.stopped['score'])
+                   for i, t in st.trials.items() if t.stopped is not None}
+        if stopped:  # early stopping: where and at what score
+            steps[-1]['stopped'] = stopped
     scored = [s for s in steps if s['mean'] is not None]
     if not scored:
         raise RuntimeError('no trial of the search produced a reward; see the failures in '

@@ -5,7 +5,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-__all__ = ['SearchSettings', 'SearchConfigError', 'parse_search_section', 'amp_dtype']
+__all__ = ['SearchSettings', 'SearchConfigError', 'parse_search_section', 'amp_dtype',
+           'EARLY_STOP_DEFAULTS']
+
+
+#: ``search.early_stop`` entries left out take these values.
+EARLY_STOP_DEFAULTS = dict(at=[1 / 3, 2 / 3], quantile=0.5, min_trials=3)
 
 
 def amp_dtype(amp: Any) -> Optional[str]:
@@ -72,8 +77,19 @@ class SearchSettings:
             left out take these values): before a step's proxy trainings, each candidate
             is scored by optimising free logits on a few proxy-training label maps with
             its surrogate (:mod:`asl.search.prescreen`); a candidate scoring below
-            ``threshold`` times the policy mean's score is rejected without training and
-            takes the step's lowest trained reward in the update. None = off.
+            ``threshold`` times the policy mean's score is rejected without training (its
+            reward in the update: see :func:`asl.search.controller.settled_reward`).
+            None = off.
+        early_stop: ``dict(at=[1/3, 2/3], quantile=0.5, min_trials=3)`` (entries left out
+            take these values): each proxy training also scores the hold-out after
+            those fractions of its iterations and stops itself at a point where its
+            score is below the ``quantile`` (0.5: the median) of the scores that the
+            finished trials of the earlier steps had at the same point (a rule only
+            once ``min_trials`` such scores exist: never in the first step; never the
+            policy mean itself with ``baseline='mu'``). A stopped
+            trial's reward in the update: :func:`asl.search.controller.settled_reward`. The
+            thresholds are fixed when the step starts, so a resumed search decides the
+            same. Not for the re-evaluation. None = off.
         amp: proxy trainings with automatic mixed precision (MMEngine's
             ``AmpOptimWrapper``; ``True`` or ``'float16'``, or ``'bfloat16'``); the
             surrogate loss is computed in float32 either way. Needs CUDA GPUs.
@@ -108,6 +124,7 @@ class SearchSettings:
     trials_per_gpu: int = 1
     amp: Any = False
     prescreen: Optional[Dict[str, Any]] = None
+    early_stop: Optional[Dict[str, Any]] = None
     aux_weight: float = 0.4
     retrain_config: Optional[str] = None
 
@@ -207,6 +224,25 @@ def parse_search_section(section: Any, config_path: str = '<config>') -> SearchS
                f'search.prescreen.lr must be a positive number, got {p["lr"]!r}')
         _check(isinstance(p['threshold'], (int, float)) and 0 < p['threshold'] <= 1,
                f'search.prescreen.threshold must be in (0, 1], got {p["threshold"]!r}')
+    if s.early_stop is not None:
+        e = s.early_stop
+        _check(isinstance(e, dict) and set(e) <= set(EARLY_STOP_DEFAULTS),
+               f'search.early_stop must be None or a dict with keys among '
+               f'{sorted(EARLY_STOP_DEFAULTS)}, got {e!r}')
+        e = s.early_stop = {**EARLY_STOP_DEFAULTS, **e}
+        at = e['at']
+        _check(isinstance(at, (list, tuple)) and len(at) >= 1
+               and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1
+                       for x in at) and list(at) == sorted(set(at)),
+               f'search.early_stop.at must be increasing fractions of the training in (0, 1), '
+               f'got {at!r}')
+        e['at'] = [float(x) for x in at]
+        _check(isinstance(e['quantile'], (int, float)) and 0 < e['quantile'] < 1,
+               f'search.early_stop.quantile must be in (0, 1), got {e["quantile"]!r}')
+        _check(isinstance(e['min_trials'], int) and not isinstance(e['min_trials'], bool)
+               and e['min_trials'] >= 1,
+               f'search.early_stop.min_trials must be a positive integer, got '
+               f'{e["min_trials"]!r}')
     _check(isinstance(s.holdout, dict) and set(s.holdout) <= {'num', 'seed'}
            and isinstance(s.holdout.get('num'), int) and s.holdout['num'] >= 1,
            f'search.holdout must be dict(num=<positive int>, seed=<int>), got {s.holdout!r}')

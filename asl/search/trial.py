@@ -14,7 +14,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ..protocol import FAILURE_FILE, RESULT_FILE, STDOUT_LOG
+from ..protocol import FAILURE_FILE, PROBES_FILE, RESULT_FILE, STDOUT_LOG, STOPPED_FILE
 from .settings import SearchConfigError, SearchSettings, amp_dtype
 
 __all__ = ['TrialSpec', 'TrialOutcome', 'check_surrogate', 'make_trial_config',
@@ -136,7 +136,7 @@ def set_trial_loss(model, settings: SearchSettings, raw_theta: List[float]) -> N
 
 
 def make_trial_config(cfg, settings: SearchSettings, raw_theta: List[float], train_ds: Dict,
-                      holdout_ds: Dict, reward_key: str):
+                      holdout_ds: Dict, reward_key: str, probes: Optional[Dict] = None):
     """The resolved config of one trial (a copy of the search config ``cfg``).
 
     * decode head(s): ``AutoSegLoss`` with ``raw_theta`` at weight 1, auxiliary
@@ -144,7 +144,8 @@ def make_trial_config(cfg, settings: SearchSettings, raw_theta: List[float], tra
     * training on the proxy split, validation (once, at the end) on the hold-out with
       the exact target metric, no checkpoints;
     * :class:`~asl.mmseg.hooks.ASLTrialHook` to report the result;
-    * with ``settings.amp``, MMEngine's ``AmpOptimWrapper`` (the surrogate stays float32).
+    * with ``settings.amp``, MMEngine's ``AmpOptimWrapper`` (the surrogate stays float32);
+    * ``probes`` (early stopping): ``dict(iters=[...], thresholds=[...])`` for the hook.
     """
     cfg = copy.deepcopy(cfg)
     if 'search' in cfg:
@@ -166,8 +167,11 @@ def make_trial_config(cfg, settings: SearchSettings, raw_theta: List[float], tra
     hooks['checkpoint'] = None  # a relaunched trial starts over; no checkpoint needed
     cfg.default_hooks = hooks
     custom = [h for h in cfg.get('custom_hooks', []) if h.get('type') != 'ASLTrialHook']
-    custom.append(dict(type='ASLTrialHook', result_file=RESULT_FILE,
-                       failure_file=FAILURE_FILE))
+    hook = dict(type='ASLTrialHook', result_file=RESULT_FILE, failure_file=FAILURE_FILE)
+    if probes:
+        hook.update(probe_iters=list(probes['iters']),
+                    probe_thresholds=list(probes['thresholds']), probe_key=reward_key)
+    custom.append(hook)
     cfg.custom_hooks = custom
     cfg.pop('demo_data', None)  # the search prepared the data already
     dtype = amp_dtype(settings.amp)
@@ -219,6 +223,10 @@ def read_trial_outcome(work_dir: str, reward_key: str, exit_code: Optional[int],
     def load(name):
         return read_json_or_none(os.path.join(work_dir, name))
 
+    stopped = load(STOPPED_FILE)
+    if stopped is not None:
+        return TrialOutcome(False, kind='stopped', reason=stopped.get('reason', 'stopped early'),
+                            result=stopped, wall_s=wall_s)
     failure = load(FAILURE_FILE)
     if failure is not None:
         return TrialOutcome(False, kind='nonfinite', reason=failure.get('reason', 'non-finite'),
@@ -262,3 +270,43 @@ def _log_tail(path: str, limit: int = 300) -> str:
         if 'Error' in ln or 'error' in ln or 'Exception' in ln:
             return ln[-limit:]
     return lines[-1][-limit:] if lines else ''
+
+
+def read_probes(work_dir: str) -> List[Dict]:
+    """The early-stopping probes a trial wrote (``iter``, ``score``, ``threshold``)."""
+    import json
+    out = []
+    try:
+        with open(os.path.join(work_dir, PROBES_FILE)) as f:
+            for line in f:
+                if line.endswith('\n'):
+                    p = json.loads(line)
+                    out.append(dict(iter=p['iter'], score=p['score'], threshold=p['threshold']))
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def probe_plan(max_iters: int, at: List[float], history: List[List[Dict]], quantile: float,
+               min_trials: int) -> Dict:
+    """The probe iterations of a step's trials and their thresholds.
+
+    Args:
+        max_iters: the proxy training's length.
+        at: fractions of it (``search.early_stop.at``).
+        history: the probes of the finished trials of the earlier steps.
+        quantile, min_trials: the rule (``search.early_stop``).
+
+    Returns:
+        ``dict(iters, thresholds)``: a threshold is the ``quantile`` of the earlier scores
+        at that iteration, None with fewer than ``min_trials`` of them.
+    """
+    import numpy as np
+    iters = sorted({min(max(int(round(f * max_iters)), 1), max_iters - 1) for f in at})
+    iters = [i for i in iters if 0 < i < max_iters]
+    thresholds = []
+    for it in iters:
+        scores = [p['score'] for probes in history for p in probes if p['iter'] == it]
+        thresholds.append(float(np.quantile(scores, quantile)) if len(scores) >= min_trials
+                          else None)
+    return dict(iters=iters, thresholds=thresholds)
