@@ -128,3 +128,30 @@ def test_killed_after_screening_resumes_with_the_same_search(tmp_path):
     a, b = trajectory(work), trajectory(ref)
     assert a['steps'] == b['steps'] and a['best'] == b['best']
     assert os.path.isfile(work / 'retrain_config.py')
+
+
+def test_equivalence_reuses_the_reward_of_an_equal_surrogate(tmp_path):
+    """Every step's candidate 0 is the policy mean; with a policy that does not move
+    (lr tiny, clipping on) and a permissive cosine threshold, candidates of step 2 match
+    trained candidates of step 1 and take their rewards, untrained."""
+    work = tmp_path / 'search'
+    out = run(search_cmd(work, options=['search.reevaluate=None',
+                                        'search.equivalence.threshold=0.99']))
+    assert out.returncode == 0, tail(out)
+    screened = _screened(work)
+    assert [e['step'] for e in screened] == [0, 1]
+    assert screened[0]['reused'] == {} and screened[0]['scores'] is None
+    reused = screened[1]['reused']
+    assert reused, 'expected at least one equivalent candidate'
+    finished = {(e['step'], e['index']): e['reward'] for e in journal(work)
+                if e['event'] == 'trial_finished'}
+    launched = {(e['step'], e['index']) for e in journal(work)
+                if e['event'] == 'trial_launched'}
+    upd = [e for e in journal(work) if e['event'] == 'policy_updated'][1]
+    for i, src in reused.items():
+        assert src['cosine'] >= 0.99 and src['step'] == 0
+        assert src['reward'] == finished[(0, src['index'])]
+        assert (1, int(i)) not in launched
+        assert upd['rewards'][int(i)] == src['reward']
+    best = json.load(open(work / 'best.json'))
+    assert best['steps'][1]['reused'] == reused

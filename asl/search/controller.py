@@ -138,6 +138,7 @@ class TrialRecord:
     in_flight: Optional[Dict] = None  # the last trial_launched without an outcome
     rejected: bool = False  # by pre-screening: never trained
     stopped: Optional[Dict] = None  # the trial_stopped event (early stopping)
+    reused: Optional[Dict] = None  # equivalence: the trained candidate whose reward it took
     probes: List[Dict] = field(default_factory=list)  # early-stopping scores
 
     @property
@@ -192,8 +193,7 @@ def replay(events: List[Dict]) -> SearchState:
             st.rng = ev['rng']
         elif kind == 'step_screened':
             st.steps[ev['step']].screened = ev
-            for i in ev['rejected']:
-                st.steps[ev['step']].trials.setdefault(i, TrialRecord()).rejected = True
+            apply_screening(st.steps[ev['step']], ev)
         elif kind == 'reeval_started':
             st.reeval = StepRecord(mu=[], candidates=ev['candidates'], seeds=ev['seeds'])
             st.reeval_entries = ev['entries']
@@ -222,6 +222,16 @@ def replay(events: List[Dict]) -> SearchState:
         elif kind == 'search_finished':
             st.finished = ev
     return st
+
+
+def apply_screening(rec: 'StepRecord', ev: Dict) -> None:
+    """What a ``step_screened`` event settles: rejected candidates, and candidates that
+    reuse the reward of an equivalent trained one."""
+    for i in ev['rejected']:
+        rec.trials.setdefault(i, TrialRecord()).rejected = True
+    for i, src in (ev.get('reused') or {}).items():
+        t = rec.trials.setdefault(int(i), TrialRecord())
+        t.reward, t.reused = src['reward'], src
 
 
 def mean_reward(rewards: List[Optional[float]]) -> Optional[float]:
@@ -616,41 +626,77 @@ class Search:
                                 self._holdout_ds, self.reward_key, probes=probes)
         cfg.dump(spec.config_path)
 
-    def _screen(self, step: int, rec: StepRecord) -> None:
-        """Pre-screen the step's candidates (``search.prescreen``), journaled once, before
-        any of its trials is launched."""
+    def _screen(self, state: SearchState, step: int, rec: StepRecord) -> None:
+        """Before any trial of the step: pre-screening (``search.prescreen``) and the
+        equivalence check (``search.equivalence``), journaled once (``step_screened``)."""
         from ..exact import ExactMetrics
         from ..surrogate import Surrogate
-        from .prescreen import rejected, screen_score, screening_labels
-        p, s = self.settings.prescreen, self.settings
+        from .prescreen import (PRESCREEN_DEFAULTS, most_similar, rejected, screen_score,
+                                screening_labels, surrogate_gradient)
+        s = self.settings
+        p = s.prescreen or PRESCREEN_DEFAULTS
         t0 = time.time()
         if getattr(self, '_screen_labels', None) is None:
             self._screen_labels = screening_labels(self._train_ds, p['images'])
             head = self.cfg.model.decode_head
             head = head[0] if isinstance(head, (list, tuple)) else head
             self._screen_classes = int(head['num_classes'])
-        metric = ExactMetrics([s.target_metric], self._screen_classes, tol=s.tol,
-                              drop_bg=s.drop_bg)
+            self._grads = {}  # (step, index) of a trained candidate -> unit gradient
 
-        def score(raw):
-            sur = Surrogate(s.target_metric, raw_theta=raw, parameterization=s.parameterization,
-                            num_pieces=s.num_pieces, tol=s.tol, drop_bg=s.drop_bg)
-            return screen_score(sur, self._screen_labels, self._screen_classes, metric,
-                                p['steps'], p['lr'], p['seed'])
+        def surrogate(raw):
+            return Surrogate(s.target_metric, raw_theta=raw, parameterization=s.parameterization,
+                             num_pieces=s.num_pieces, tol=s.tol, drop_bg=s.drop_bg)
 
-        scores = [score(c) for c in rec.candidates]
+        fields = dict(scores=None, reference=None, threshold=None, rejected=[], reused={})
         mu_first = self.searcher == 'ppo' and s.baseline == 'mu'
-        reference = scores[0] if mu_first else score(rec.mu)
-        out = rejected(scores, reference, p['threshold'], keep=[0] if mu_first else [])
-        rec.screened = self._log_event('step_screened', step=step, scores=scores,
-                                       reference=reference, threshold=p['threshold'],
-                                       rejected=out, seconds=round(time.time() - t0, 3))
-        for i in out:
-            rec.trials.setdefault(i, TrialRecord()).rejected = True
+        if s.prescreen is not None:
+            metric = ExactMetrics([s.target_metric], self._screen_classes, tol=s.tol,
+                                  drop_bg=s.drop_bg)
+
+            def score(raw):
+                return screen_score(surrogate(raw), self._screen_labels, self._screen_classes,
+                                    metric, p['steps'], p['lr'], p['seed'])
+
+            scores = [score(c) for c in rec.candidates]
+            reference = scores[0] if mu_first else score(rec.mu)
+            fields.update(scores=scores, reference=reference, threshold=p['threshold'],
+                          rejected=rejected(scores, reference, p['threshold'],
+                                            keep=[0] if mu_first else []))
+        if s.equivalence is not None:
+            q = s.equivalence
+
+            def grad(raw):
+                return surrogate_gradient(surrogate(raw), self._screen_labels,
+                                          self._screen_classes, p['seed'], q['entries'])
+
+            for k, st in sorted(state.steps.items()):  # trained in earlier steps
+                for j, t in st.trials.items():
+                    if k < step and t.reward is not None and t.reused is None and \
+                            (k, j) not in self._grads:
+                        self._grads[(k, j)] = grad(st.candidates[j])
+            for i, cand in enumerate(rec.candidates):
+                if i in fields['rejected']:
+                    continue
+                best = most_similar(grad(cand), self._grads)
+                if best is not None and best[1] >= q['threshold']:
+                    (k, j), cos = best
+                    src = state.steps[k].trials[j]
+                    fields['reused'][str(i)] = dict(step=k, index=j, cosine=cos,
+                                                    reward=src.reward)
+        rec.screened = self._log_event('step_screened', step=step, **fields,
+                                       seconds=round(time.time() - t0, 3))
+        apply_screening(rec, rec.screened)
+        out, reused = fields['rejected'], fields['reused']
         self.logger.info(
-            f'step {step + 1}: pre-screened {len(scores)} candidates in '
-            f'{time.time() - t0:.1f} s (policy mean {reference:.3f}); rejected '
-            + (', '.join(f'candidate {i} ({scores[i]:.3f})' for i in out) if out else 'none'))
+            f'step {step + 1}: screened {len(rec.candidates)} candidates in '
+            f'{time.time() - t0:.1f} s'
+            + (f' (policy mean {fields["reference"]:.3f}); rejected '
+               + (', '.join(f'candidate {i} ({fields["scores"][i]:.3f})' for i in out)
+                  if out else 'none') if s.prescreen is not None else '')
+            + ('; reused ' + ', '.join(f'candidate {i}: reward of step {r["step"] + 1} '
+                                       f'candidate {r["index"]} (cosine {r["cosine"]:.5f})'
+                                       for i, r in reused.items())
+               if reused else ''))
 
     def _trial_probes(self, rec: StepRecord, spec: TrialSpec) -> Optional[Dict]:
         """A trial's early-stopping probes: the step's plan, without thresholds for the
@@ -665,8 +711,9 @@ class Search:
     def _run_trials(self, state: SearchState, step: int, rec: StepRecord) -> None:
         """Launch every unfinished candidate (retrying failures) until all are done."""
         s = self.settings
-        if step != REEVAL and s.prescreen is not None and rec.screened is None:
-            self._screen(step, rec)
+        if step != REEVAL and rec.screened is None and \
+                (s.prescreen is not None or s.equivalence is not None):
+            self._screen(state, step, rec)
         if step != REEVAL and s.early_stop is not None:
             # from the finished trials of the earlier steps only: fixed for the whole step,
             # whenever (and however often) its trials are launched

@@ -30,7 +30,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = ['PRESCREEN_DEFAULTS', 'screening_labels', 'screen_score', 'rejected']
+__all__ = ['PRESCREEN_DEFAULTS', 'EQUIVALENCE_DEFAULTS', 'screening_labels', 'screen_score',
+           'rejected', 'surrogate_gradient', 'most_similar']
 
 #: ``search.prescreen`` entries left out take these values.
 PRESCREEN_DEFAULTS = dict(images=4, steps=10, lr=0.5, threshold=0.5, seed=0)
@@ -121,3 +122,37 @@ def rejected(scores: Sequence[float], reference: float, threshold: float,
     """Indices of the candidates whose score is below ``threshold * reference`` (the
     policy mean's score), except those in ``keep`` (the policy mean itself)."""
     return [i for i, s in enumerate(scores) if i not in set(keep) and s < threshold * reference]
+
+
+#: ``search.equivalence`` entries left out take these values.
+EQUIVALENCE_DEFAULTS = dict(threshold=0.999, entries=16384)
+
+
+def surrogate_gradient(surrogate, labels: torch.Tensor, num_classes: int, seed: int = 0,
+                       entries: int = 16384, ignore_index: int = 255) -> torch.Tensor:
+    """The gradient of ``surrogate``'s loss with respect to the screening task's starting
+    logits (the same seeded noise as :func:`screen_score`), on a fixed seeded subset of
+    ``entries`` of its elements (all of them if there are fewer), as a unit vector: two
+    candidates whose vectors have a cosine similarity near 1 push a network the same way
+    on these images (AutoLoss-Zero's gradient-equivalence check)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    n, h, w = labels.shape
+    logits = (0.1 * torch.randn(n, num_classes, h, w, generator=gen)).requires_grad_()
+    (1.0 - surrogate(logits, labels, ignore_index)).backward()
+    g = logits.grad.reshape(-1)
+    if g.numel() > entries:
+        pick = torch.randperm(g.numel(), generator=torch.Generator().manual_seed(int(seed) + 1))
+        g = g[pick[:entries]]
+    norm = g.norm()
+    return g / norm if norm > 0 else g
+
+
+def most_similar(grad: torch.Tensor, known: Dict) -> Optional[tuple]:
+    """``(key, cosine)`` of the entry of ``known`` (key -> unit gradient) closest to
+    ``grad``; None if ``known`` is empty."""
+    if not known:
+        return None
+    keys = list(known)
+    cos = torch.stack([known[k] for k in keys]) @ grad
+    j = int(cos.argmax())
+    return keys[j], float(cos[j])

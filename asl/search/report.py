@@ -61,7 +61,8 @@ def select_best(search: SearchInfo, state) -> Dict:
                                   if t.failures}))
         if st.screened is not None:  # pre-screening: scores, rejected (never trained)
             steps[-1].update(screen_scores=st.screened['scores'],
-                             rejected=st.screened['rejected'])
+                             rejected=st.screened['rejected'],
+                             reused=st.screened.get('reused') or {})
         stopped = {str(i): dict(iter=t.stopped['iter'], score=t.stopped['score'])
                    for i, t in st.trials.items() if t.stopped is not None}
         if stopped:  # early stopping: where and at what score

@@ -80,6 +80,11 @@ class SearchSettings:
             ``threshold`` times the policy mean's score is rejected without training (its
             reward in the update: see :func:`asl.search.controller.settled_reward`).
             None = off.
+        equivalence: ``dict(threshold=0.999, entries=16384)``: a candidate whose
+            surrogate gradient on the screening images (``prescreen``'s, or its defaults)
+            has a cosine similarity of at least ``threshold`` with that of a candidate
+            trained in an earlier step reuses that one's reward instead of being trained
+            (journaled with the source). None = off.
         early_stop: ``dict(at=[1/3, 2/3], quantile=0.5, min_trials=3)`` (entries left out
             take these values): each proxy training also scores the hold-out after
             those fractions of its iterations and stops itself at a point where its
@@ -125,6 +130,7 @@ class SearchSettings:
     amp: Any = False
     prescreen: Optional[Dict[str, Any]] = None
     early_stop: Optional[Dict[str, Any]] = None
+    equivalence: Optional[Dict[str, Any]] = None
     aux_weight: float = 0.4
     retrain_config: Optional[str] = None
 
@@ -224,6 +230,18 @@ def parse_search_section(section: Any, config_path: str = '<config>') -> SearchS
                f'search.prescreen.lr must be a positive number, got {p["lr"]!r}')
         _check(isinstance(p['threshold'], (int, float)) and 0 < p['threshold'] <= 1,
                f'search.prescreen.threshold must be in (0, 1], got {p["threshold"]!r}')
+    if s.equivalence is not None:
+        from .prescreen import EQUIVALENCE_DEFAULTS
+        q = s.equivalence
+        _check(isinstance(q, dict) and set(q) <= set(EQUIVALENCE_DEFAULTS),
+               f'search.equivalence must be None or a dict with keys among '
+               f'{sorted(EQUIVALENCE_DEFAULTS)}, got {q!r}')
+        q = s.equivalence = {**EQUIVALENCE_DEFAULTS, **q}
+        _check(isinstance(q['threshold'], (int, float)) and 0 < q['threshold'] <= 1,
+               f'search.equivalence.threshold must be in (0, 1], got {q["threshold"]!r}')
+        _check(isinstance(q['entries'], int) and not isinstance(q['entries'], bool)
+               and q['entries'] >= 1,
+               f'search.equivalence.entries must be a positive integer, got {q["entries"]!r}')
     if s.early_stop is not None:
         e = s.early_stop
         _check(isinstance(e, dict) and set(e) <= set(EARLY_STOP_DEFAULTS),
