@@ -40,6 +40,10 @@ Two modes::
     # work_dirs/benchmark_search/ through tools/search.py, then analyse it
     python tools/benchmark_search.py [--steps 3] [--samples 4] [--iters 300] [--overwrite]
 
+    # the cheaper search at equal budget (tools/search_compare.py): plain PPO, with
+    # pre-screening, with pre-screening and early stopping, for several seeds
+    python tools/benchmark_search.py --compare [--seeds 1 2 3] [--false-sample 6]
+
 Interrupting a run (Ctrl-C, SIGTERM) stops the search and still analyses the trials
 finished so far. The exit code is 0 whether or not the target is met (read the PASS/FAIL line); it is
 non-zero when the search run fails or the journal has no finished trial.
@@ -384,8 +388,28 @@ def main(argv=None) -> int:
                    help="tools/search.py --launch; 'both' runs the search twice, trials "
                         "spawned then forked (in RUN_DIR/spawn and RUN_DIR/fork), and prints "
                         "the two side by side")
+    g = p.add_argument_group('equal-budget comparison (--compare, tools/search_compare.py)')
+    g.add_argument('--compare', action='store_true',
+                   help='run the demo search with plain PPO, with pre-screening and with '
+                        'pre-screening plus early stopping for every --seeds, then print '
+                        'iterations spent, rewards, rewards at equal iterations, rejected and '
+                        'stopped candidates and the false-rejection rate (resumable; in '
+                        'RUN_DIR/compare)')
+    g.add_argument('--seeds', type=int, nargs='+', default=[1, 2, 3])
+    g.add_argument('--false-sample', type=int, default=6,
+                   help='rejected candidates trained anyway to count false rejections')
     args = p.parse_args(argv)
 
+    if args.compare:
+        sys.path.insert(0, os.path.join(ROOT, 'tools'))
+        from search_compare import compare
+        os.chdir(ROOT)
+        run_dir = os.path.join(args.run_dir, 'compare')
+        os.makedirs(run_dir, exist_ok=True)
+        print(f'machine: {_fmt_machine(machine_info())}', flush=True)
+        print(compare(args.config, run_dir, args.seeds, args.steps or 3, args.samples or 4,
+                      args.false_sample, args.iters))
+        return 0
     if args.work_dir:
         print(f'machine (analysing): {_fmt_machine(machine_info())}')
         a, _ = analyse_dir(args.work_dir, None, args.target)
