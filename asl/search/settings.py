@@ -143,6 +143,29 @@ def _check(cond: bool, msg: str) -> None:
         raise SearchConfigError(msg)
 
 
+def _options(name: str, value: Any, defaults: Dict[str, Any]) -> Dict[str, Any]:
+    """A ``search.<name>`` dict of options, its missing entries taken from ``defaults``."""
+    _check(isinstance(value, dict) and set(value) <= set(defaults),
+           f'search.{name} must be None or a dict with keys among {sorted(defaults)}, '
+           f'got {value!r}')
+    return {**defaults, **value}
+
+
+def _positive_int(name: str, v: Any, low: int = 1) -> None:
+    _check(isinstance(v, int) and not isinstance(v, bool) and v >= low,
+           f'search.{name} must be {"a positive" if low == 1 else "a non-negative"} integer, '
+           f'got {v!r}')
+
+
+def _number(name: str, v: Any, low: float, high: Optional[float], what: str,
+            high_open: bool = False) -> None:
+    """``low < v`` and ``v <= high`` (``v < high`` with ``high_open``)."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > low
+    if ok and high is not None:
+        ok = v < high if high_open else v <= high
+    _check(ok, f'search.{name} must be {what}, got {v!r}')
+
+
 def parse_search_section(section: Any, config_path: str = '<config>') -> SearchSettings:
     """Build :class:`SearchSettings` from a config's ``search`` entry, checking every value.
 
@@ -214,40 +237,20 @@ def parse_search_section(section: Any, config_path: str = '<config>') -> SearchS
                    for k in ('top', 'seeds')),
                f'search.reevaluate must be dict(top=<positive int>, seeds=<positive int>) or '
                f'None, got {r!r}')
+    from .prescreen import EQUIVALENCE_DEFAULTS, PRESCREEN_DEFAULTS
     if s.prescreen is not None:
-        from .prescreen import PRESCREEN_DEFAULTS
-        p = s.prescreen
-        _check(isinstance(p, dict) and set(p) <= set(PRESCREEN_DEFAULTS),
-               f'search.prescreen must be None or a dict with keys among '
-               f'{sorted(PRESCREEN_DEFAULTS)}, got {p!r}')
-        p = s.prescreen = {**PRESCREEN_DEFAULTS, **p}
-        for k in ('images', 'steps'):
-            _check(isinstance(p[k], int) and not isinstance(p[k], bool) and p[k] >= 1,
-                   f'search.prescreen.{k} must be a positive integer, got {p[k]!r}')
-        _check(isinstance(p['seed'], int) and not isinstance(p['seed'], bool),
-               f'search.prescreen.seed must be an integer, got {p["seed"]!r}')
-        _check(isinstance(p['lr'], (int, float)) and p['lr'] > 0,
-               f'search.prescreen.lr must be a positive number, got {p["lr"]!r}')
-        _check(isinstance(p['threshold'], (int, float)) and 0 < p['threshold'] <= 1,
-               f'search.prescreen.threshold must be in (0, 1], got {p["threshold"]!r}')
+        p = s.prescreen = _options('prescreen', s.prescreen, PRESCREEN_DEFAULTS)
+        _positive_int('prescreen.images', p['images'])
+        _positive_int('prescreen.steps', p['steps'])
+        _positive_int('prescreen.seed', p['seed'], low=0)
+        _number('prescreen.lr', p['lr'], 0, None, 'a positive number')
+        _number('prescreen.threshold', p['threshold'], 0, 1, 'in (0, 1]')
     if s.equivalence is not None:
-        from .prescreen import EQUIVALENCE_DEFAULTS
-        q = s.equivalence
-        _check(isinstance(q, dict) and set(q) <= set(EQUIVALENCE_DEFAULTS),
-               f'search.equivalence must be None or a dict with keys among '
-               f'{sorted(EQUIVALENCE_DEFAULTS)}, got {q!r}')
-        q = s.equivalence = {**EQUIVALENCE_DEFAULTS, **q}
-        _check(isinstance(q['threshold'], (int, float)) and 0 < q['threshold'] <= 1,
-               f'search.equivalence.threshold must be in (0, 1], got {q["threshold"]!r}')
-        _check(isinstance(q['entries'], int) and not isinstance(q['entries'], bool)
-               and q['entries'] >= 1,
-               f'search.equivalence.entries must be a positive integer, got {q["entries"]!r}')
+        q = s.equivalence = _options('equivalence', s.equivalence, EQUIVALENCE_DEFAULTS)
+        _number('equivalence.threshold', q['threshold'], 0, 1, 'in (0, 1]')
+        _positive_int('equivalence.entries', q['entries'])
     if s.early_stop is not None:
-        e = s.early_stop
-        _check(isinstance(e, dict) and set(e) <= set(EARLY_STOP_DEFAULTS),
-               f'search.early_stop must be None or a dict with keys among '
-               f'{sorted(EARLY_STOP_DEFAULTS)}, got {e!r}')
-        e = s.early_stop = {**EARLY_STOP_DEFAULTS, **e}
+        e = s.early_stop = _options('early_stop', s.early_stop, EARLY_STOP_DEFAULTS)
         at = e['at']
         _check(isinstance(at, (list, tuple)) and len(at) >= 1
                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1
@@ -255,12 +258,8 @@ def parse_search_section(section: Any, config_path: str = '<config>') -> SearchS
                f'search.early_stop.at must be increasing fractions of the training in (0, 1), '
                f'got {at!r}')
         e['at'] = [float(x) for x in at]
-        _check(isinstance(e['quantile'], (int, float)) and 0 < e['quantile'] < 1,
-               f'search.early_stop.quantile must be in (0, 1), got {e["quantile"]!r}')
-        _check(isinstance(e['min_trials'], int) and not isinstance(e['min_trials'], bool)
-               and e['min_trials'] >= 1,
-               f'search.early_stop.min_trials must be a positive integer, got '
-               f'{e["min_trials"]!r}')
+        _number('early_stop.quantile', e['quantile'], 0, 1, 'in (0, 1)', high_open=True)
+        _positive_int('early_stop.min_trials', e['min_trials'])
     _check(isinstance(s.holdout, dict) and set(s.holdout) <= {'num', 'seed'}
            and isinstance(s.holdout.get('num'), int) and s.holdout['num'] >= 1,
            f'search.holdout must be dict(num=<positive int>, seed=<int>), got {s.holdout!r}')
