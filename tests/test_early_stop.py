@@ -57,10 +57,14 @@ def _events(work, kind):
     return [e for e in journal(work) if e['event'] == kind]
 
 
-def test_trials_below_the_rule_really_stop(tmp_path):
+def test_trials_below_the_rule_really_stop(reference_search, tmp_path):
     work = tmp_path / 'search'
     out = run(search_cmd(work, options=EARLY))
     assert out.returncode == 0, tail(out)
+    # probing only observes: the first step (no rule yet) trains exactly like the reference
+    # search, whose trials are not probed
+    assert trajectory(work)['steps'][0]['rewards'] == \
+        trajectory(reference_search[0])['steps'][0]['rewards']
     launched = _events(work, 'trial_launched')
     plans = {(e['step'], e['index']): e['probes'] for e in launched}
     assert plans[(0, 1)] == dict(iters=[10, 20], thresholds=[None, None])  # no history yet

@@ -130,12 +130,25 @@ class ASLTrialHook(Hook):
 
     def _probe(self, runner, it: int, threshold: Optional[float]) -> None:
         """Validate now (the hold-out), record the score, stop below ``threshold``."""
+        import random
+
+        import numpy as np
+        import torch
+        # the probe only observes: the random state the training continues with is the one
+        # it would have had without it (a validation loader draws a seed from torch's)
+        states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+                  torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
         self._probing, self._probe_metrics = True, None
         try:
             runner.val_loop.run()
         finally:
             self._probing = False
             runner.model.train()
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.set_rng_state(states[2])
+            if states[3] is not None:
+                torch.cuda.set_rng_state_all(states[3])
         metrics = self._probe_metrics or {}
         value = _as_float(metrics.get(self.probe_key))
         score = value / 100.0 if value is not None and math.isfinite(value) else 0.0
