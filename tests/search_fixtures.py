@@ -110,6 +110,24 @@ def wait_for(pred, proc, what, timeout=900):
         time.sleep(0.05)
 
 
+def sigkill_after_launches(cmd, work_dir, n, what):
+    """Start a search, SIGKILL its controller once ``n`` trials are journaled as launched;
+    those launch events."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def launched():
+        ev = events_of(work_dir, 'trial_launched')
+        return ev if len(ev) >= n else None
+
+    try:
+        return wait_for(launched, proc, what)
+    finally:  # the controller only: what it launched must outlive it
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def kill_group(proc):
     if proc.poll() is None:
         try:

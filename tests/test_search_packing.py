@@ -6,7 +6,6 @@ exactly like the reference search of ``search_fixtures``.
 """
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -18,7 +17,7 @@ from asl.search import slurm  # noqa: E402
 from asl.search.pack import PACK_STATUS_FILE  # noqa: E402
 from search_fixtures import (CONFIG, REEVAL, ROOT, SAMPLES, STEPS, TINY,  # noqa: E402
                              assert_same_search, env, events_of, journal, run, search_cmd,
-                             search_losses, tail, wait_for)
+                             search_losses, sigkill_after_launches, tail)
 from test_slurm_cluster import slurm_cluster  # noqa: E402,F401
 
 
@@ -149,16 +148,8 @@ def test_slurm_controller_killed_during_a_packed_job_resumes_without_duplicates(
         slurm_cluster, reference_search, tmp_path):
     ref, _ = reference_search
     work = tmp_path / 'search'
-    proc = subprocess.Popen(_slurm_cmd(work), cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-
-    def pack_launched():
-        ev = events_of(work, 'trial_launched')
-        return ev if len(ev) >= SAMPLES else None
-
-    launched = wait_for(pack_launched, proc, 'the first packed job was launched')
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    launched = sigkill_after_launches(_slurm_cmd(work), work, SAMPLES,
+                                      'the first packed job was launched')
     job = launched[0]['info']['job_id']
     assert not slurm.query([job])[job].finished, 'the job should outlive the controller'
     out = subprocess.run(_slurm_cmd(work), cwd=ROOT, env=env(), capture_output=True,

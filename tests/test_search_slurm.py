@@ -15,8 +15,8 @@ pytest.importorskip('mmseg')
 
 from asl.search import slurm  # noqa: E402
 from search_fixtures import (CONFIG, NAME, REEVAL, ROOT, SAMPLES, STEPS, TINY,  # noqa: E402
-                             assert_same_search, env, events_of, journal, search_losses, tail,
-                             wait_for)
+                             assert_same_search, env, events_of, journal, search_losses,
+                             sigkill_after_launches, tail, wait_for)
 from test_slurm_cluster import slurm_cluster  # noqa: E402,F401
 
 _env = env
@@ -85,16 +85,7 @@ def test_controller_killed_and_resumed_waits_for_its_running_jobs(slurm_cluster,
                                                                   reference_search, tmp_path):
     ref, _ = reference_search
     work = tmp_path / 'search'
-    proc = subprocess.Popen(_slurm_cmd(work), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-
-    def two_launched():
-        ev = events_of(work, 'trial_launched')
-        return ev if len(ev) >= 2 else None
-
-    launched = _wait_for(two_launched, proc, 'two trials were launched')
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    launched = sigkill_after_launches(_slurm_cmd(work), work, 2, 'two trials were launched')
     jobs = [e['info']['job_id'] for e in launched]
     live = slurm.query(jobs)
     assert any(not live[j].finished for j in jobs), 'the jobs should outlive the controller'

@@ -30,15 +30,14 @@ def search_pairs(work):
     from asl.search.prescreen import (EQUIVALENCE_DEFAULTS, PRESCREEN_DEFAULTS, most_similar,
                                       screening_labels, surrogate_gradient)
     from asl.search.settings import parse_search_section
-    from asl.surrogate import Surrogate
+    from asl.search.trial import head_classes, settings_surrogate
     events = _journal(work)
     start = next(e for e in events if e['event'] == 'search_started')
     s = parse_search_section(start['fingerprint']['settings'])
     first = next(e for e in events if e['event'] == 'trial_launched')
     cfg = Config.fromfile(os.path.join(first['work_dir'], 'config.py'))  # the proxy split
     labels = screening_labels(cfg.train_dataloader.dataset, PRESCREEN_DEFAULTS['images'])
-    head = cfg.model.decode_head
-    classes = int((head[0] if isinstance(head, (list, tuple)) else head)['num_classes'])
+    classes = head_classes(cfg)
     steps, rewards = {}, {}
     for e in events:
         if e['event'] == 'step_started':
@@ -47,10 +46,8 @@ def search_pairs(work):
             rewards[(e['step'], e['index'])] = e['reward']
 
     def grad(raw):
-        sur = Surrogate(s.target_metric, raw_theta=raw, parameterization=s.parameterization,
-                        num_pieces=s.num_pieces, tol=s.tol, drop_bg=s.drop_bg)
-        return surrogate_gradient(sur, labels, classes, PRESCREEN_DEFAULTS['seed'],
-                                  EQUIVALENCE_DEFAULTS['entries'])
+        return surrogate_gradient(settings_surrogate(s, raw), labels, classes,
+                                  PRESCREEN_DEFAULTS['seed'], EQUIVALENCE_DEFAULTS['entries'])
 
     grads = {key: grad(steps[key[0]][key[1]]) for key in rewards}
     out = []

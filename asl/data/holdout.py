@@ -44,18 +44,20 @@ def carve_holdout(names: Sequence[str], num: int, seed: int) -> List[str]:
     return [pool[i] for i in picked]
 
 
-def _leaves(ds: Dict) -> List[Dict]:
+def dataset_leaves(ds: Dict) -> List[Dict]:
+    """The datasets with files inside a dataset config (through Concat/Repeat wrappers)."""
     if ds.get('type') == 'ConcatDataset':
         out = []
         for sub in ds['datasets']:
-            out.extend(_leaves(sub))
+            out.extend(dataset_leaves(sub))
         return out
     if ds.get('type') in ('RepeatDataset', 'ClassBalancedDataset'):
-        return _leaves(ds['dataset'])
+        return dataset_leaves(ds['dataset'])
     return [ds]
 
 
-def _ann_path(ds: Dict) -> str:
+def ann_path(ds: Dict) -> str:
+    """The split file a dataset config lists its names in (raises without one)."""
     ann = ds.get('ann_file') or ''
     if not ann:
         raise HoldoutError(
@@ -88,8 +90,8 @@ def split_dataset_config(train_ds: Dict, val_pipeline: List, num: int, seed: int
         tuple: ``(train_config, holdout_config, holdout_names)``.
     """
     train_ds = copy.deepcopy(dict(train_ds))
-    leaves = _leaves(train_ds)
-    lists = [read_names(_ann_path(leaf)) for leaf in leaves]
+    leaves = dataset_leaves(train_ds)
+    lists = [read_names(ann_path(leaf)) for leaf in leaves]
     held = carve_holdout([n for names in lists for n in names], num, seed)
     held_set = set(held)
     os.makedirs(out_dir, exist_ok=True)

@@ -49,11 +49,11 @@ from .executors import Completion, Executor, LocalExecutor
 from .journal import EVENT_KINDS, Journal
 from .policy import PolicyState, ppo_update, sample_truncnorm
 from .settings import SearchConfigError, SearchSettings, parse_search_section
-from .trial import (TrialOutcome, TrialSpec, check_surrogate, make_trial_config, probe_plan,
-                    read_probes, read_trial_outcome)
+from .trial import (TrialOutcome, TrialSpec, check_surrogate, head_classes, make_trial_config,
+                    probe_plan, read_probes, read_trial_outcome, settings_surrogate)
 
-__all__ = ['Search', 'SearchInterrupted', 'load_search_config', 'replay', 'SearchState', 'SEARCHERS', 'KILL_AT_ENV',
-           'REEVAL', 'mean_reward', 'own_reward', 'rollback_to', 'reeval_entries']
+__all__ = ['Search', 'SearchInterrupted', 'load_search_config', 'replay', 'SearchState',
+           'SEARCHERS', 'KILL_AT_ENV', 'REEVAL', 'mean_reward', 'own_reward', 'rollback_to', 'reeval_entries']
 
 SEARCHERS = ('ppo', 'random')
 
@@ -626,11 +626,15 @@ class Search:
                                 self._holdout_ds, self.reward_key, probes=probes)
         cfg.dump(spec.config_path)
 
+    @property
+    def _mean_is_candidate_0(self) -> bool:
+        """PPO with ``baseline='mu'`` samples the policy mean itself as candidate 0."""
+        return self.searcher == 'ppo' and self.settings.baseline == 'mu'
+
     def _screen(self, state: SearchState, step: int, rec: StepRecord) -> None:
         """Before any trial of the step: pre-screening (``search.prescreen``) and the
         equivalence check (``search.equivalence``), journaled once (``step_screened``)."""
         from ..exact import ExactMetrics
-        from ..surrogate import Surrogate
         from .prescreen import (PRESCREEN_DEFAULTS, most_similar, rejected, screen_score,
                                 screening_labels, surrogate_gradient)
         s = self.settings
@@ -638,23 +642,17 @@ class Search:
         t0 = time.time()
         if getattr(self, '_screen_labels', None) is None:
             self._screen_labels = screening_labels(self._train_ds, p['images'])
-            head = self.cfg.model.decode_head
-            head = head[0] if isinstance(head, (list, tuple)) else head
-            self._screen_classes = int(head['num_classes'])
+            self._screen_classes = head_classes(self.cfg)
             self._grads = {}  # (step, index) of a trained candidate -> unit gradient
 
-        def surrogate(raw):
-            return Surrogate(s.target_metric, raw_theta=raw, parameterization=s.parameterization,
-                             num_pieces=s.num_pieces, tol=s.tol, drop_bg=s.drop_bg)
-
         fields = dict(scores=None, reference=None, threshold=None, rejected=[], reused={})
-        mu_first = self.searcher == 'ppo' and s.baseline == 'mu'
+        mu_first = self._mean_is_candidate_0
         if s.prescreen is not None:
             metric = ExactMetrics([s.target_metric], self._screen_classes, tol=s.tol,
                                   drop_bg=s.drop_bg)
 
             def score(raw):
-                return screen_score(surrogate(raw), self._screen_labels, self._screen_classes,
+                return screen_score(settings_surrogate(s, raw), self._screen_labels, self._screen_classes,
                                     metric, p['steps'], p['lr'], p['seed'])
 
             scores = [score(c) for c in rec.candidates]
@@ -666,7 +664,7 @@ class Search:
             q = s.equivalence
 
             def grad(raw):
-                return surrogate_gradient(surrogate(raw), self._screen_labels,
+                return surrogate_gradient(settings_surrogate(s, raw), self._screen_labels,
                                           self._screen_classes, p['seed'], q['entries'])
 
             for k, st in sorted(state.steps.items()):  # trained in earlier steps
@@ -703,8 +701,7 @@ class Search:
         policy mean itself (candidate 0 with ``baseline='mu'``: the baseline of the
         update and the step's own reward must be full-length)."""
         plan = rec.probe_plan
-        if plan and spec.index == 0 and self.searcher == 'ppo' and \
-                self.settings.baseline == 'mu':
+        if plan and spec.index == 0 and self._mean_is_candidate_0:
             plan = dict(plan, thresholds=[None] * len(plan['thresholds']))
         return plan
 

@@ -37,15 +37,6 @@ __all__ = ['PRESCREEN_DEFAULTS', 'EQUIVALENCE_DEFAULTS', 'screening_labels', 'sc
 PRESCREEN_DEFAULTS = dict(images=4, steps=10, lr=0.5, threshold=0.5, seed=0)
 
 
-def _leaves(ds: Dict) -> List[Dict]:
-    if ds.get('type') == 'ConcatDataset' or 'datasets' in ds:
-        out = []
-        for part in ds.get('datasets', []):
-            out += _leaves(dict(part))
-        return out
-    return [ds]
-
-
 def _seg_path(leaf: Dict, name: str) -> str:
     root = leaf.get('data_root') or ''
     prefix = (leaf.get('data_prefix') or {}).get('seg_map_path', '')
@@ -62,14 +53,13 @@ def screening_labels(train_ds: Dict, images: int, ignore_index: int = 255,
     ``max_size``); ``reduce_zero_label`` is applied as MMSeg does.
     """
     from PIL import Image
+
+    from ..data.holdout import ann_path, dataset_leaves, read_names
     maps = []
-    for leaf in _leaves(dict(train_ds)):
-        ann = os.path.join(leaf.get('data_root') or '', leaf.get('ann_file') or '')
-        if not os.path.isfile(ann):
+    for leaf in dataset_leaves(dict(train_ds)):
+        if not leaf.get('ann_file'):
             continue
-        with open(ann) as f:
-            names = [line.strip() for line in f if line.strip()]
-        for name in names[:images - len(maps)]:
+        for name in read_names(ann_path(leaf))[:images - len(maps)]:
             with Image.open(_seg_path(leaf, name)) as im:
                 lab = np.asarray(im).astype(np.int64)
             if leaf.get('reduce_zero_label'):
@@ -89,6 +79,13 @@ def screening_labels(train_ds: Dict, images: int, ignore_index: int = 255,
     return torch.from_numpy(np.stack(out))
 
 
+def _start_logits(labels: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
+    """The screening task's starting logits: small seeded noise, requiring a gradient."""
+    gen = torch.Generator().manual_seed(int(seed))
+    n, h, w = labels.shape
+    return (0.1 * torch.randn(n, num_classes, h, w, generator=gen)).requires_grad_()
+
+
 def screen_score(surrogate, labels: torch.Tensor, num_classes: int, metric, steps: int,
                  lr: float, seed: int = 0, ignore_index: int = 255) -> float:
     """The exact ``metric`` (a fraction) after ``steps`` Adam steps of free logits on
@@ -101,9 +98,7 @@ def screen_score(surrogate, labels: torch.Tensor, num_classes: int, metric, step
         metric: an :class:`asl.exact.ExactMetrics` of the target (reset here).
         steps, lr, seed: the optimisation.
     """
-    gen = torch.Generator().manual_seed(int(seed))
-    n, h, w = labels.shape
-    logits = (0.1 * torch.randn(n, num_classes, h, w, generator=gen)).requires_grad_()
+    logits = _start_logits(labels, num_classes, seed)
     opt = torch.optim.Adam([logits], lr=lr)
     for _ in range(steps):
         value = surrogate(logits, labels, ignore_index)
@@ -135,9 +130,7 @@ def surrogate_gradient(surrogate, labels: torch.Tensor, num_classes: int, seed: 
     ``entries`` of its elements (all of them if there are fewer), as a unit vector: two
     candidates whose vectors have a cosine similarity near 1 push a network the same way
     on these images (AutoLoss-Zero's gradient-equivalence check)."""
-    gen = torch.Generator().manual_seed(int(seed))
-    n, h, w = labels.shape
-    logits = (0.1 * torch.randn(n, num_classes, h, w, generator=gen)).requires_grad_()
+    logits = _start_logits(labels, num_classes, seed)
     (1.0 - surrogate(logits, labels, ignore_index)).backward()
     g = logits.grad.reshape(-1)
     if g.numel() > entries:

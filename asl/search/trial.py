@@ -75,6 +75,22 @@ class TrialOutcome:
     wall_s: Optional[float] = None
 
 
+def settings_surrogate(settings: SearchSettings, raw_theta: Optional[List[float]] = None):
+    """The search target's :class:`~asl.surrogate.Surrogate` with raw parameters
+    ``raw_theta`` (None: identity curves)."""
+    from ..surrogate import Surrogate
+    return Surrogate(settings.target_metric, raw_theta=raw_theta,
+                     parameterization=settings.parameterization,
+                     num_pieces=settings.num_pieces, tol=settings.tol, drop_bg=settings.drop_bg)
+
+
+def head_classes(cfg) -> int:
+    """The number of classes of a config's (first) decode head."""
+    head = cfg.model.decode_head
+    head = head[0] if isinstance(head, (list, tuple)) else head
+    return int(head['num_classes'])
+
+
 def check_surrogate(settings: SearchSettings):
     """Build the identity surrogate of the search's target: validates the metric (name
     or formula) and the curve options before anything is launched.
@@ -88,11 +104,8 @@ def check_surrogate(settings: SearchSettings):
             ``init_mu`` length.
     """
     from ..curves import identity_theta
-    from ..surrogate import Surrogate
     try:
-        sur = Surrogate(settings.target_metric, parameterization=settings.parameterization,
-                        num_pieces=settings.num_pieces, tol=settings.tol,
-                        drop_bg=settings.drop_bg)
+        sur = settings_surrogate(settings)
     except ValueError as e:  # FormulaError is a ValueError
         raise SearchConfigError(f'search.target_metric {settings.target_metric!r}: {e}') from None
     dim = sur.num_params(raw=True)
