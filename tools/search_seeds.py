@@ -189,7 +189,13 @@ def render(rows: List[Dict], pairs, args) -> str:
     rho = spearman([a for a, _ in pairs], [b for _, b in pairs])
     lines += ['', f'Rank correlation (Spearman) of the re-evaluated proxy reward with the '
               f're-trained mIoU over {len(pairs)} re-evaluated results: '
-              + ('n/a' if rho is None else f'{rho:.2f}'), '']
+              + ('n/a' if rho is None else f'{rho:.2f}')]
+    within = [(r['seed'], spearman([e['proxy'] for e in r['reeval']],
+                                   [e['miou'] for e in r['reeval']])) for r in rows]
+    within = [f'seed {s} {rho:.2f}' for s, rho in within if rho is not None]
+    if within:  # the choice is made within a seed: what matters is the order there
+        lines.append('Within each seed (the choice is made among these): ' + ', '.join(within))
+    lines.append('')
     for r in rows:
         for e in r['reeval']:
             lines.append(f'- seed {r["seed"]}, {e["source"]}: proxy {e["proxy"]:.4f}, '
