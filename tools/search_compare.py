@@ -139,6 +139,33 @@ def _f(x, fmt='.4f'):
     return 'n/a' if x is None else format(x, fmt)
 
 
+def render(results: Dict[str, Dict[int, Dict]], seeds: List[int], checks: List[Dict],
+           steps: int, samples: int) -> str:
+    """The equal-budget table (``compare.md``) from the analysed searches."""
+    ppo_iters = _mean([results['ppo'][s]['iterations'] for s in seeds])
+    lines = [f'Demo search, {steps} steps x {samples} candidates, seeds '
+             f'{", ".join(map(str, seeds))} (means over the seeds; rewards are hold-out mIoU '
+             f'as fractions).', '',
+             '| variant | iterations spent | vs ppo | best reward | mean reward | best at '
+             'equal iterations | rejected | stopped | reused |',
+             '|---|---|---|---|---|---|---|---|---|']
+    for v in VARIANTS:
+        rs = [results[v][s] for s in seeds]
+        it = _mean([r['iterations'] for r in rs])
+        lines.append(f'| {v} | {it:.0f} | {it / ppo_iters:.2f}x | '
+                     f'{_f(_mean([r["best"] for r in rs]))} | '
+                     f'{_f(_mean([r["mean"] for r in rs]))} | '
+                     f'{_f(_mean([r["best_within"] for r in rs]))} | '
+                     f'{sum(len(r["rejected"]) for r in rs)} | {sum(r["stopped"] for r in rs)} | '
+                     f'{sum(r["reused"] for r in rs)} |')
+    total_rej = sum(len(results[v][s]['rejected']) for v in VARIANTS for s in seeds)
+    done = [c for c in checks if c['reward'] is not None]
+    lines += ['', f'False rejections: {sum(c["false"] for c in done)} of {len(done)} rejected '
+                  f'candidates trained anyway beat their step\'s median ({total_rej} rejected '
+                  f'in all).' if total_rej else 'False rejections: no candidate was rejected.']
+    return '\n'.join(lines) + '\n'
+
+
 def compare(config: str, run_dir: str, seeds: List[int], steps: int, samples: int,
             false_sample: int, iters: Optional[int] = None, log=sys.stdout) -> str:
     base = [f'search.num_steps={steps}', f'search.num_samples={samples}',
@@ -171,27 +198,7 @@ def compare(config: str, run_dir: str, seeds: List[int], steps: int, samples: in
                                    reward=reward, step_median=median,
                                    false=reward is not None and median is not None
                                    and reward > median))
-    ppo_iters = _mean([results['ppo'][s]['iterations'] for s in seeds])
-    lines = [f'Demo search, {steps} steps x {samples} candidates, seeds '
-             f'{", ".join(map(str, seeds))} (means over the seeds; rewards are hold-out mIoU '
-             f'as fractions).', '',
-             '| variant | iterations spent | vs ppo | best reward | mean reward | best at '
-             'equal iterations | rejected | stopped | reused |',
-             '|---|---|---|---|---|---|---|---|---|']
-    for v in VARIANTS:
-        rs = [results[v][s] for s in seeds]
-        it = _mean([r['iterations'] for r in rs])
-        lines.append(f'| {v} | {it:.0f} | {it / ppo_iters:.2f}x | {_f(_mean([r["best"] for r in rs]))} | '
-                     f'{_f(_mean([r["mean"] for r in rs]))} | '
-                     f'{_f(_mean([r["best_within"] for r in rs]))} | '
-                     f'{sum(len(r["rejected"]) for r in rs)} | {sum(r["stopped"] for r in rs)} | '
-                     f'{sum(r["reused"] for r in rs)} |')
-    total_rej = sum(len(results[v][s]['rejected']) for v in VARIANTS for s in seeds)
-    done = [c for c in checks if c['reward'] is not None]
-    lines += ['', f'False rejections: {sum(c["false"] for c in done)} of {len(done)} rejected '
-                  f'candidates trained anyway beat their step\'s median ({total_rej} rejected '
-                  f'in all).' if total_rej else 'False rejections: no candidate was rejected.']
-    text = '\n'.join(lines) + '\n'
+    text = render(results, seeds, checks, steps, samples)
     with open(os.path.join(run_dir, 'compare.md'), 'w') as f:
         f.write(text)
     with open(os.path.join(run_dir, 'compare.json'), 'w') as f:
