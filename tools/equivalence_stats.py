@@ -24,26 +24,35 @@ def _journal(work):
         return [json.loads(line) for line in f if line.endswith('\n')]
 
 
-def search_pairs(work):
-    """``(cosine, reward it would reuse, its own reward)`` per candidate of steps >= 2."""
+def load_search(work):
+    """A finished search, as its screening saw it: ``(settings, labels, classes,
+    candidates per step, rewards per (step, index))`` (re-evaluations left out)."""
     from mmengine.config import Config
-    from asl.search.prescreen import (EQUIVALENCE_DEFAULTS, PRESCREEN_DEFAULTS, most_similar,
-                                      screening_labels, surrogate_gradient)
+    from asl.search.prescreen import PRESCREEN_DEFAULTS, screening_labels
     from asl.search.settings import parse_search_section
-    from asl.search.trial import head_classes, settings_surrogate
+    from asl.search.trial import head_classes
     events = _journal(work)
     start = next(e for e in events if e['event'] == 'search_started')
     s = parse_search_section(start['fingerprint']['settings'])
     first = next(e for e in events if e['event'] == 'trial_launched')
     cfg = Config.fromfile(os.path.join(first['work_dir'], 'config.py'))  # the proxy split
-    labels = screening_labels(cfg.train_dataloader.dataset, PRESCREEN_DEFAULTS['images'])
-    classes = head_classes(cfg)
+    images = (s.prescreen or PRESCREEN_DEFAULTS)['images']
+    labels = screening_labels(cfg.train_dataloader.dataset, images)
     steps, rewards = {}, {}
     for e in events:
         if e['event'] == 'step_started':
             steps[e['step']] = e['candidates']
         elif e['event'] == 'trial_finished' and e.get('phase') != 'reeval':
             rewards[(e['step'], e['index'])] = e['reward']
+    return s, labels, head_classes(cfg), steps, rewards
+
+
+def search_pairs(work):
+    """``(cosine, reward it would reuse, its own reward)`` per candidate of steps >= 2."""
+    from asl.search.prescreen import (EQUIVALENCE_DEFAULTS, PRESCREEN_DEFAULTS, most_similar,
+                                      surrogate_gradient)
+    from asl.search.trial import settings_surrogate
+    s, labels, classes, steps, rewards = load_search(work)
 
     def grad(raw):
         return surrogate_gradient(settings_surrogate(s, raw), labels, classes,
