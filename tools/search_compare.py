@@ -3,7 +3,7 @@
 Runs the demo search (``--steps`` x ``--samples`` proxy trainings, no re-evaluation, so
 that only the search itself is compared) for each seed with:
 
-* ``ppo``: plain PPO (asl's defaults);
+* ``ppo``: plain PPO (the demo config without its pre-screening);
 * ``prescreen``: with pre-screening (``search.prescreen``, its defaults);
 * ``prescreen+stop``: with pre-screening and early stopping (``search.early_stop``).
 
@@ -32,7 +32,7 @@ from typing import Dict, List, Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 VARIANTS = {
-    'ppo': [],
+    'ppo': ['search.prescreen=None'],
     'prescreen': ['search.prescreen.threshold=0.5'],
     'prescreen+stop': ['search.prescreen.threshold=0.5', 'search.early_stop.min_trials=3'],
 }

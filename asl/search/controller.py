@@ -652,8 +652,9 @@ class Search:
                                   drop_bg=s.drop_bg)
 
             def score(raw):
-                return screen_score(settings_surrogate(s, raw), self._screen_labels, self._screen_classes,
-                                    metric, p['steps'], p['lr'], p['seed'])
+                return screen_score(settings_surrogate(s, raw), self._screen_labels,
+                                    self._screen_classes, metric, p['steps'], p['lr'],
+                                    p['seed'])
 
             scores = [score(c) for c in rec.candidates]
             reference = scores[0] if mu_first else score(rec.mu)

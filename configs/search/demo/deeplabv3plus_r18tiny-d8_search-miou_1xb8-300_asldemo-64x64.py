@@ -31,6 +31,9 @@ search = dict(
     normalize_advantages=True,   # advantages divided by the std of the step's rewards
     rollback=0.5,                # back to the best mean's policy if the mean's reward < 0.5 x best
     reevaluate=dict(top=3, seeds=2),  # the 3 best step means trained again with 2 more seeds
+    # reject, untrained, a candidate whose surrogate cannot fit free logits on 4 label maps
+    # (score < 0.5 x the policy mean's); rejects nothing sane on the demo, ~0.05 s each
+    prescreen=dict(images=4, steps=10, lr=0.5, threshold=0.5),
     holdout=dict(num=60, seed=0),  # images carved from the training split for rewards
     trial_time_limit=1200,       # seconds per proxy training (about 20 s on a quiet machine)
     max_retries=1,               # relaunches of a failed trial
