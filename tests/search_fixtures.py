@@ -30,6 +30,18 @@ TINY = ['search.num_steps=2', 'search.num_samples=3', 'search.holdout.num=16',
 STEPS, SAMPLES, REEVAL = 2, 3, 2
 
 
+def load_tool(name):
+    """The module of ``tools/<name>.py`` (registered under ``name``)."""
+    import importlib.util
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'tools',
+                                                                         name + '.py'))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def env(**extra):
     """The tests' environment: one thread per process (trials give the same numbers with the
     same thread count, and two trials at once then fit two cores)."""

@@ -1,18 +1,12 @@
 """Tests of ``tools/search_compare.py`` (``benchmark_search.py --compare``) on hand-made
 journals: the iterations counted, the equal-budget rewards and the table (no training)."""
-import importlib.util
 import json
-import os
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location('search_compare',
-                                               os.path.join(ROOT, 'tools', 'search_compare.py'))
-sc = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault('search_compare', sc)
-_spec.loader.exec_module(sc)
+from search_fixtures import load_tool
+
+sc = load_tool('search_compare')
 
 
 def _search(tmp_path, name, trials, stopped=(), rejected=(), reused=0, iters=300):

@@ -1,17 +1,11 @@
 """Tests of the report of ``tools/search_seeds.py`` on hand-made results (no training)."""
 import argparse
-import importlib.util
-import os
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location('search_seeds',
-                                               os.path.join(ROOT, 'tools', 'search_seeds.py'))
-ss = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault('search_seeds', ss)
-_spec.loader.exec_module(ss)
+from search_fixtures import load_tool
+
+ss = load_tool('search_seeds')
 
 
 def test_spearman():
