@@ -1,20 +1,14 @@
 """``tools/prescreen_stats.py`` and ``tools/equivalence_stats.py`` on the session's real
 tiny search (every candidate trained, so each would-be rejection can be checked)."""
-import os
 import statistics
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
-sys.path.insert(0, os.path.join(ROOT, 'tests'))
-
-from search_fixtures import SAMPLES, STEPS, journal  # noqa: E402
+from search_fixtures import SAMPLES, STEPS, journal, load_tool
 
 
 def test_prescreen_stats_counts_rejections_against_the_real_rewards(reference_search, capsys):
-    import prescreen_stats
+    prescreen_stats = load_tool('prescreen_stats')
     work, out = reference_search
     assert out.returncode == 0, out.stderr[-3000:]
     rewards = {}
@@ -39,12 +33,12 @@ def test_prescreen_stats_counts_rejections_against_the_real_rewards(reference_se
     for k, i, score, reward, median, reference in scores:
         assert reward == rewards[k][i]
         assert median == pytest.approx(statistics.median(rewards[k].values()))
-        assert reference == next(x[2] for x in scores if x[:2] == (k, 0))
+        assert reference == next(x.score for x in scores if (x.step, x.index) == (k, 0))
         assert 0.0 <= score <= 1.0
 
 
 def test_equivalence_stats_compares_with_earlier_steps_only(reference_search, capsys):
-    import equivalence_stats
+    equivalence_stats = load_tool('equivalence_stats')
     work, _ = reference_search
     assert equivalence_stats.main([str(work), '--thresholds', '-1', '2']) == 0
     text = capsys.readouterr().out

@@ -25,8 +25,10 @@ def _journal(work):
 
 
 def load_search(work):
-    """A finished search, as its screening saw it: ``(settings, labels, classes,
-    candidates per step, rewards per (step, index))`` (re-evaluations left out)."""
+    """A finished search, as its screening saw it: ``(settings, screening options,
+    labels, classes, candidates per step, rewards per (step, index))`` (re-evaluations
+    left out); the screening options are the search's ``prescreen`` or their defaults,
+    as in the search."""
     from mmengine.config import Config
     from asl.search.prescreen import PRESCREEN_DEFAULTS, screening_labels
     from asl.search.settings import parse_search_section
@@ -36,27 +38,27 @@ def load_search(work):
     s = parse_search_section(start['fingerprint']['settings'])
     first = next(e for e in events if e['event'] == 'trial_launched')
     cfg = Config.fromfile(os.path.join(first['work_dir'], 'config.py'))  # the proxy split
-    images = (s.prescreen or PRESCREEN_DEFAULTS)['images']
-    labels = screening_labels(cfg.train_dataloader.dataset, images)
+    p = s.prescreen or PRESCREEN_DEFAULTS
+    labels = screening_labels(cfg.train_dataloader.dataset, p['images'])
     steps, rewards = {}, {}
     for e in events:
         if e['event'] == 'step_started':
             steps[e['step']] = e['candidates']
         elif e['event'] == 'trial_finished' and e.get('phase') != 'reeval':
             rewards[(e['step'], e['index'])] = e['reward']
-    return s, labels, head_classes(cfg), steps, rewards
+    return s, p, labels, head_classes(cfg), steps, rewards
 
 
 def search_pairs(work):
     """``(cosine, reward it would reuse, its own reward)`` per candidate of steps >= 2."""
-    from asl.search.prescreen import (EQUIVALENCE_DEFAULTS, PRESCREEN_DEFAULTS, most_similar,
-                                      surrogate_gradient)
+    from asl.search.prescreen import EQUIVALENCE_DEFAULTS, most_similar, surrogate_gradient
     from asl.search.trial import settings_surrogate
-    s, labels, classes, steps, rewards = load_search(work)
+    s, p, labels, classes, steps, rewards = load_search(work)
+    entries = (s.equivalence or EQUIVALENCE_DEFAULTS)['entries']
 
     def grad(raw):
-        return surrogate_gradient(settings_surrogate(s, raw), labels, classes,
-                                  PRESCREEN_DEFAULTS['seed'], EQUIVALENCE_DEFAULTS['entries'])
+        return surrogate_gradient(settings_surrogate(s, raw), labels, classes, p['seed'],
+                                  entries)
 
     grads = {key: grad(steps[key[0]][key[1]]) for key in rewards}
     out = []

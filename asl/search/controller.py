@@ -53,7 +53,8 @@ from .trial import (TrialOutcome, TrialSpec, check_surrogate, head_classes, make
                     probe_plan, read_probes, read_trial_outcome, settings_surrogate)
 
 __all__ = ['Search', 'SearchInterrupted', 'load_search_config', 'replay', 'SearchState',
-           'SEARCHERS', 'KILL_AT_ENV', 'REEVAL', 'mean_reward', 'own_reward', 'rollback_to', 'reeval_entries']
+           'SEARCHERS', 'KILL_AT_ENV', 'REEVAL', 'mean_reward', 'own_reward', 'rollback_to',
+           'reeval_entries']
 
 SEARCHERS = ('ppo', 'random')
 
