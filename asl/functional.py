@@ -93,7 +93,7 @@ def _eval_node(node: MapNode, values: List[Optional[torch.Tensor]], env: Dict[st
     if isinstance(node, Input):
         return env[node.name]
     if isinstance(node, Const):
-        return torch.tensor(node.value, dtype=env['G'].dtype, device=env['G'].device)
+        return env['G'].new_full((), node.value)  # (a fill, not a host-to-device copy)
     if isinstance(node, Logic):
         a, b = values[node.a.index], values[node.b.index]
 
@@ -179,7 +179,7 @@ def evaluate_result(node: StatNode, sums: Sequence[torch.Tensor], exact: bool) -
     if isinstance(node, StatSum):
         return sums[node.stat]
     if isinstance(node, StatConst):
-        return torch.tensor(node.value, dtype=ref.dtype, device=ref.device)
+        return ref.new_full((), node.value)  # (a fill, not a host-to-device copy)
     if isinstance(node, StatArith):
         a, b = evaluate_result(node.a, sums, exact), evaluate_result(node.b, sums, exact)
         return a + b if node.op == '+' else (a - b if node.op == '-' else a * b)
@@ -194,8 +194,7 @@ def evaluate_result(node: StatNode, sums: Sequence[torch.Tensor], exact: bool) -
         if not exact:
             return a / (b + SURROGATE_EPS)
         a, b = torch.broadcast_tensors(a, b)
-        empty = torch.tensor(0.0 if node.zero_if_empty else float('nan'), dtype=a.dtype,
-                             device=a.device)
+        empty = a.new_full((), 0.0 if node.zero_if_empty else float('nan'))
         return torch.where(b != 0, a / torch.where(b != 0, b, torch.ones_like(b)), empty)
     if isinstance(node, StatTotal):
         a = evaluate_result(node.a, sums, exact)

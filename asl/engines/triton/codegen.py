@@ -5,8 +5,9 @@ image and all ``CP`` class rows (``CP``: the classes rounded up to a power of tw
 
 * ``stats_fwd``: the softmax, the final program (``G = 0``) on the whole tile, the
   correction program on the labelled pixels (one value per pixel, at its class), and the
-  per-class sums of the tile, written to a (N, tiles, S, CP) buffer that the host sums in
-  a fixed order (no atomics); it also counts invalid labels;
+  per-class sums of the tiles; each program sums a fixed set of tiles in float64 and writes
+  one row of a (N, programs, S, CP) buffer that torch sums in a fixed order (no atomics);
+  it also counts invalid labels;
 * ``stats_bwd``: the same values again and the reverse sweeps seeded with ``dL/dsum``;
   without stages it ends with the softmax backward and writes the logits' gradient,
   otherwise it writes ``dL/dP`` and the adjoints of the stage maps;
@@ -179,63 +180,84 @@ class _Gen:
         return leaves
 
     # -- kernels ------------------------------------------------------------------------
-    def header(self, name: str) -> List[str]:
+    def signature(self, name: str, more: str = '') -> List[str]:
         args = kernel_arg_names(len(self.fp.extras), len(self.fp.stages))
-        return [
-            '', '', '@triton.jit',
-            f'def {name}({", ".join(args)}, CP: tl.constexpr, BLOCK: tl.constexpr):',
-            '    n = tl.program_id(1).to(tl.int64)',
-            '    pid = tl.program_id(0)',
-            '    offs = pid * BLOCK + tl.arange(0, BLOCK)',
-            '    cls = tl.arange(0, CP)',
-            '    pm = offs < HW',
-            '    cm = cls < C',
-            '    m2 = cm[:, None] & pm[None, :]',
-            '    base = n * C * HW',
-            '    tile = base + cls[:, None] * HW + offs[None, :]',
-            '    lab = tl.load(lab_ptr + n * HW + offs, mask=pm, other=ignore_index).to(tl.int32)',
-            '    valid = pm & (lab != ignore_index)',
-            '    lab_ok = valid & (lab >= 0) & (lab < C)',
-            '    labc = tl.where(lab_ok, lab, 0)',
-            '    gat = base + labc.to(tl.int64) * HW + offs',
-            '    onehot = (cls[:, None] == labc[None, :]) & lab_ok[None, :]',
-            '    Gt = onehot.to(tl.float32)',
-            '    Mrow = valid.to(tl.float32)[None, :]',
-            '    zero2 = tl.zeros([CP, BLOCK], tl.float32)',
-        ]
+        return ['', '', '@triton.jit',
+                f'def {name}({", ".join(args)}, CP: tl.constexpr, BLOCK: tl.constexpr{more}):',
+                '    n = tl.program_id(1).to(tl.int64)',
+                '    cls = tl.arange(0, CP)',
+                '    cm = cls < C']
+
+    @staticmethod
+    def tile_setup(ind: str = '    ') -> List[str]:
+        """The tile ``pid`` of image ``n``: its pixels, labels, one-hot and masks."""
+        return [ind + line for line in (
+            'offs = pid * BLOCK + tl.arange(0, BLOCK)',
+            'pm = offs < HW',
+            'm2 = cm[:, None] & pm[None, :]',
+            'base = n * C * HW',
+            'tile = base + cls[:, None] * HW + offs[None, :]',
+            'lab = tl.load(lab_ptr + n * HW + offs, mask=pm, other=ignore_index).to(tl.int32)',
+            'valid = pm & (lab != ignore_index)',
+            'lab_ok = valid & (lab >= 0) & (lab < C)',
+            'labc = tl.where(lab_ok, lab, 0)',
+            'gat = base + labc.to(tl.int64) * HW + offs',
+            'onehot = (cls[:, None] == labc[None, :]) & lab_ok[None, :]',
+            'Gt = onehot.to(tl.float32)',
+            'Mrow = valid.to(tl.float32)[None, :]',
+            'zero2 = tl.zeros([CP, BLOCK], tl.float32)')]
+
+    def header(self, name: str) -> List[str]:
+        """A kernel over one tile per program (grid axis 0: tiles, axis 1: images)."""
+        return self.signature(name) + ['    pid = tl.program_id(0)'] + self.tile_setup()
 
     def uses_p(self, *progs: Optional[ir.Program]) -> bool:
         return any(ins.op is Op.P for prog in progs if prog is not None for ins in prog.instrs)
 
-    def softmax_lines(self, vector: bool) -> List[str]:
-        out = ['    P = softmax_tile(x_ptr, base, HW, offs, cls, pm, cm)']
+    def softmax_lines(self, vector: bool, ind: str = '    ') -> List[str]:
+        out = [ind + 'P = softmax_tile(x_ptr, base, HW, offs, cls, pm, cm)']
         if vector:
-            out.append('    Plab = tl.sum(tl.where(onehot, P, 0.0), 0)')
+            out.append(ind + 'Plab = tl.sum(tl.where(onehot, P, 0.0), 0)')
         return out
 
     def stats_fwd(self) -> List[str]:
+        """Program ``g`` of image ``n`` sums the ``TILES`` tiles ``g, g + G, g + 2G, ...``
+        (``G`` = the programs per image; a constexpr loop count, a power of two) in
+        float64 and writes one (S, CP) row of partial sums, so that the buffer is (N, G,
+        S, CP) whatever the image size, and its count of invalid labels. The order of
+        every sum is fixed by the shapes alone."""
         fp = self.fp
-        out = self.header('stats_fwd')
+        S = len(fp.final.outputs)
+        out = self.signature('stats_fwd', ', TILES: tl.constexpr')
+        out += ['    g = tl.program_id(0)', '    G = tl.num_programs(0)',
+                '    nbad = tl.zeros([1], tl.int32)']
+        out += [f'    tot{s} = tl.zeros([CP], tl.float64)' for s in range(S)]
+        out += ['    for i in range(TILES):',
+                '        pid = g + i * G  # (past the last tile: every pixel masked)']
+        ind = ' ' * 8
+        out += self.tile_setup(ind)
         cor = fp.correction
         if self.uses_p(fp.final, cor):
-            out += self.softmax_lines(vector=cor is not None and self.uses_p(cor))
+            out += self.softmax_lines(cor is not None and self.uses_p(cor), ind)
         dense, vec = _Scope(False, fp.stages), _Scope(True, fp.stages)
-        self.values(fp.final, 'f', dense, False, out)
+        self.values(fp.final, 'f', dense, False, out, ind)
         if cor is not None:
-            self.values(cor, 'c', vec, False, out)
-        for s in range(len(fp.final.outputs)):
+            self.values(cor, 'c', vec, False, out, ind)
+        for s in range(S):
             e = self.output(fp.final, s, 'f')
             acc = f'tl.sum(tl.where(m2, {e}, 0.0), 1)' if e else 'tl.zeros([CP], tl.float32)'
-            out.append(f'    acc{s} = {acc}')
+            out.append(f'{ind}acc{s} = {acc}')
             if cor is not None:
                 c = self.output(cor, s, 'c')
                 if c is not None:
                     cv = f'{c}[None, :]' if c.startswith('c') else c
-                    out.append(f'    acc{s} += tl.sum(tl.where(onehot, {cv}, 0.0), 1)')
-            out.append(f'    tl.store(dst_ptr + ((n * T + pid) * {len(fp.final.outputs)} + {s}) '
-                       f'* CP + cls, acc{s})')
-        out.append('    bad = pm & (lab != ignore_index) & ((lab < 0) | (lab >= C))')
-        out.append('    tl.store(bad_ptr + n * T + pid, tl.sum(bad.to(tl.int32), 0))')
+                    out.append(f'{ind}acc{s} += tl.sum(tl.where(onehot, {cv}, 0.0), 1)')
+            out.append(f'{ind}tot{s} += acc{s}.to(tl.float64)')
+        out.append(f'{ind}bad = pm & (lab != ignore_index) & ((lab < 0) | (lab >= C))')
+        out.append(f'{ind}nbad += tl.sum(bad.to(tl.int32), 0)')
+        for s in range(S):
+            out.append(f'    tl.store(dst_ptr + ((n * G + g) * {S} + {s}) * CP + cls, tot{s})')
+        out.append('    tl.store(bad_ptr + n * G + g + tl.arange(0, 1), nbad)')
         return out
 
     def stats_bwd(self) -> List[str]:

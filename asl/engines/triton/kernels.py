@@ -72,7 +72,7 @@ def softmax_tile(x_ptr, base, HW, offs, cls, pm, cm):
     mx = tl.max(x, 0)
     e = tl.exp(x - mx[None, :])
     s = tl.sum(e, 0)
-    return e / s[None, :]
+    return tl.div_rn(e, s[None, :] + tl.zeros_like(e))
 
 
 @triton.jit
