@@ -216,3 +216,78 @@ def test_local_executor_spawn_mode_and_bad_mode(tmp_path):
     [(s, comp)] = _run_all(ex)
     assert comp.exit_code == 0
     assert json.load(open(os.path.join(spec.work_dir, 'result.json')))['iter'] == 2
+
+
+# --------------------------------------------------------------- CUDA and forking
+# No GPU is needed to test the detection: a stand-in ``libcuda.so.1`` (an empty shared
+# library) preloaded into the launcher is what a launcher whose imports initialised the
+# CUDA driver looks like from /proc/self/maps.
+def test_cuda_driver_detection_reads_the_mappings():
+    from asl.search.prefork import cuda_driver_loaded
+    maps = ('7f00-7f01 r-xp 00000000 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n'
+            '7f02-7f03 r--p 00000000 00:00 0 [heap]\n')
+    assert not cuda_driver_loaded(maps)
+    assert cuda_driver_loaded(maps + '7f04-7f05 r-xp 0 08:01 2 /usr/lib/libcuda.so.560.35\n')
+    assert not cuda_driver_loaded(maps + '7f04-7f05 r-xp 0 08:01 2 /opt/libcudart.so.12\n')
+    assert cuda_driver_loaded() is False  # this test process: CPU torch, no driver
+
+
+@pytest.fixture(scope='module')
+def fake_driver(tmp_path_factory):
+    import shutil
+    import subprocess
+    cc = shutil.which('cc') or shutil.which('gcc')
+    if cc is None:
+        pytest.skip('no C compiler')
+    d = tmp_path_factory.mktemp('fakecuda')
+    (d / 'empty.c').write_text('int asl_fake_cuda_driver(void) { return 0; }\n')
+    lib = d / 'libcuda.so.1'
+    subprocess.run([cc, '-shared', '-fPIC', '-o', str(lib), str(d / 'empty.c')], check=True)
+    return str(lib)
+
+
+@pytest.fixture(scope='module')
+def dirty_server(fake_driver, tmp_path_factory):
+    """A launcher with the stand-in driver library loaded."""
+    srv = PreforkServer(sys.executable, dict(_env(), LD_PRELOAD=fake_driver),
+                        str(tmp_path_factory.mktemp('dirty') / 'launcher.log'))
+    info = srv.start()
+    yield srv, info
+    srv.close()
+
+
+def test_launcher_checks_cuda_through_nvml_and_reports_a_loaded_driver(server, dirty_server):
+    srv, info = server
+    assert info['cuda_initialized'] is False and info['cuda_driver_loaded'] is False
+    environ = open(f'/proc/{srv.proc.pid}/environ', 'rb').read().split(b'\0')
+    assert b'PYTORCH_NVML_BASED_CUDA_CHECK=1' in environ
+    assert dirty_server[1]['cuda_driver_loaded'] is True
+
+
+def test_forked_gpu_trial_restarts_fresh_when_cuda_was_touched(dirty_server, tmp_path):
+    """A GPU trial forked from a launcher that touched CUDA replaces itself with a fresh
+    tools/train.py (same pid and log, its arguments kept); a CPU trial does not."""
+    srv, _ = dirty_server
+    pid = srv.fork(['--help'], {'CUDA_VISIBLE_DEVICES': '0'}, str(tmp_path / 'gpu.log'))
+    assert srv.wait(pid, 120) == 0
+    text = open(tmp_path / 'gpu.log').read()
+    assert 'starting the trial as a fresh process' in text and 'cuda_driver_loaded' in text
+    assert 'usage:' in text  # tools/train.py --help, run by the fresh process
+    pid = srv.fork(['--help'], {'CUDA_VISIBLE_DEVICES': ''}, str(tmp_path / 'cpu.log'))
+    assert srv.wait(pid, 120) == 0
+    text = open(tmp_path / 'cpu.log').read()
+    assert 'usage:' in text and 'fresh process' not in text
+
+
+def test_executor_gives_up_forking_gpu_trials_when_the_launcher_touched_cuda(
+        fake_driver, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '0')  # one "GPU" slot, without a GPU
+    ex = LocalExecutor(launch='fork', env={'LD_PRELOAD': fake_driver}, log_dir=str(tmp_path))
+    assert ex.gpu_slots == [['0']] and ex._wants_fork()
+    try:
+        ex.prepare(str(tmp_path))
+        assert ex._launcher(_spec(tmp_path, 's00-c00-a1', 2)) is None
+        assert 'cuda_driver_loaded' in ex._fork_broken and not ex._wants_fork()
+        assert 'starting every trial as a new process' in capsys.readouterr().err
+    finally:
+        ex.stop()

@@ -166,7 +166,9 @@ class LocalExecutor(Executor):
     running ``tools/train.py``'s code with the same arguments, in its own session, with
     its own ``stdout.log``. ``launch='spawn'`` starts ``tools/train.py`` afresh for
     every trial. ``'auto'`` (default) forks CPU trials and spawns GPU trials (forking
-    for GPU trials is possible with ``'fork'``: the launcher never initialises CUDA).
+    for GPU trials is possible with ``'fork'``: the launcher checks CUDA through NVML and
+    never initialises it; if it did all the same, forking is given up, and a forked GPU
+    trial that finds CUDA touched restarts itself as a fresh process).
     Trials with several GPUs always run under torchrun. If the launcher cannot start
     or dies, the executor falls back to spawning and says so.
 
@@ -297,10 +299,11 @@ class LocalExecutor(Executor):
             self._server = None
             self._give_up_fork(str(e))
             return None
-        if info.get('cuda_initialized') and self.gpu_slots:
+        touched = [k for k in ('cuda_initialized', 'cuda_driver_loaded') if info.get(k)]
+        if touched and self.gpu_slots:
             self.close()
-            self._give_up_fork('CUDA was initialised while importing, so forked trials '
-                               'could not use it')
+            self._give_up_fork(f'the trial launcher touched CUDA while importing '
+                               f'({", ".join(touched)}), so forked trials could not use it')
             return None
         return self._server
 

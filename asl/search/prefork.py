@@ -14,9 +14,21 @@ child that becomes the trial:
 * it runs exactly what ``tools/train.py ARGS`` runs (:func:`asl.mmseg.entry.run_training`),
   and its exit status is the one ``tools/train.py`` would give.
 
-The server never runs a torch operation and never initialises CUDA, so the children
-start from a clean state (it reports ``torch.cuda.is_initialized()`` so that the
-executor can refuse to fork when that would break CUDA in the children).
+The server never runs a torch operation and must never initialise CUDA: a process forked
+from one that did fails at its first CUDA call ("Cannot re-initialize CUDA in forked
+subprocess", or the driver's "initialization error"). MMEngine, mmcv and MMSeg ask
+``torch.cuda.is_available()`` while they are imported, which by default initialises the
+CUDA driver (``cuInit``) in the asking process without torch noticing
+(``torch.cuda.is_initialized()`` stays False). So:
+
+* the server runs with ``PYTORCH_NVML_BASED_CUDA_CHECK=1``: availability and device
+  counts are read through NVML, which leaves the driver alone;
+* it reports both torch's flag and whether the CUDA driver library is loaded in it
+  (:func:`cuda_state`); the executor gives up forking GPU trials if either is set;
+* a forked GPU trial checks its own start (:func:`cuda_state` again, inherited from the
+  server, plus torch's bad-fork flag) and, if CUDA was touched before the fork, replaces
+  itself with a fresh ``tools/train.py`` process (same pid, log, environment and
+  arguments) instead of failing at its first CUDA call.
 
 Protocol (JSON lines): the client writes ``{"id", "argv", "env", "log", "cwd",
 "threads"}`` to the server's stdin; the server answers on its stdout
@@ -37,7 +49,10 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-__all__ = ['PreforkServer', 'PreforkError']
+__all__ = ['PreforkServer', 'PreforkError', 'cuda_state', 'NVML_ENV']
+
+#: Set in the server's environment: CUDA availability checks through NVML.
+NVML_ENV = 'PYTORCH_NVML_BASED_CUDA_CHECK'
 
 _PR_SET_PDEATHSIG = 1
 
@@ -54,6 +69,33 @@ def _pdeathsig() -> None:
 
 
 # ----------------------------------------------------------------------------- server
+
+
+def cuda_driver_loaded(maps: Optional[str] = None) -> bool:
+    """Whether the CUDA driver library (``libcuda.so``) is mapped into this process
+    (``maps``: the text of ``/proc/self/maps``, read if None). The CUDA runtime loads it
+    at its first call, which also initialises the driver; NVML does not load it."""
+    if maps is None:
+        try:
+            with open('/proc/self/maps') as f:
+                maps = f.read()
+        except OSError:  # pragma: no cover (not Linux)
+            return False
+    return any(os.path.basename(line.split()[-1]).startswith('libcuda.so')
+               for line in maps.splitlines() if '/' in line)
+
+
+def cuda_state() -> Dict[str, bool]:
+    """``cuda_initialized`` (torch's lazy CUDA state, or its bad-fork flag in a child) and
+    ``cuda_driver_loaded`` (:func:`cuda_driver_loaded`) of this process; reads nothing
+    through CUDA itself."""
+    torch = sys.modules.get('torch')
+    init = False
+    if torch is not None:
+        init = bool(torch.cuda.is_initialized())
+        bad_fork = getattr(torch.cuda, '_is_in_bad_fork', None)
+        init = init or bool(bad_fork() if bad_fork is not None else False)
+    return dict(cuda_initialized=init, cuda_driver_loaded=cuda_driver_loaded())
 
 
 def _warm_up() -> Dict:
@@ -79,8 +121,7 @@ def _warm_up() -> Dict:
     # collector off it, so that they do not copy its memory pages by touching it.
     gc.collect()
     gc.freeze()
-    return dict(import_s=time.time() - t0, cuda_initialized=bool(torch.cuda.is_initialized()),
-                pid=os.getpid())
+    return dict(import_s=time.time() - t0, pid=os.getpid(), **cuda_state())
 
 
 def _run_child(req: Dict, proto_fd: int, in_fd: int) -> None:
@@ -107,6 +148,8 @@ def _run_child(req: Dict, proto_fd: int, in_fd: int) -> None:
         if req.get('cwd'):
             os.chdir(req['cwd'])
         os.environ.update({str(k): str(v) for k, v in (req.get('env') or {}).items()})
+        if os.environ.get('CUDA_VISIBLE_DEVICES', '').strip():
+            _respawn_if_cuda_touched(req)
         import torch
         if req.get('threads'):
             torch.set_num_threads(int(req['threads']))
@@ -133,6 +176,21 @@ def _run_child(req: Dict, proto_fd: int, in_fd: int) -> None:
             exit_process(code if isinstance(code, int) else 1)
         finally:
             os._exit(1)  # only if quick_exit itself failed
+
+
+def _respawn_if_cuda_touched(req: Dict) -> None:
+    """In a forked GPU trial: if CUDA was touched before the fork, become a fresh
+    ``tools/train.py`` process (``execv``: same pid, session, log and environment);
+    returns only when the fork is clean."""
+    state = cuda_state()
+    if not (state['cuda_initialized'] or state['cuda_driver_loaded']):
+        return
+    from .trial import train_entry
+    argv = [sys.executable, *train_entry(), *[str(a) for a in req['argv']]]
+    print(f'[asl.search] the trial launcher had touched CUDA before this trial was forked '
+          f'({", ".join(k for k, v in state.items() if v)}); starting the trial as a fresh '
+          'process instead', file=sys.stderr, flush=True)
+    os.execv(sys.executable, argv)
 
 
 def _exit_on_signal(signum, frame):
@@ -233,6 +291,7 @@ class PreforkServer:
             env = dict(self.env)
             paths = [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p]
             env['PYTHONPATH'] = os.pathsep.join([root] + paths)
+            env[NVML_ENV] = '1'  # imports must not initialise the CUDA driver here
             os.makedirs(os.path.dirname(os.path.abspath(self.log_path)), exist_ok=True)
             with open(self.log_path, 'ab') as log:
                 self.proc = subprocess.Popen(
