@@ -1,9 +1,12 @@
 from .compat import allow_mmengine_checkpoints
+from .datasets import CamVidDataset
 from .hooks import ASLFaultInjectionHook, ASLTrialHook, NonFiniteLossError
+from .jaccard import JaccardMetricLoss
 from .loss import AutoSegLoss
 from .metric import ASLMetric
 
 __all__ = ['AutoSegLoss', 'ASLMetric', 'ASLTrialHook', 'ASLFaultInjectionHook',
-           'NonFiniteLossError', 'allow_mmengine_checkpoints']
+           'NonFiniteLossError', 'allow_mmengine_checkpoints', 'JaccardMetricLoss',
+           'CamVidDataset']
 
 allow_mmengine_checkpoints()
