@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .protocol import FAILURE_FILE, RESULT_FILE
-from .utils import atomic_write_json, atomic_write_text, read_json_or_none
+from .utils import atomic_write_json, atomic_write_text, read_json_or_none, train_entry
 
 __all__ = ['RunResult', 'run_training', 'training_command', 'wrapper_config_text',
            'run_logged', 'mean_sd', 'METRICS', 'RUN_FILE', 'RUN_CONFIG', 'RUN_LOG']
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The six metrics every re-training config evaluates.
 METRICS = ('mIoU', 'FWIoU', 'mAcc', 'gAcc', 'BIoU', 'BF1')
 RUN_FILE = 'run.json'
@@ -64,11 +63,6 @@ def wrapper_config_text(config: str) -> str:
             f'failure_file={FAILURE_FILE!r})]\n')
 
 
-def _train_entry() -> List[str]:
-    script = os.path.join(REPO_ROOT, 'tools', 'train.py')
-    return [script] if os.path.isfile(script) else ['-m', 'asl.mmseg.cli', 'train']
-
-
 def training_command(config: str, work_dir: str, seed: int, options: Sequence[str] = (),
                      python: Optional[str] = None, nproc: int = 1,
                      master_port: int = 29500) -> List[str]:
@@ -84,8 +78,8 @@ def training_command(config: str, work_dir: str, seed: int, options: Sequence[st
     if nproc > 1:
         return [python, '-m', 'torch.distributed.run', '--nnodes=1',
                 f'--nproc_per_node={nproc}', f'--master_port={master_port}',
-                *_train_entry(), *args]
-    return [python, *_train_entry(), *args]
+                *train_entry(), *args]
+    return [python, *train_entry(), *args]
 
 
 def run_logged(cmd: Sequence[str], log_file: str, env: Optional[Dict[str, str]] = None,

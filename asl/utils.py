@@ -11,6 +11,17 @@ __all__ = ['atomic_write_text', 'atomic_write_json', 'read_json', 'read_json_or_
            'cpu_model']
 
 
+#: The source checkout's root (where ``tools/`` is, if it is a checkout).
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def train_entry() -> list:
+    """What follows the interpreter to run ``tools/train.py``: the script of a source
+    checkout, else the installed package's entry."""
+    script = os.path.join(REPO_ROOT, 'tools', 'train.py')
+    return [script] if os.path.isfile(script) else ['-m', 'asl.mmseg.cli', 'train']
+
+
 def atomic_write_text(path: str, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and ``os.replace``.
 

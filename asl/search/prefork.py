@@ -185,7 +185,7 @@ def _respawn_if_cuda_touched(req: Dict) -> None:
     state = cuda_state()
     if not (state['cuda_initialized'] or state['cuda_driver_loaded']):
         return
-    from .trial import train_entry
+    from ..utils import train_entry
     argv = [sys.executable, *train_entry(), *[str(a) for a in req['argv']]]
     print(f'[asl.search] the trial launcher had touched CUDA before this trial was forked '
           f'({", ".join(k for k, v in state.items() if v)}); starting the trial as a fresh '

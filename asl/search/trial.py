@@ -214,16 +214,10 @@ def trial_args(spec: TrialSpec, launcher: str = 'none') -> List[str]:
             '--deterministic', '--lean', '--launcher', launcher]
 
 
-def train_entry() -> List[str]:
-    """What follows the interpreter to run ``tools/train.py`` (the script of a source
-    checkout, else the installed package's entry)."""
-    script = os.path.join(REPO_ROOT, 'tools', 'train.py')
-    return [script] if os.path.isfile(script) else ['-m', 'asl.mmseg.cli', 'train']
-
-
 def train_command(spec: TrialSpec, python: Optional[str] = None, launcher: str = 'none',
                   nproc: int = 1, master_port: Optional[int] = None) -> List[str]:
     """The command line of a trial: ``tools/train.py`` (or torchrun for several GPUs)."""
+    from ..utils import train_entry
     python = python or sys.executable
     entry = train_entry()
     if nproc > 1 and launcher == 'pytorch':
