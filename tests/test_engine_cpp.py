@@ -69,7 +69,9 @@ def _compare(s, logits, label):
     vb = surrogate_value(s.compiled, s.curves, b, label, fused=False)
     va.backward()
     vb.backward()
-    assert va.item() == pytest.approx(vb.item(), abs=2e-7, rel=1e-6)
+    # float32 sums of some 10^4 terms each, in another order (torch's vectorised sums
+    # differ between processors): a few 1e-6 relative
+    assert va.item() == pytest.approx(vb.item(), abs=2e-7, rel=5e-6)
     assert torch.allclose(a.grad, b.grad, atol=1e-9, rtol=1e-5)
 
 
