@@ -54,3 +54,48 @@ def test_without_mmseg_and_with_torch_compile():
     assert {'CrossEntropyLoss', 'gAcc [torch]', 'gAcc [compile]'} <= set(rows)
     assert 'note: MMSeg is not used' in text
     assert re.search(r'^\| gAcc \[compile\] \| [\d.]+ \|$', text, re.M)  # the first call
+
+
+def test_memory_mode(tmp_path):
+    """--memory on a tiny shape: the Triton engine under the interpreter, the plain path
+    and cross-entropy, their peak and kept memory, the GPU targets and the two checks of
+    the method (known allocations; a kernel run by the interpreter allocates nothing)."""
+    pytest.importorskip('triton')
+    report = tmp_path / 'memory.md'
+    out = subprocess.run([sys.executable, TOOL, '--memory', '--n', '1', '--c', '5', '--size',
+                          '40', '--only', 'mIoU', 'BIoU', 'BF1', '--out', str(report)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT,
+                         env=dict(os.environ, TRITON_INTERPRET='0'))  # the script sets it
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    text = out.stdout
+    rows = _rows(text)
+    for name in ('CrossEntropyLoss', 'mIoU [triton]', 'mIoU [torch]', 'BIoU [triton]',
+                 'BIoU [torch]', 'BF1 [triton]', 'BF1 [torch]'):
+        cells = [float(c) for c in rows[name].split('|')]
+        assert len(cells) == 5 and all(c >= 0 for c in cells), (name, cells)
+    assert float(rows['CrossEntropyLoss'].split('|')[1]) == 1.0  # peak x CE
+    assert 'mAcc [triton]' not in rows  # (--only)
+    for m, limit in (('mIoU', 1), ('BIoU', 1.5), ('BF1', 2.5)):
+        assert re.search(rf'^- (PASS|FAIL) {m} \[triton\]: peak memory [\d.]+x CE '
+                         rf'\(target <= {limit}x\)$', text, re.M), m
+    assert not re.search(r'^- (PASS|FAIL) \w+ \[torch\]', text, re.M)
+    assert 'known allocations: PASS' in text
+    assert 'allocates 0 bytes through torch (PASS' in text
+    assert report.read_text().startswith('# Loss memory')
+
+
+def test_memory_of_counts_the_gradient_not_the_inputs():
+    """memory_of: the logits and labels are not counted, the input gradient is;
+    cross-entropy keeps its log-softmax for the backward pass."""
+    pytest.importorskip('triton')
+    from search_fixtures import load_tool
+    bl = load_tool('benchmark_loss')
+    logits, label = bl.make_inputs(1, 5, 32)
+    size = logits.numel() * 4
+    ce = bl.memory_of(bl.TorchCrossEntropy(), logits, label)
+    assert size <= ce['kept'] < 2 * size  # the log-softmax output (and a few scalars)
+    assert ce['peak'] >= 2 * size  # it and the input gradient
+    for engine in ('torch', 'triton'):
+        r = bl.memory_of(bl.SurrogateLoss('mIoU', engine), logits, label)
+        assert r['grad_ok'] and r['peak'] >= size, (engine, r)  # the input gradient
+        assert r['peak'] >= r['kept'] >= 0

@@ -1,4 +1,4 @@
-"""The search's GPU paths, on a CUDA machine (``tools/gpu/check.sh`` runs this file there):
+"""The search's GPU paths, on a CUDA machine (``tools/gpu/run.sh`` runs this file there):
 a training on CUDA with the Triton engine, a search whose trials are forked from the
 pre-warmed launcher onto the GPU, run with AMP and packed two per GPU, and a two-process
 NCCL training where there is a second GPU. Skipped without CUDA (the CPU tests cover the
@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip('torch')
 pytest.importorskip('mmseg')
 if not torch.cuda.is_available():
-    pytest.skip('no CUDA device: these tests run on a GPU machine (tools/gpu/check.sh)',
+    pytest.skip('no CUDA device: these tests run on a GPU machine (tools/gpu/run.sh)',
                 allow_module_level=True)
 
 from search_fixtures import CONFIG, ROOT, env, events_of, journal, tail  # noqa: E402

@@ -25,7 +25,9 @@ time and peak memory, BIoU at most 1.5x, BF1 at most 2.5x, and every surrogate a
 faster than ``torch.compile`` of the plain path.
 
 It also checks the float32 evaluation of every published curve against its float64
-definition (``--accuracy``, on by default; target: max abs error <= 1e-5).
+definition (``--accuracy``, on by default; target: max abs error <= 1e-5), and, when the
+plain path (``torch``) is benchmarked with a fast engine, that engine's loss and gradient
+against the plain path's on the benchmark's inputs (the ``Agreement`` table).
 
 Timing: median (``--stat min``: minimum) over ``--repeat`` runs, interleaved across
 the losses, after ``--warmup`` runs, of ``loss(x, label).backward()`` on a fresh
@@ -38,6 +40,23 @@ running sum of the allocation/free events recorded by
 ``torch.profiler.profile(profile_memory=True)``; ``--selfcheck`` verifies this
 method on known allocations.
 
+Memory mode (``--memory``): what the Triton engine allocates, measured without a GPU.
+The engine allocates the same tensors under Triton's interpreter (``TRITON_INTERPRET=1``,
+set by the script) on CPU tensors as on a GPU, so the GPU memory targets (region
+surrogates at most 1.0x cross-entropy's peak, BIoU at most 1.5x, BF1 at most 2.5x) are
+checked on CPU: one forward + backward of cross-entropy
+(``torch.nn.functional.cross_entropy``), of each metric on the Triton engine and on the
+plain PyTorch path, at the GPU benchmark's classes (C=21) with N cut to 1 and the plane
+to 128x128 for the interpreter's speed (BF1 takes about 20 s per 1024 pixels there:
+512x512 would take hours); every loss's bytes are proportional to N x H x W, so the
+ratios to cross-entropy are those of the GPU shape (``--size 32`` gives the same to
+0.01). Peak:
+the most bytes torch allocated at once above the logits and labels (which exist before),
+the input gradient included; kept: the bytes still allocated between the forward and
+the backward (what the autograd graph saves), less the loss value. The interpreter works
+on numpy views of the tensors, which torch does not count (checked on a kernel run: 0
+bytes), so only the engine's own tensors count, as on a GPU.
+
 Examples::
 
     python tools/benchmark_loss.py                       # CPU: N=2, C=21, 256x256
@@ -45,6 +64,7 @@ Examples::
     python tools/benchmark_loss.py --engines torch compile cpp --only mIoU BF1
     python tools/benchmark_loss.py --selfcheck
     python tools/benchmark_loss.py --profile mIoU BF1    # top ops by self time
+    python tools/benchmark_loss.py --memory              # GPU memory targets, on CPU
 
 The exit code is 0 whether or not the targets are met; read the PASS/FAIL lines.
 """
@@ -57,8 +77,13 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import torch
-import torch.nn.functional as F
+# --memory runs the Triton engine on CPU tensors through Triton's interpreter, which Triton
+# reads when it defines its functions: set before anything can import Triton.
+if '--memory' in sys.argv[1:]:
+    os.environ['TRITON_INTERPRET'] = '1'
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -199,9 +224,10 @@ def _profiler_memory_events(prof) -> Tuple[List[Tuple[float, int]], str]:
     return out, 'prof.events() cpu_memory_usage'
 
 
-def cpu_peak_bytes(fn: Callable[[], object]) -> Tuple[int, str]:
+def cpu_peak_net_bytes(fn: Callable[[], object]) -> Tuple[int, int, str]:
     """Peak of the bytes allocated by torch on the CPU while ``fn()`` runs, above the
-    amount allocated when it starts. Returns (bytes, method)."""
+    amount allocated when it starts, and the net bytes still allocated when it returns
+    (allocated minus freed). Returns (peak, net, method)."""
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True,
                  record_shapes=False) as prof:
@@ -212,6 +238,13 @@ def cpu_peak_bytes(fn: Callable[[], object]) -> Tuple[int, str]:
     for _, nbytes in events:
         current += nbytes
         peak = max(peak, current)
+    return peak, current, method
+
+
+def cpu_peak_bytes(fn: Callable[[], object]) -> Tuple[int, str]:
+    """Peak of the bytes allocated by torch on the CPU while ``fn()`` runs, above the
+    amount allocated when it starts. Returns (bytes, method)."""
+    peak, _, method = cpu_peak_net_bytes(fn)
     return peak, method
 
 
@@ -230,11 +263,12 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> Tuple[int, str
     return cpu_peak_bytes(fn)
 
 
-def selfcheck(device: torch.device) -> bool:
+def selfcheck(device: torch.device, quiet: bool = False) -> bool:
     """Check the peak-memory method on allocations of known size. Returns True if OK."""
     mb = 1e6
     ok = True
-    print(f'## Peak-memory self-check ({device.type})\n')
+    say = (lambda *a, **k: None) if quiet else print
+    say(f'## Peak-memory self-check ({device.type})\n')
 
     def one_tensor():
         x = torch.empty(1_000_000, dtype=torch.float32, device=device)
@@ -266,16 +300,200 @@ def selfcheck(device: torch.device) -> bool:
         got, method = peak_bytes(fn, device)
         good = abs(got / mb - expect) <= tol * expect
         ok &= good
-        print(f'- {name}: {got / mb:.3f} MB (expected {expect:.1f} MB) '
+        say(f'- {name}: {got / mb:.3f} MB (expected {expect:.1f} MB) '
               f'{"PASS" if good else "FAIL"}  [{method}]')
     got, method = peak_bytes(backward, device)
     # x (4 MB) is allocated inside; x * x (4 MB); grads 2 x 4 MB transient at most.
     good = 8.0 <= got / mb <= 20.0
     ok &= good
-    print(f'- forward + backward of (x * x).sum() with 1M elements: {got / mb:.3f} MB '
+    say(f'- forward + backward of (x * x).sum() with 1M elements: {got / mb:.3f} MB '
           f'(expected 8 to 20 MB) {"PASS" if good else "FAIL"}')
-    print()
+    say()
     return ok
+
+
+# ----------------------------------------------------------------------------------
+# Memory mode: the Triton engine's allocations on CPU, under Triton's interpreter
+# ----------------------------------------------------------------------------------
+# N=1 and 128x128 rather than the GPU benchmark's 8 x 512x512: the interpreter takes about
+# 20 s per 1024 pixels for BF1's forward + backward (BIoU 7 s, mIoU 1.2 s), so 512x512 would
+# take hours; every loss's bytes are proportional to the pixels (--size 32 gives the same
+# ratios to 0.01), so the ratios to cross-entropy are those of the GPU shape.
+MEMORY_N, MEMORY_SIZE = 1, 128
+
+
+MARK_BYTES = 987_653  # a one-off allocation marking the end of the forward pass
+
+
+def memory_of(loss: torch.nn.Module, logits: torch.Tensor, label: torch.Tensor) -> dict:
+    """Bytes torch allocates on the CPU for one forward + backward of ``loss`` on a fresh
+    leaf copy of ``logits`` (the copy and the labels exist before and are not counted):
+
+    * ``peak``: the most allocated at once, the input gradient included;
+    * ``kept``: still allocated after the forward, before the backward, less the loss
+      value itself (what the autograd graph saves for the backward pass);
+    * ``fwd_peak``: the most allocated at once during the forward pass;
+    * ``seconds``: how long the forward + backward took (the profiler included).
+
+    One profiled run; the end of the forward pass is marked in the allocation events by
+    an allocation of ``MARK_BYTES`` freed at once (left out of the counts).
+    """
+    from torch.profiler import ProfilerActivity, profile
+    x = logits.detach().clone().requires_grad_()
+    box = {}
+
+    def run():
+        out = loss(x, label, ignore_index=IGNORE_INDEX)
+        out = out if out.numel() == 1 else out.sum()
+        box['out_bytes'] = out.untyped_storage().nbytes()
+        mark = torch.empty(MARK_BYTES, dtype=torch.uint8)
+        del mark
+        out.backward()
+
+    # Garbage of earlier calls collected inside the window would count as frees: collect
+    # it first, and none while the window is open.
+    import gc
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True,
+                     record_shapes=False) as prof:
+            run()
+        seconds = time.perf_counter() - t0
+    finally:
+        gc.enable()
+    events, method = _profiler_memory_events(prof)
+    events.sort(key=lambda e: e[0])
+    current = peak = fwd_peak = 0
+    kept = None
+    for _, nbytes in events:
+        if abs(nbytes) == MARK_BYTES and (kept is None) == (nbytes > 0):
+            if nbytes > 0:
+                kept, fwd_peak = current, peak
+            continue
+        current += nbytes
+        peak = max(peak, current)
+    if kept is None:
+        raise RuntimeError('the forward pass\'s end marker is not in the profiler events')
+    grad_ok = x.grad is not None and bool(torch.isfinite(x.grad).all())
+    return dict(peak=peak, kept=kept - box['out_bytes'], fwd_peak=fwd_peak, seconds=seconds,
+                method=method, grad_ok=grad_ok)
+
+
+def interpreter_allocations() -> int:
+    """Bytes torch allocates while Triton's interpreter runs a kernel that reads one CPU
+    tensor and writes another. 0 expected: the interpreter computes on numpy views of
+    the tensors' memory, which torch's allocator never sees (as a GPU's would not see the
+    kernel's registers); only the engine's own tensors are counted."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def scale_kernel(src, dst, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        v = tl.load(src + offs, mask=mask, other=0.0)
+        tl.store(dst + offs, tl.exp(v) * 2.0 + v * v, mask=mask)
+
+    src = torch.randn(1 << 16)
+    dst = torch.empty_like(src)
+    block = 4096
+    launch = lambda: scale_kernel[(src.numel() // block, )](src, dst, src.numel(), BLOCK=block)
+    launch()  # the interpreter's own first-call set-up is not a kernel's memory
+    peak, _, _ = cpu_peak_net_bytes(launch)
+    if not torch.allclose(dst, torch.exp(src) * 2 + src * src):
+        raise RuntimeError('the interpreter check kernel computed wrong values')
+    return peak
+
+
+def memory_targets(rows: List[Tuple[str, dict]], engine: str = 'triton') -> List[str]:
+    """PASS/FAIL lines of the GPU memory targets for ``engine``'s rows."""
+    res = dict(rows)
+    ce = res[CE]
+    lines = []
+    for m in METRICS:
+        r = res.get(row_name(m, engine))
+        if r is None:
+            continue
+        limit = _limit(m, gpu=True)
+        ratio = r['peak'] / max(ce['peak'], 1)
+        lines.append(f'- {"PASS" if ratio <= limit else "FAIL"} {m} [{engine}]: peak memory '
+                     f'{ratio:.2f}x CE (target <= {limit:g}x)')
+    return lines
+
+
+def memory_table(rows: List[Tuple[str, dict]]) -> str:
+    ce = dict(rows)[CE]
+    lines = ['| loss | peak MB | x CE | kept MB | x CE | forward peak MB |',
+             '|---|---:|---:|---:|---:|---:|']
+    for name, r in rows:
+        lines.append(f'| {name} | {r["peak"] / 1e6:.2f} | {r["peak"] / max(ce["peak"], 1):.2f} '
+                     f'| {r["kept"] / 1e6:.2f} | {r["kept"] / max(ce["kept"], 1):.2f} | '
+                     f'{r["fwd_peak"] / 1e6:.2f} |')
+    return '\n'.join(lines)
+
+
+def memory_mode(args, emit: Callable[[str], None]) -> int:
+    """The memory table: cross-entropy, then every metric on each engine (default:
+    ``triton``, then ``torch``), on CPU with the Triton engine under the interpreter."""
+    if os.environ.get('TRITON_INTERPRET') != '1':  # imported as a module with --memory
+        print('--memory needs TRITON_INTERPRET=1 before Triton is imported', file=sys.stderr)
+        return 2
+    import asl
+    n, size, c = args.n or MEMORY_N, args.size or MEMORY_SIZE, args.c
+    engines = args.engines or ['triton', 'torch']
+    metrics = [m for m in METRICS if not args.only or m in args.only]
+    device = torch.device('cpu')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    emit('# Loss memory (CPU, the Triton engine under Triton\'s interpreter)\n')
+    emit(f'- machine: {machine_description(device)}')
+    emit(f'- torch {torch.__version__}, asl {asl.__version__}{_git_state()}'
+         + (f', triton {__import__("triton").__version__}' if _has_triton() else ''))
+    logits, label = make_inputs(n, c, size, args.seed)
+    emit(f'- shape: logits ({n}, {c}, {size}, {size}) float32 '
+         f'({logits.numel() * 4 / 1e6:.1f} MB, not counted), labels ({n}, {size}, {size}) '
+         f'int64 (not counted); one forward + backward; engines: {", ".join(engines)}; '
+         f'cross-entropy: torch.nn.functional.cross_entropy')
+    ok = selfcheck(device, quiet=True)
+    emit(f'- peak-memory method on known allocations: {"PASS" if ok else "FAIL"} '
+         f'(--selfcheck prints the cases)')
+    if 'triton' in engines:
+        interp = interpreter_allocations()
+        emit(f'- a Triton kernel run by the interpreter allocates {interp} bytes through torch '
+             f'({"PASS" if interp == 0 else "FAIL"}: only the tensors the engine allocates '
+             f'count, as on a GPU)')
+    losses: Dict[str, torch.nn.Module] = {CE: TorchCrossEntropy()}
+    for m in metrics:
+        for e in engines:
+            losses[row_name(m, e)] = SurrogateLoss(m, e)
+    # One untimed call of each loss on a small input of the same classes first: what the
+    # engines cache once per process (curve tables, generated kernels) is not counted.
+    small = make_inputs(1, c, 32, args.seed + 1)
+    for loss in losses.values():
+        forward_backward(loss, small[0].clone().requires_grad_(), small[1])
+    rows = []
+    for name, loss in losses.items():
+        r = memory_of(loss, logits, label)
+        rows.append((name, r))
+        print(f'  {name}: peak {r["peak"] / 1e6:.1f} MB, kept {r["kept"] / 1e6:.1f} MB, '
+              f'{r["seconds"]:.1f} s', file=sys.stderr, flush=True)
+    emit(f'- peak memory: {rows[0][1]["method"]} (torch.profiler memory events), above the '
+         f'logits and labels, the input gradient included; kept: allocated after the forward, '
+         f'before the backward, less the loss value')
+    bad = [name for name, r in rows if not r['grad_ok']]
+    if bad:
+        emit(f'- error: no finite input gradient for {", ".join(bad)}')
+    emit()
+    emit(memory_table(rows))
+    emit()
+    emit('## Targets (the GPU goals)\n')
+    for e in [e for e in engines if e != 'torch'] or engines:
+        for line in memory_targets(rows, e):
+            emit(line)
+    emit()
+    return 1 if bad else 0
 
 
 # ----------------------------------------------------------------------------------
@@ -393,6 +611,46 @@ def target_checks(rows: List[Tuple[str, Dict[str, object]]], engines: Sequence[s
                              f'{r["time"] * 1e3:.1f} ms vs LovaszLoss '
                              f'{lov["time"] * 1e3:.1f} ms (target: faster)')
     return lines
+
+
+# ----------------------------------------------------------------------------------
+# Agreement of the engines
+# ----------------------------------------------------------------------------------
+POOLED_P = ('BF1', )  # metrics pooling P: a tie's gradient may go to another position
+
+
+def agreement_lines(losses: Dict[str, torch.nn.Module], logits: torch.Tensor,
+                    label: torch.Tensor, engines: Sequence[str]) -> List[str]:
+    """The fast engines' loss and gradient against the plain PyTorch path's on the
+    benchmark's inputs (the tests' criteria: loss within 1e-5, gradient cosine similarity
+    at least 0.99999, 0.999 where P is pooled)."""
+    fast = [e for e in engines if e in ('cpp', 'triton')]
+    lines = ['| metric | engine | loss | plain path loss | abs diff | grad cosine | '
+             'max grad diff / max grad | agrees |', '|---|---|---:|---:|---:|---:|---:|---|']
+    for m in METRICS:
+        ref = losses.get(row_name(m, 'torch'))
+        if ref is None:
+            continue
+        xr = logits.detach().clone().requires_grad_()
+        vr = forward_backward(ref, xr, label)
+        gr = xr.grad.double().flatten()
+        del xr
+        for e in fast:
+            loss = losses.get(row_name(m, e))
+            if loss is None:
+                continue
+            x = logits.detach().clone().requires_grad_()
+            v = forward_backward(loss, x, label)
+            g = x.grad.double().flatten()
+            del x
+            cos = float(torch.dot(g, gr) / (g.norm() * gr.norm()).clamp_min(1e-300))
+            rel = float((g - gr).abs().max() / gr.abs().max().clamp_min(1e-300))
+            need = 0.999 if m in POOLED_P else 0.99999
+            ok = abs(v - vr) <= 1e-5 and cos >= need
+            lines.append(f'| {m} | {e} | {v:.6f} | {vr:.6f} | {abs(v - vr):.1e} | {cos:.7f} | '
+                         f'{rel:.1e} | {"yes" if ok else "NO"} (cosine >= {need:g}) |')
+            del g
+    return lines if len(lines) > 2 else []
 
 
 # ----------------------------------------------------------------------------------
@@ -526,6 +784,11 @@ def parse_args(argv=None):
                    help='also profile these losses (e.g. mIoU BF1) and print the top ops '
                    'by self time')
     p.add_argument('--top', type=int, default=15, help='rows of each --profile table')
+    p.add_argument('--memory', action='store_true',
+                   help='memory mode: on CPU, the peak and kept memory of the Triton engine '
+                   '(under Triton\'s interpreter, set by the script), the plain PyTorch path '
+                   'and cross-entropy against the GPU targets (default: N=1, C=21, 128x128; '
+                   'no timing or accuracy tables)')
     return p.parse_args(argv)
 
 
@@ -555,6 +818,15 @@ def main(argv=None) -> int:
 
     if args.selfcheck:
         selfcheck(device)
+
+    if args.memory:
+        if gpu:
+            print('--memory measures on CPU (the GPU benchmark measures CUDA memory itself)',
+                  file=sys.stderr)
+            return 2
+        rc = memory_mode(args, emit)
+        _write_report(args.out, report)
+        return rc
 
     import asl
     engines = args.engines or (['torch', 'compile', 'triton'] if gpu else ['cpp'])
@@ -602,6 +874,12 @@ def main(argv=None) -> int:
         for line in target_checks(rows, engines, gpu):
             emit(line)
         emit()
+        agree = agreement_lines(losses, logits, label, engines)
+        if agree:
+            emit('## Agreement with the plain PyTorch path (same inputs)\n')
+            for line in agree:
+                emit(line)
+            emit()
 
     if args.accuracy:
         if args.no_bench:
@@ -616,11 +894,15 @@ def main(argv=None) -> int:
     if args.profile:
         profile_losses(args.profile, losses, logits, label, device, args.top)
 
-    if args.out:
-        with open(args.out, 'w') as f:
-            f.write('\n'.join(report) + '\n')
-        print(f'report written to {args.out}')
+    _write_report(args.out, report)
     return 0
+
+
+def _write_report(path: Optional[str], report: List[str]) -> None:
+    if path:
+        with open(path, 'w') as f:
+            f.write('\n'.join(report) + '\n')
+        print(f'report written to {path}')
 
 
 def _git_state() -> str:

@@ -8,14 +8,17 @@
 2. Training speed of that proxy, one process on one GPU, real batches of the data:
    iterations per second with cross-entropy and with ``AutoSegLoss`` mIoU and BF1, in
    float32 and with AMP (float16 autocast; the surrogate stays float32), and the peak memory.
-3. A short search (one step of ``--samples`` candidates of ``--iters`` iterations) with 1,
-   2 and 4 trials per GPU: trials per hour, GPU utilisation and memory per trial (sampled
-   with ``nvidia-smi``), seconds per training iteration.
+3. A short search (one step of ``--samples`` candidates, or ``--waves`` x K, of
+   ``--iters`` iterations) with K = 1, 2 and 4 trials per GPU (``--ks``): trials per hour,
+   GPU utilisation and memory per trial (sampled with ``nvidia-smi``), seconds per
+   training iteration.
 4. The paper's search (384 proxy trainings of 1000 iterations) projected in GPU-hours:
    ``384 x (overhead + val + 1000 x s/iter(K)) / K / 3600`` with the medians measured at K
    trials per GPU (overhead: start-up and everything outside iterations and validation).
 
-Writes ``OUT/summary.md`` (the tables) and ``OUT/bench.json``; prints the summary.
+Writes ``OUT/summary.md`` (the tables) and ``OUT/bench.json`` after each part (a run
+stopped from outside keeps what it measured; ``--time-limit`` stops a search in time);
+prints the summary.
 ``--device cpu`` with small sizes is a dry run of this script on a machine without GPU.
 """
 import argparse
@@ -49,7 +52,14 @@ def parse_args(argv=None):
     p.add_argument('--warmup', type=int, default=5)
     p.add_argument('--iters', type=int, default=60, help='iterations of a search trial')
     p.add_argument('--samples', type=int, default=4, help='trials of the short search')
+    p.add_argument('--waves', type=int,
+                   help='trials of each short search: WAVES x K, at least 2 (K trials per GPU: '
+                   'WAVES rounds of K trials at once); default: --samples for every K')
     p.add_argument('--ks', type=int, nargs='+', default=[1, 2, 4], help='trials per GPU')
+    p.add_argument('--time-limit', type=float,
+                   help='seconds for the whole run: a search still running then is stopped '
+                   '(SIGTERM: it stops its trials) and reported with what finished; the '
+                   'searches not started are left out')
     p.add_argument('--skip-speed', action='store_true')
     p.add_argument('--skip-search', action='store_true')
     return p.parse_args(argv)
@@ -214,22 +224,48 @@ class GpuSampler(threading.Thread):
             self.stop.wait(self.interval)
 
 
-def search_row(args, config, k):
+def samples_for(args, k):
+    """Trials of the search at K trials per GPU (at least 2: the policy's baseline, its
+    mean, is the first candidate)."""
+    return max(2, args.waves * k) if args.waves else args.samples
+
+
+def _run_until(cmd, log_path, deadline):
+    """Run ``cmd`` (output to ``log_path``) until it ends or ``deadline`` (time.time());
+    then SIGTERM (the search stops its trials), SIGKILL 30 s later. Returns (rc, text,
+    stopped)."""
+    with open(log_path, 'w') as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+        stopped = False
+        try:
+            proc.wait(timeout=None if deadline is None else max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            stopped = True
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    with open(log_path) as f:
+        return proc.returncode, f.read(), stopped
+
+
+def search_row(args, config, k, deadline=None):
     work = os.path.abspath(os.path.join(args.out, f'search_k{k}'))
     shutil.rmtree(work, ignore_errors=True)
+    samples = samples_for(args, k)
     cmd = [sys.executable, os.path.join(ROOT, 'tools', 'search.py'), config, '--work-dir', work,
-           '--trials-per-gpu', str(k)]
+           '--trials-per-gpu', str(k), '--cfg-options', f'search.num_samples={samples}']
     if args.device == 'cpu':
         cmd += ['--workers', '1']
     sampler = GpuSampler()
     sampler.start()
     t0 = time.time()
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    rc, text, stopped = _run_until(cmd, os.path.join(args.out, f'search_k{k}.log'), deadline)
     wall = time.time() - t0
     sampler.stop.set()
     sampler.join()
-    with open(os.path.join(args.out, f'search_k{k}.log'), 'w') as f:
-        f.write(out.stdout + out.stderr)
     events = []
     if os.path.exists(os.path.join(work, 'journal.jsonl')):
         with open(os.path.join(work, 'journal.jsonl')) as f:
@@ -237,8 +273,8 @@ def search_row(args, config, k):
     launched = [e for e in events if e['event'] == 'trial_launched']
     ended = [e for e in events if e['event'] in ('trial_finished', 'trial_failed')]
     finished = [e for e in events if e['event'] == 'trial_finished']
-    row = dict(k=k, rc=out.returncode, trials=len(finished), failed=len(ended) - len(finished),
-               search_wall_s=wall)
+    row = dict(k=k, rc=rc, samples=samples, trials=len(finished),
+               failed=len(ended) - len(finished), search_wall_s=wall, stopped=stopped)
     if launched and ended:
         span = ended[-1]['time'] - launched[0]['time']
         row['trials_wall_s'] = span
@@ -256,8 +292,8 @@ def search_row(args, config, k):
         row['gpu_util_mean'] = statistics.mean(sampler.util)
     if sampler.mem:
         row['mem_per_trial_mib'] = statistics.median(sampler.mem.values())
-    if out.returncode != 0:
-        row['error'] = (out.stderr or out.stdout)[-500:]
+    if rc != 0:
+        row['error'] = ('stopped at the time limit; ' if stopped else '') + text[-500:]
     print(f'[search] K={k}: ' + ', '.join(f'{a}={b:.4g}' if isinstance(b, float) else f'{a}={b}'
                                           for a, b in row.items() if a != 'error'), flush=True)
     return row
@@ -283,8 +319,9 @@ def summary(args, speed, searches, machine):
         lines.append('')
     if searches:
         base = next((r.get('trials_per_hour') for r in searches if r['k'] == 1), None)
-        lines += [f'Short search: one step of {args.samples} trials of {args.iters} '
-                  f'iterations (AutoSegLoss mIoU, fp32).', '',
+        trials = (f'max(2, {args.waves} x K)' if args.waves else str(args.samples))
+        lines += [f'Short search: one step of {trials} trials of {args.iters} '
+                  f'iterations at K trials per GPU (AutoSegLoss mIoU, fp32).', '',
                   '| trials/GPU | trials/hour | vs 1 | GPU util % | memory/trial (MiB) | '
                   's/iter | overhead s | 384 x 1000-iter search (GPU-h) |',
                   '|---|---|---|---|---|---|---|---|']
@@ -296,7 +333,8 @@ def summary(args, speed, searches, machine):
                          f'{_f(r.get("mem_per_trial_mib"), ".0f")} | '
                          f'{_f(r.get("s_per_iter"), ".3f")} | {_f(r.get("overhead_s"), ".1f")} | '
                          f'{_f(r.get("paper_gpu_hours"), ".2f")} |'
-                         + (f' failed: rc {r["rc"]}' if r['rc'] else ''))
+                         + (' stopped at the time limit' if r.get('stopped') else
+                            f' failed: rc {r["rc"]}' if r['rc'] else ''))
         lines += ['', f'Projection: GPU-hours = {PAPER_TRIALS} x (overhead + validation + '
                       f'{PAPER_ITERS} x s/iter) / K / 3600, medians of the K-trial run '
                       f'(the paper: 68 V100-hours).']
@@ -313,17 +351,31 @@ def main(argv=None):
         return 2
     machine = (torch.cuda.get_device_name(0) if args.device == 'cuda'
                else f'CPU ({os.cpu_count()} cores, dry run)')
+    deadline = None if args.time_limit is None else time.time() + args.time_limit
+    speed, searches = [], []
+
+    def save():  # after every part: a run stopped from outside keeps what it measured
+        text = summary(args, speed, searches, machine)
+        with open(os.path.join(args.out, 'summary.md'), 'w') as f:
+            f.write(text)
+        with open(os.path.join(args.out, 'bench.json'), 'w') as f:
+            json.dump(dict(args=vars(args), speed=speed, searches=searches, machine=machine),
+                      f, indent=1)
+        return text
+
     data_root = make_data(args)
     config = write_proxy_config(args, data_root)
-    speed = [] if args.skip_speed else speed_rows(args, config, data_root)
-    searches = [] if args.skip_search else [search_row(args, config, k) for k in args.ks]
-    text = summary(args, speed, searches, machine)
-    with open(os.path.join(args.out, 'summary.md'), 'w') as f:
-        f.write(text)
-    with open(os.path.join(args.out, 'bench.json'), 'w') as f:
-        json.dump(dict(args=vars(args), speed=speed, searches=searches, machine=machine), f,
-                  indent=1)
-    print(text)
+    if not args.skip_speed:
+        speed = speed_rows(args, config, data_root)
+        save()
+    if not args.skip_search:
+        for k in args.ks:
+            if deadline is not None and time.time() > deadline - 10:
+                print(f'[search] K={k}: not started (time limit)', flush=True)
+                continue
+            searches.append(search_row(args, config, k, deadline))
+            save()
+    print(save())
     return 0 if all(r['rc'] == 0 for r in searches) else 1
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Gather what MMSeg needs on a bare GPU machine that has its own Python 3.12, torch and Triton
 # but no package index: run here (with access to the package index), carry the folder there,
-# then run tools/gpu/check.sh there.
+# then run tools/gpu/run.sh there.
 #
 #   bash tools/gpu/make_kit.sh [KIT_DIR]        (default: .gpukit, ignored by git)
 #
@@ -10,7 +10,7 @@
 #                 versions of this checkout's environment (.venv) where it has them (about
 #                 5 MB; KIT_FULL=1: every dependency, about 140 MB); torch, triton and their
 #                 CUDA packages are never included (the machine has them).
-# KIT_DIR/src:    the mmcv 2.1.0 source, built there by check.sh (its CPU ops: the proxy
+# KIT_DIR/src:    the mmcv 2.1.0 source, built there by run.sh (its CPU ops: the proxy
 #                 models use no mmcv CUDA op).
 # KIT_DIR/MANIFEST: the files and their sizes.
 #
@@ -28,7 +28,7 @@ MMCV_VERSION=2.1.0
 # What MMSeg, MMEngine and mmcv import that the GPU machine's image does not have (its
 # package list holds numpy, scipy, opencv-python-headless, matplotlib, pillow, pyyaml, rich,
 # regex, packaging, psutil, ninja, pytest...), and setuptools<70, which mmcv's setup.py
-# needs for building (it imports pkg_resources; check.sh uses it for the build only).
+# needs for building (it imports pkg_resources; run.sh uses it for the build only).
 # KIT_FULL=1 adds those too, for a machine that has nothing but torch (about 140 MB).
 PACKAGES=(
     mmengine==0.10.7 mmsegmentation==1.2.2
@@ -86,4 +86,4 @@ if [ "${#failed[@]}" -gt 0 ]; then
     echo "[kit] error: could not download: ${failed[*]}" >&2
     exit 1
 fi
-echo "[kit] next, on the GPU machine, from the repository root: bash tools/gpu/check.sh $KIT"
+echo "[kit] next, on the GPU machine, from the repository root: KIT=$KIT bash tools/gpu/run.sh OUT_DIR"
