@@ -9,7 +9,7 @@ dtype):
   (``G = 0``) on every class and the correction program on each pixel's labelled class
   only (so mIoU evaluates one curve per element, not two), and sums its tiles per class
   (each program sums several tiles in float64, so the partial sums are a small (N,
-  programs, statistics, classes) buffer, :func:`stats_programs`); the backward pass is one kernel that recomputes the softmax from the
+  programs, statistics, classes) buffer, :func:`stats_split`); the backward pass is one kernel that recomputes the softmax from the
   logits, runs the reverse sweeps and the softmax backward, and writes the logits'
   gradient. Nothing of size (N, C, H, W) is kept between the two;
 * **with pools** (BF1, formulas with ``erode``/``dilate``): each stage's input map is
