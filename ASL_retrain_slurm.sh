@@ -31,7 +31,7 @@ fi
 command -v srun >/dev/null || { echo "error: srun not found: is this a Slurm cluster?" >&2; exit 2; }
 
 cd "$ROOT"
-CONFIG=$("$PYTHON" -m asl.configs find "$CONFIG_NAME" configs/retrain) || exit 2
+CONFIG=$("$PYTHON" -m asl.mmseg.configs find "$CONFIG_NAME" configs/retrain) || exit 2
 NAME=$(basename "$CONFIG" .py)
 WORK_DIR="${ASL_WORK_DIR:-work_dirs/retrain/$NAME}"
 GRES=()

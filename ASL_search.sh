@@ -26,7 +26,7 @@ fi
 [[ "$SEED" =~ ^[0-9]+$ ]] || { echo "error: SEED must be a non-negative integer, got '$SEED'" >&2; exit 2; }
 
 cd "$ROOT"
-CONFIG=$("$PYTHON" -m asl.configs find "$CONFIG_NAME" configs/search) || exit 2
+CONFIG=$("$PYTHON" -m asl.mmseg.configs find "$CONFIG_NAME" configs/search) || exit 2
 NAME=$(basename "$CONFIG" .py)
 WORK_DIR="${ASL_WORK_DIR:-work_dirs/search/$NAME}"
 

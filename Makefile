@@ -16,7 +16,7 @@ demo: install
 	$(PYTHON_VENV) tools/demo.py
 
 benchmark: install
-	$(PYTHON_VENV) tools/benchmark_loss.py
+	$(PYTHON_VENV) tools/analysis/benchmark_loss.py
 
 clean:
-	rm -rf build asl/_C*.so work_dirs .pytest_cache
+	rm -rf build asl/engines/cpp/_C*.so work_dirs .pytest_cache

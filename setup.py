@@ -1,6 +1,6 @@
 """Install asl: ``pip install --no-build-isolation -e .`` (torch must be installed first).
 
-The package ships the C++ engine (``asl._C``, the surrogate's fused evaluation on CPU
+The package ships the C++ engine (``asl.engines.cpp._C``, the surrogate's fused evaluation on CPU
 tensors). It is built when torch and a C++ compiler are present at build time (hence
 ``--no-build-isolation``); without them asl uses the plain PyTorch path on CPU, with one
 warning (``ASL_NO_EXT=1`` skips the build). The Triton engine (CUDA tensors) needs no build:
@@ -8,15 +8,18 @@ warning (``ASL_NO_EXT=1`` skips the build). The Triton engine (CUDA tensors) nee
 
 CPU flags: an editable install (``pip install -e``) is built for the machine it runs on
 (``-march=native``). A distributed build (``python -m build --no-isolation``: a wheel or an
-sdist installed elsewhere) builds the engine twice, portable (``asl._C``) and with AVX2 and
-FMA (``asl._C_avx2``), and ``asl._ext`` picks the latter at run time on CPUs that have them.
+sdist installed elsewhere) builds the engine twice, portable (``asl.engines.cpp._C``) and with AVX2 and
+FMA (``asl.engines.cpp._C_avx2``), and ``asl.engines.cpp.extension`` picks the latter at run time on CPUs that have them.
 ``ASL_CPU_FLAGS`` (for example ``"-mavx2 -mfma"``, or ``""``) builds one module with those
 flags instead.
 """
+import glob
 import os
 import sys
 
 from setuptools import find_packages, setup
+
+CSRC = 'asl/engines/cpp/csrc'  # the C++ engine's sources (relative: setuptools wants that)
 
 
 def read_version():
@@ -40,17 +43,17 @@ def extensions():
     base = ['-O3', '-fopenmp', '-fno-math-errno', '-fno-trapping-math']
 
     def ext(name, source, cpu_flags):
-        return CppExtension(f'asl.{name}', [source], extra_compile_args=base + cpu_flags,
-                            extra_link_args=['-fopenmp'],
-                            depends=['asl/csrc/kernels.cpp', 'asl/csrc/ir_ops.h'])
+        return CppExtension(f'asl.engines.cpp.{name}', [source],
+                            extra_compile_args=base + cpu_flags, extra_link_args=['-fopenmp'],
+                            depends=sorted(glob.glob(os.path.join(CSRC, '*'))))
 
     if 'ASL_CPU_FLAGS' in os.environ:
-        modules = [ext('_C', 'asl/csrc/kernels.cpp', os.environ['ASL_CPU_FLAGS'].split())]
+        modules = [ext('_C', os.path.join(CSRC, 'kernels.cpp'), os.environ['ASL_CPU_FLAGS'].split())]
     elif any(cmd in sys.argv for cmd in ('editable_wheel', 'develop')):
-        modules = [ext('_C', 'asl/csrc/kernels.cpp', ['-march=native'])]
-    else:  # runs elsewhere: portable, plus AVX2/FMA picked at run time (asl/_ext.py)
-        modules = [ext('_C', 'asl/csrc/kernels.cpp', []),
-                   ext('_C_avx2', 'asl/csrc/kernels_avx2.cpp', ['-mavx2', '-mfma'])]
+        modules = [ext('_C', os.path.join(CSRC, 'kernels.cpp'), ['-march=native'])]
+    else:  # runs elsewhere: portable, plus AVX2/FMA picked at run time (asl/engines/cpp/extension.py)
+        modules = [ext('_C', os.path.join(CSRC, 'kernels.cpp'), []),
+                   ext('_C_avx2', os.path.join(CSRC, 'kernels_avx2.cpp'), ['-mavx2', '-mfma'])]
     return {'build_ext': BuildExtension}, modules
 
 
@@ -64,7 +67,7 @@ setup(
     long_description_content_type='text/markdown',
     license='Apache-2.0',
     packages=find_packages(include=['asl', 'asl.*']),
-    package_data={'asl': ['csrc/*.cpp', 'csrc/*.h']},
+    package_data={'asl.engines.cpp': ['csrc/*.cpp', 'csrc/*.h']},
     python_requires='>=3.10',
     install_requires=['numpy', 'scipy'],
     extras_require={'test': ['pytest', 'hypothesis', 'matplotlib'], 'triton': ['triton']},

@@ -1,26 +1,48 @@
 """asl: Auto Seg-Loss for MMSegmentation 1.x.
 
-``import asl`` (or ``custom_imports=dict(imports=['asl'])`` in a config) registers
-``AutoSegLoss`` in ``mmseg.registry.MODELS`` and ``ASLMetric`` in
-``mmseg.registry.METRICS`` when MMSeg is installed; the maths (formula compiler,
-curves, surrogate, exact metrics) works without it.
-"""
-import importlib.util
+The package imports lazily: ``import asl`` (or ``import asl.protocol``) loads nothing
+heavy, and ``asl.Surrogate``, ``asl.ExactMetrics``... are imported when first used.
+MMSeg's modules (``AutoSegLoss``, ``ASLMetric``, ``JaccardMetricLoss``,
+``CamVidDataset``) are registered by importing :mod:`asl.mmseg`: in a config,
+``custom_imports = dict(imports=['asl.mmseg'], allow_failed_imports=False)``.
 
-from .curves import BezierCurve, IdentityCurve, LinearCurve, build_curves
-from .exact import ExactMetrics
-from .formula import FormulaError, compile_formula, parse
-from .formula.builtins import BUILTIN_FORMULAS
-from .presets import PAPER_PRESETS
-from .surrogate import Surrogate
+Layers, lowest first: :mod:`asl.formula` (metric formulas), :mod:`asl.curves`,
+:mod:`asl.engines` (the fused evaluation: reference, C++, Triton), :mod:`asl.loss`
+(surrogate, exact metrics, published parameters, Jaccard metric loss), :mod:`asl.data`,
+:mod:`asl.mmseg` (MMSeg's surface), :mod:`asl.search` (the search and its executors).
+"""
+import importlib
+
 from .version import __version__
 
-__all__ = [
-    '__version__', 'BezierCurve', 'LinearCurve', 'IdentityCurve', 'build_curves',
-    'ExactMetrics', 'FormulaError', 'compile_formula', 'parse', 'BUILTIN_FORMULAS',
-    'PAPER_PRESETS', 'Surrogate'
-]
+# public name -> module that defines it
+_LAZY = {
+    'BezierCurve': 'asl.curves', 'LinearCurve': 'asl.curves', 'IdentityCurve': 'asl.curves',
+    'build_curves': 'asl.curves',
+    'ExactMetrics': 'asl.loss.exact',
+    'FormulaError': 'asl.formula', 'compile_formula': 'asl.formula', 'parse': 'asl.formula',
+    'BUILTIN_FORMULAS': 'asl.formula.builtins',
+    'PAPER_PRESETS': 'asl.loss.presets',
+    'Surrogate': 'asl.loss.surrogate',
+    'AutoSegLoss': 'asl.mmseg', 'ASLMetric': 'asl.mmseg',
+}
 
-if importlib.util.find_spec('mmseg') is not None:
-    from .mmseg import ASLMetric, AutoSegLoss  # noqa: F401  (registers the modules)
-    __all__ += ['AutoSegLoss', 'ASLMetric']
+__all__ = ['__version__', *_LAZY]
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        try:  # a subpackage: asl.curves, asl.search...
+            return importlib.import_module(f'{__name__}.{name}')
+        except ModuleNotFoundError as e:
+            if e.name != f'{__name__}.{name}':
+                raise
+            raise AttributeError(f'module {__name__!r} has no attribute {name!r}') from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -22,7 +22,7 @@ __all__ = [
 ]
 
 #: The trial's id (``s<step>-c<candidate>-a<attempt>``, ``re-c<n>-a<attempt>``), set by the
-#: search's executors (read by the fault-injection testing hook).
+#: search's executors (the tests' fault-injection hook reads it).
 TRIAL_ID_ENV = 'ASL_TRIAL_ID'
 
 #: ``repr(time.time())`` when the launcher started the trial, so that the trial can report

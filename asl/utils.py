@@ -5,7 +5,7 @@ import json
 import os
 import platform
 import tempfile
-from typing import Any
+from typing import Any, Optional
 
 __all__ = ['atomic_write_text', 'atomic_write_json', 'read_json', 'read_json_or_none',
            'cpu_model']
@@ -22,10 +22,11 @@ def train_entry() -> list:
     return [script] if os.path.isfile(script) else ['-m', 'asl.mmseg.cli', 'train']
 
 
-def atomic_write_text(path: str, text: str) -> None:
+def atomic_write_text(path: str, text: str, mode: Optional[int] = None) -> None:
     """Write ``text`` to ``path`` through a temporary file and ``os.replace``.
 
     Readers see either the old file or the whole new one, never a partial write.
+    ``mode``: the file's permission bits (default: the temporary file's, 0o600).
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -35,6 +36,8 @@ def atomic_write_text(path: str, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -75,3 +78,14 @@ def cpu_model() -> str:
     except OSError:
         pass
     return model
+
+
+def die_with_parent() -> None:
+    """In a child process: be sent SIGKILL when the parent process dies (Linux's
+    ``PR_SET_PDEATHSIG``; nothing elsewhere). Call it first thing in the child."""
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover (not Linux)
+        pass

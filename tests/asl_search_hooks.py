@@ -1,5 +1,9 @@
 """A hook for the search tests' trials (imported through a config's ``custom_imports``,
 with ``tests/`` on ``PYTHONPATH``)."""
+import os
+import time
+from typing import Dict
+
 import torch
 from mmengine.hooks import Hook
 from mmseg.registry import HOOKS
@@ -52,3 +56,55 @@ class CollapseHook(Hook):
             for p in model.parameters():
                 p.zero_()
             model.decode_head.conv_seg.bias[self.predict] = 1.0
+
+
+@HOOKS.register_module()
+class FaultInjectionHook(Hook):
+    """Inject a fault into chosen search trials, to test how a search copes.
+
+    The trial is recognised by the ``ASL_TRIAL_ID`` environment variable that the
+    search's executors set (``s<step>-c<candidate>-a<attempt>``); a key of ``faults``
+    matches a trial whose id starts with it (``'s00-c01'`` matches every attempt).
+    Kinds:
+
+    * ``'crash'``: raise ``RuntimeError`` at iteration ``at_iter``;
+    * ``'nonfinite'``: fill the model's parameters with NaN after iteration
+      ``at_iter``, so the following losses are NaN (caught by :class:`ASLTrialHook`);
+    * ``'oom'``: raise ``torch.OutOfMemoryError`` with PyTorch's ``CUDA out of memory``
+      message at iteration ``at_iter`` (what a trial packed with too many siblings on
+      one GPU meets);
+    * ``'hang'``: stop making progress at iteration ``at_iter`` (sleep until killed),
+      to test time limits.
+
+    Args:
+        faults (dict): trial id prefix -> kind.
+        at_iter (int): iteration at which the fault happens. Default: 2.
+    """
+
+    priority = 'LOW'
+    KINDS = ('crash', 'nonfinite', 'oom', 'hang')
+
+    def __init__(self, faults: Dict[str, str], at_iter: int = 2):
+        bad = {k: v for k, v in faults.items() if v not in self.KINDS}
+        if bad:
+            raise ValueError(f'fault kinds must be one of {self.KINDS}, got {bad}')
+        self.faults = dict(faults)
+        self.at_iter = at_iter
+        tid = os.environ.get('ASL_TRIAL_ID', '')
+        self.kind = next((v for k, v in self.faults.items() if tid.startswith(k)), None)
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self.kind is None or runner.iter + 1 != self.at_iter:
+            return
+        if self.kind == 'crash':
+            raise RuntimeError(f'injected crash at iteration {self.at_iter}')
+        if self.kind == 'oom':
+            raise torch.OutOfMemoryError(
+                f'CUDA out of memory. Tried to allocate 2.00 GiB (injected at iteration '
+                f'{self.at_iter})')
+        if self.kind == 'hang':
+            while True:
+                time.sleep(1.0)
+        with torch.no_grad():
+            for p in runner.model.parameters():
+                p.fill_(float('nan'))

@@ -15,6 +15,31 @@ if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
 
 
+#: tests marked by name (``file::test``) beside those marked by their fixtures
+_MARKS = {
+    'build': ('test_package.py::test_wheel_installs_and_trains',
+              'test_gpu_scripts.py::test_triton_kernels_compile_for_sm90'),
+    'network': ('test_gpu_scripts.py::test_make_kit_then_run_dry',),
+}
+#: fixtures that run real trainings or searches: their tests are slow
+_SLOW_FIXTURES = ('reference_search',)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = f'{os.path.basename(str(item.fspath))}::{item.originalname}'
+        fixtures = set(getattr(item, 'fixturenames', ()))
+        if 'slurm_cluster' in fixtures:
+            item.add_marker(pytest.mark.slurm)
+            item.add_marker(pytest.mark.slow)
+        if fixtures & set(_SLOW_FIXTURES):
+            item.add_marker(pytest.mark.slow)
+        for mark, names in _MARKS.items():
+            if name in names:
+                item.add_marker(getattr(pytest.mark, mark))
+                item.add_marker(pytest.mark.slow)
+
+
 def blob_labels(n, c, h, w, seed=0, ignore_frac=0.05, all_classes=True):
     """Spatially coherent random labels (upsampled coarse grid), every class present."""
     g = torch.Generator().manual_seed(seed)
@@ -52,3 +77,51 @@ def reference_search(tmp_path_factory):
                          env=env(ASL_WORK_DIR=str(work)), capture_output=True, text=True,
                          timeout=1200)
     return work, out
+
+
+# ----------------------------------------------------------------------------- Slurm
+CLUSTER_SH = os.path.join(ROOT, 'tools', 'slurm', 'cluster.sh')
+#: the name prefix of the jobs the Slurm tests submit themselves
+SLURM_PREFIX = f'asl-test-{os.getpid()}-'
+
+
+def _cluster(action, timeout=900):
+    import subprocess
+    return subprocess.run(['bash', CLUSTER_SH, action], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=timeout)
+
+
+@pytest.fixture(scope='session')
+def slurm_cluster():
+    """The real one-node Slurm cluster of tools/slurm/cluster.sh, started once for the
+    session (and stopped at its end if this fixture started it). Skips only when the
+    script exits 3 (Slurm/munge cannot be installed here); any other failure to bring the
+    cluster up is an error of every test that uses it."""
+    import re
+
+    from asl.search.executors import slurm_cli as slurm
+    was_running = 'slurmctld: running' in _cluster('status', timeout=60).stdout
+    proc = _cluster('start')
+    if proc.returncode == 3:
+        pytest.skip(f'Slurm is not available: {proc.stderr.strip() or proc.stdout.strip()}')
+    if proc.returncode != 0:
+        raise RuntimeError(f'{CLUSTER_SH} start exited with {proc.returncode}:\n'
+                           f'{proc.stdout}\n{proc.stderr}')
+    saved = os.environ.get('SLURM_CONF')
+    m = re.search(r'^export SLURM_CONF=(\S+)$', proc.stdout, re.M)
+    if m:
+        os.environ['SLURM_CONF'] = m.group(1)
+    try:
+        yield m.group(1) if m else None
+    finally:
+        try:
+            live = slurm.list_jobs(SLURM_PREFIX)
+            if live:
+                slurm.cancel(list(live))
+        finally:
+            if saved is None:
+                os.environ.pop('SLURM_CONF', None)
+            else:
+                os.environ['SLURM_CONF'] = saved
+            if not was_running:
+                _cluster('stop', timeout=120)

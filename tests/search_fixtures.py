@@ -44,19 +44,24 @@ def load_tool(name):
 
 def env(**extra):
     """The tests' environment: one thread per process (trials give the same numbers with the
-    same thread count, and two trials at once then fit two cores)."""
+    same thread count, and two trials at once then fit two cores), ``tests/`` on the path."""
+    tests = os.path.join(ROOT, 'tests')  # the tests' hooks (asl_search_hooks) for trials
     out = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHON=sys.executable,
-               PYTHONUNBUFFERED='1')
+               PYTHONUNBUFFERED='1', PYTHONPATH=os.pathsep.join(
+                   [tests] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep)
+                              if p and p != tests]))
     out.pop('ASL_SEARCH_KILL_AT', None)
     out.update(extra)
     return out
 
 
-def search_cmd(work_dir, *extra, options=()):
-    """``tools/search.py`` on the tiny search (``options``: more ``--cfg-options``)."""
-    return [sys.executable, os.path.join(ROOT, 'tools', 'search.py'), CONFIG, '--work-dir',
-            str(work_dir), '--seed', '1', '--threads-per-trial', '1', *extra, '--cfg-options',
-            *TINY, *options]
+def search_cmd(work_dir, *extra, options=(), killable=False):
+    """``tools/search.py`` on the tiny search (``options``: more ``--cfg-options``;
+    ``killable``: through ``tests/killable_search.py``, which obeys ``ASL_SEARCH_KILL_AT``)."""
+    script = os.path.join(ROOT, 'tests', 'killable_search.py') if killable else \
+        os.path.join(ROOT, 'tools', 'search.py')
+    return [sys.executable, script, CONFIG, '--work-dir', str(work_dir), '--seed', '1',
+            '--threads-per-trial', '1', *extra, '--cfg-options', *TINY, *options]
 
 
 def run(cmd, timeout=900, **kwargs):

@@ -1,4 +1,4 @@
-"""tools/benchmark_loss.py on tiny sizes: its tables and sections, not its timings."""
+"""tools/analysis/benchmark_loss.py on tiny sizes: its tables and sections, not its timings."""
 import os
 import re
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(ROOT, 'tools', 'benchmark_loss.py')
+TOOL = os.path.join(ROOT, 'tools', 'analysis', 'benchmark_loss.py')
 TINY = ['--n', '1', '--c', '4', '--size', '24', '--repeat', '1', '--warmup', '0']
 
 
@@ -24,7 +24,7 @@ def _rows(text):
 
 def test_engine_rows_targets_and_accuracy(tmp_path):
     pytest.importorskip('mmseg')
-    pytest.importorskip('asl._C')
+    pytest.importorskip('asl.engines.cpp._C')
     pytest.importorskip('triton')
     report = tmp_path / 'bench.md'
     text = _run('--engines', 'torch', 'cpp', 'triton', '--only', 'mIoU', 'BF1',
@@ -88,8 +88,13 @@ def test_memory_of_counts_the_gradient_not_the_inputs():
     """memory_of: the logits and labels are not counted, the input gradient is;
     cross-entropy keeps its log-softmax for the backward pass."""
     pytest.importorskip('triton')
-    from search_fixtures import load_tool
-    bl = load_tool('benchmark_loss')
+    import importlib.util
+    if 'benchmark_loss' not in sys.modules:
+        spec = importlib.util.spec_from_file_location('benchmark_loss', TOOL)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules['benchmark_loss'] = module
+        spec.loader.exec_module(module)
+    bl = sys.modules['benchmark_loss']
     logits, label = bl.make_inputs(1, 5, 32)
     size = logits.numel() * 4
     ce = bl.memory_of(bl.TorchCrossEntropy(), logits, label)

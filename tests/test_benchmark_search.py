@@ -1,4 +1,5 @@
-"""Tests of ``tools/benchmark_search.py`` on hand-made journals (no training is run)."""
+"""Tests of ``tools/analysis/benchmark_search.py`` on hand-made journals (no training is
+run), and one real tiny run of it."""
 import importlib.util
 import json
 import os
@@ -7,12 +8,21 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(ROOT, 'tools', 'benchmark_search.py')
+TOOL = os.path.join(ROOT, 'tools', 'analysis', 'benchmark_search.py')
 
 _spec = importlib.util.spec_from_file_location('benchmark_search', TOOL)
 bs = importlib.util.module_from_spec(_spec)
 sys.modules.setdefault('benchmark_search', bs)
 _spec.loader.exec_module(bs)
+
+from asl.search.analysis import load_search  # noqa: E402
+
+#: a started search, as far as reading it needs: its fingerprint (default settings),
+#: policy and random state
+STARTED = dict(fingerprint=dict(config='hand-made', settings={}, seed=1, searcher='ppo', dim=2,
+                                reward_key='mIoU'),
+               policy=dict(u=[0.0, 0.0], exp_avg=[0.0, 0.0], exp_avg_sq=[0.0, 0.0], adam_step=0),
+               rng={})
 
 
 def _line(seq, t, event, **fields):
@@ -22,12 +32,14 @@ def _line(seq, t, event, **fields):
 def _make_search(tmp_path, torn=False, waited=None, name='search'):
     """Two trials run one after the other, and one failed attempt."""
     work = tmp_path / name
-    lines = [_line(0, 1000.0, 'search_started'), _line(1, 1000.5, 'step_started', step=0)]
+    lines = [_line(0, 1000.0, 'search_started', **STARTED),
+             _line(1, 1000.5, 'step_started', step=0, mu=[0.5, 0.5],
+                   candidates=[[0.5, 0.5], [0.4, 0.6], [0.6, 0.4]], rng={})]
     seq = 2
     t = 1001.0
     # (trial id, executor wall, wall, train iterations, eval)
     trials = [('s00-c00-a1', 100.0, 98.0, 80.0, 5.0), ('s00-c01-a1', 50.0, 49.0, 45.0, 1.0)]
-    for tid, ex, wall, train, val in trials:
+    for index, (tid, ex, wall, train, val) in enumerate(trials):
         d = work / 'trials' / tid
         (d / '20260101_000000' / 'vis_data').mkdir(parents=True)
         (d / 'result.json').write_text(json.dumps(dict(metrics={'mIoU': 1.0}, iter=100,
@@ -38,18 +50,18 @@ def _make_search(tmp_path, torn=False, waited=None, name='search'):
             + json.dumps(dict(lr=0.1, data_time=0.04, time=0.5, iter=100)) + '\n'
             + json.dumps(dict(mIoU=1.0, data_time=9.0, time=9.0, step=100)) + '\n')
         info = dict(waited_for_launcher_s=waited) if waited and seq == 2 else {}
-        lines.append(_line(seq, t, 'trial_launched', step=0, trial_id=tid, work_dir=str(d),
-                           info=info))
-        lines.append(_line(seq + 1, t + ex, 'trial_finished', step=0, trial_id=tid, reward=0.1,
-                           metrics={}, timing=dict(wall_s=wall, train_iter_s=train, val_s=val,
-                                                   overhead_s=wall - train,
-                                                   executor_wall_s=ex)))
+        lines.append(_line(seq, t, 'trial_launched', step=0, index=index, attempt=1,
+                           trial_id=tid, work_dir=str(d), info=info))
+        lines.append(_line(seq + 1, t + ex, 'trial_finished', step=0, index=index, attempt=1,
+                           trial_id=tid, reward=0.1, metrics={},
+                           timing=dict(wall_s=wall, train_iter_s=train, val_s=val,
+                                       overhead_s=wall - train, executor_wall_s=ex)))
         seq += 2
         t += ex + 2.0  # 2 s of controller work between trials
-    lines.append(_line(seq, t, 'trial_launched', step=0, trial_id='s00-c02-a1',
-                       work_dir=str(work / 'x')))
-    lines.append(_line(seq + 1, t + 10.0, 'trial_failed', step=0, trial_id='s00-c02-a1',
-                       kind='crash', reason='exit status 1', final=True))
+    lines.append(_line(seq, t, 'trial_launched', step=0, index=2, attempt=1,
+                       trial_id='s00-c02-a1', work_dir=str(work / 'x'), info={}))
+    lines.append(_line(seq + 1, t + 10.0, 'trial_failed', step=0, index=2, attempt=1,
+                       trial_id='s00-c02-a1', kind='crash', reason='exit status 1', final=True))
     text = ''.join(lines) + ('{"seq": 99, "time": 1' if torn else '')
     (work / 'journal.jsonl').write_text(text)
     return work
@@ -86,8 +98,29 @@ def test_target_and_empty(tmp_path, capsys):
     assert 'FAIL: max overhead per trial 20.0%' in capsys.readouterr().out
     empty = tmp_path / 'empty'
     empty.mkdir()
-    (empty / 'journal.jsonl').write_text(_line(0, 1.0, 'search_started'))
-    assert bs.main(['--work-dir', str(empty)]) == 1
+    (empty / 'journal.jsonl').write_text(_line(0, 1.0, 'search_started', **STARTED))
+    assert bs.main(['--work-dir', str(empty)]) == 1  # no finished trial
+    assert bs.main(['--work-dir', str(tmp_path / 'nothing')]) == 1  # no search
+    assert 'holds no search' in capsys.readouterr().err
+
+
+def test_compare_runs_the_search_compare_script(tmp_path, monkeypatch):
+    """--compare hands its options to tools/analysis/search_compare.py (a subprocess)."""
+    calls = []
+
+    class Done:
+        returncode = 0
+
+    monkeypatch.setattr(bs.subprocess, 'run', lambda cmd, **kw: calls.append(cmd) or Done())
+    assert bs.main(['--compare', '--run-dir', str(tmp_path), '--seeds', '4', '5',
+                    '--iters', '7', '--false-sample', '2']) == 0
+    (cmd,) = calls
+    assert cmd[1] == os.path.join(ROOT, 'tools', 'analysis', 'search_compare.py')
+    assert cmd[cmd.index('--run-dir') + 1] == os.path.join(str(tmp_path), 'compare')
+    assert cmd[cmd.index('--seeds') + 1:cmd.index('--seeds') + 3] == ['4', '5']
+    assert cmd[cmd.index('--steps') + 1] == '3' and cmd[cmd.index('--samples') + 1] == '4'
+    assert cmd[cmd.index('--iters') + 1] == '7'
+    assert cmd[cmd.index('--false-sample') + 1] == '2'
 
 
 def test_search_command():
@@ -104,9 +137,9 @@ def test_search_command():
 
 
 def test_launcher_wait_counts_in_the_search_span_not_in_trials(tmp_path, capsys):
-    plain = bs.analyse(bs.read_events(str(_make_search(tmp_path) / 'journal.jsonl')))
+    plain = bs.analyse(load_search(str(_make_search(tmp_path))))
     work = _make_search(tmp_path, waited=3.0, name='forked')
-    a = bs.analyse(bs.read_events(str(work / 'journal.jsonl')))
+    a = bs.analyse(load_search(str(work)))
     assert a['launcher_wait_s'] == 3.0 and plain['launcher_wait_s'] == 0.0
     assert a['span_s'] == pytest.approx(plain['span_s'] + 3.0)
     assert a['trials_per_hour'] < plain['trials_per_hour']
@@ -132,7 +165,7 @@ def test_tiny_run_spawned_then_forked(tmp_path):
     rewards = {}
     for mode in ('spawn', 'fork'):
         work = run_dir / mode
-        events = bs.read_events(str(work / 'journal.jsonl'))
+        events = load_search(str(work)).events
         assert {e['info']['launch'] for e in events if e['event'] == 'trial_launched'} == {mode}
         finished = {e['trial_id']: e for e in events if e['event'] == 'trial_finished'}
         rewards[mode] = [finished[t]['reward'] for t in sorted(finished)]

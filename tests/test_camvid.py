@@ -1,6 +1,6 @@
 """CamVid support on tiny CamVid-shaped images the tests make: the converter, the dataset
 configs and class, the search-settings base composed with a user's dataset config, and
-the one-command table (``tools/camvid_table.py``) end to end, then resumed."""
+the one-command table (``tools/analysis/camvid_table.py``) end to end, then resumed."""
 import json
 import os
 import sys
@@ -166,7 +166,7 @@ def test_dataset_configs_build_the_splits(converted, name, train_shape, val_shap
     from mmengine.config import Config
     from mmseg.registry import DATASETS
     from mmseg.utils import register_all_modules
-    import asl  # noqa: F401  (registers CamVidDataset)
+    import asl.mmseg  # noqa: F401  (registers CamVidDataset)
     register_all_modules(init_default_scope=True)
     cfg = Config.fromfile(os.path.join(CONFIGS, '_base_', 'datasets', name + '.py'))
     label = _read(os.path.join(converted, 'ann_dir', 'val', '0001TP_val000.png'))
@@ -241,13 +241,25 @@ def test_camvid_search_config_and_its_holdout(converted, tmp_path):
 
 
 # ------------------------------------------------------------------------- the table
+def camvid_table():
+    """The module of ``tools/analysis/camvid_table.py``."""
+    import importlib.util
+    if 'camvid_table' not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            'camvid_table', os.path.join(ROOT, 'tools', 'analysis', 'camvid_table.py'))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules['camvid_table'] = module
+        spec.loader.exec_module(module)
+    return sys.modules['camvid_table']
+
+
 def _result(miou, **other):
     return dict(status='ok', reason='', metrics=dict(
         {m: other.get(m, miou) for m in ('FWIoU', 'mAcc', 'gAcc', 'BIoU', 'BF1')}, mIoU=miou))
 
 
 def test_table_means_spreads_and_differences():
-    tool = load_tool('camvid_table')
+    tool = camvid_table()
     rows = {'chosen': {1: _result(50.0), 2: _result(54.0)},
             'ce': {1: _result(45.0), 2: _result(47.0, BF1=90.0)},
             'jml': {1: dict(status='failed', reason='exit status 3: loss is nan', metrics={})}}
@@ -272,9 +284,9 @@ def test_table_means_spreads_and_differences():
 
 
 def test_a_run_is_reused_only_when_done_with_the_same_settings(tmp_path):
-    """``asl.runs.run_training``'s resume rules, with a stand-in for the training that
+    """``asl.search.retrain.run_training``'s resume rules, with a stand-in for the training that
     writes a result and counts its calls."""
-    from asl.runs import run_training
+    from asl.search.retrain import run_training
     fake = tmp_path / 'fake_train.py'
     fake.write_text(
         'import json, os, sys\n'
@@ -325,7 +337,7 @@ TRAIN = ['train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=2', *TIN
 
 def _table(segnet_root, work, losses, capsys):
     """The command line, in this process (its search and trainings are subprocesses)."""
-    code = load_tool('camvid_table').main([
+    code = camvid_table().main([
         '--data', segnet_root, '--seeds', '1', '--work-dir', str(work), '--losses', losses,
         '--workers', '2', '--search-options', *SEARCH, '--train-options', *TRAIN])
     return code, capsys.readouterr().out

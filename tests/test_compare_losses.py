@@ -1,4 +1,5 @@
-"""Tests of ``tools/compare_losses.py``: the table/CSV/PNG writers and an end-to-end run."""
+"""Tests of ``tools/analysis/compare_losses.py``: the table/CSV/PNG writers, its runs'
+reuse (with a stand-in training) and an end-to-end run."""
 import csv
 import importlib.util
 import json
@@ -11,7 +12,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(ROOT, 'tools', 'compare_losses.py')
+TOOL = os.path.join(ROOT, 'tools', 'analysis', 'compare_losses.py')
 
 _spec = importlib.util.spec_from_file_location('compare_losses', TOOL)
 cl = importlib.util.module_from_spec(_spec)
@@ -19,10 +20,10 @@ sys.modules.setdefault('compare_losses', cl)
 _spec.loader.exec_module(cl)
 
 
-def _ok(loss, **metrics):
+def _ok(**metrics):
     base = dict(mIoU=50.0, FWIoU=60.0, BIoU=30.0, BF1=20.0, mAcc=55.0, gAcc=80.0)
     base.update(metrics)
-    return cl.RunResult(loss, 'ok', metrics=base, wall_s=1.0)
+    return cl.RunResult('ok', metrics=base, wall_s=1.0)
 
 
 def _cells(md, label):
@@ -45,31 +46,25 @@ def test_parse_losses():
         assert os.path.isfile(cl.config_path(loss)), loss
 
 
-def test_build_command_sets_the_budget_consistently(tmp_path):
-    cmds = cl.build_commands(['ce', 'asl-bf1'], str(tmp_path), iters=37, seed=5, python='py')
-    assert list(cmds) == ['ce', 'asl-bf1']
-    cmd = cmds['asl-bf1']
-    run_dir = os.path.join(str(tmp_path), 'runs', 'asl-bf1')
-    assert cmd[:2] == ['py', os.path.join(ROOT, 'tools', 'train.py')]
-    assert cmd[2] == os.path.join(run_dir, cl.RUN_CONFIG_FILE)
-    assert cmd[cmd.index('--work-dir') + 1] == run_dir
-    assert cmd[cmd.index('--seed') + 1] == '5'
-    opts = cmd[cmd.index('--cfg-options') + 1:]
-    assert sorted(opts) == sorted(['train_cfg.max_iters=37', 'param_scheduler.0.end=37',
-                                   'train_cfg.val_interval=37',
-                                   'default_hooks.checkpoint.interval=37'])
-    text = cl.run_config_text('asl-bf1')
-    assert cl.config_path('asl-bf1') in text and "type='ASLTrialHook'" in text
+def test_the_budget_and_the_configs():
+    assert sorted(cl.iteration_options(37)) == sorted([
+        'train_cfg.max_iters=37', 'param_scheduler.0.end=37', 'train_cfg.val_interval=37',
+        'default_hooks.checkpoint.interval=37'])
+    assert cl.config_path('asl-bf1') == os.path.join(
+        ROOT, 'configs', 'retrain', 'demo',
+        'deeplabv3plus_r18tiny-d8_asl-bf1_1xb8-1200_asldemo-64x64.py')
+    assert cl.run_dir('out', 'ce') == os.path.join(os.path.abspath('out'), 'runs', 'ce')
+    assert sorted(cl.METRICS) == sorted(cl.retrain.METRICS)
 
 
 def test_markdown_bolds_the_best_and_shows_failures():
-    results = [
-        _ok('ce', mIoU=61.234, BF1=25.0),
-        _ok('asl-miou', mIoU=70.5, BF1=25.0),      # best mIoU; BF1 tied for best
-        cl.RunResult('dice', 'failed', reason='exit status 3: non-finite loss | x'),
-        _ok('asl-bf1', mIoU=40.0, BF1=10.0, gAcc=99.0),
-        cl.RunResult('asl-gacc', 'pending'),
-    ]
+    results = {
+        'ce': _ok(mIoU=61.234, BF1=25.0),
+        'asl-miou': _ok(mIoU=70.5, BF1=25.0),      # best mIoU; BF1 tied for best
+        'dice': cl.RunResult('failed', reason='exit status 3: non-finite loss | x'),
+        'asl-bf1': _ok(mIoU=40.0, BF1=10.0, gAcc=99.0),
+        'asl-gacc': cl.RunResult('pending'),
+    }
     md = cl.format_markdown(results, header='Seed 0, 4 iterations')
     assert md.startswith('Seed 0, 4 iterations\n')
     assert '| Loss | mIoU | FWIoU | BIoU | BF1 | mAcc | gAcc |' in md
@@ -86,7 +81,7 @@ def test_markdown_bolds_the_best_and_shows_failures():
 
 
 def test_csv_and_png(tmp_path):
-    results = [_ok('ce'), cl.RunResult('lovasz', 'failed', reason='boom')]
+    results = {'ce': _ok(), 'lovasz': cl.RunResult('failed', reason='boom')}
     paths = cl.write_outputs(results, str(tmp_path), header='# T\n\nSeed 1')
     rows = list(csv.DictReader(open(paths['csv'])))
     assert [r['loss'] for r in rows] == ['ce', 'lovasz']
@@ -97,25 +92,76 @@ def test_csv_and_png(tmp_path):
     assert open(paths['md']).read().startswith('# T\n')
 
 
-def test_parse_result_and_reuse(tmp_path):
-    d = str(tmp_path)
-    cl.prepare_run_dir(d, 'ce', 10, 0, ['x'])
-    assert not cl.reusable(d, 'ce', 10, 0)
-    r = cl.parse_result(d, 'ce', 0)
-    assert r.status == 'failed' and 'result.json' in r.reason
-    metrics = dict(mIoU=1, FWIoU=2, BIoU=3, BF1=4, mAcc=5, gAcc=6)
-    with open(os.path.join(d, cl.RESULT_FILE), 'w') as f:
-        json.dump(dict(metrics=metrics, iter=10, wall_s=3.5), f)
-    assert cl.reusable(d, 'ce', 10, 0)
-    assert not cl.reusable(d, 'ce', 10, 1) and not cl.reusable(d, 'ce', 20, 0)
-    assert not cl.reusable(d, 'dice', 10, 0)
-    r = cl.parse_result(d, 'ce', None, reused=True)
-    assert r.ok and r.reused and r.metrics['BF1'] == 4.0 and r.wall_s == 3.5
-    with open(os.path.join(d, cl.FAILURE_FILE), 'w') as f:
-        json.dump(dict(reason='non-finite loss: loss=nan at iteration 3'), f)
-    r = cl.parse_result(d, 'ce', 3)
-    assert r.status == 'failed' and r.reason == ('exit status 3: non-finite loss: '
-                                                 'loss=nan at iteration 3')
+def _fake_python(tmp_path):
+    """An interpreter that runs a stand-in for tools/train.py: it records its arguments and
+    writes a complete result (the six metrics at the last iteration) unless FAKE_FAIL."""
+    fake = tmp_path / 'fake_train.py'
+    fake.write_text(
+        'import json, os, sys\n'
+        'args = sys.argv[1:]\n'
+        'work = args[args.index("--work-dir") + 1]\n'
+        'iters = int(next(a for a in args if a.startswith("train_cfg.max_iters=")).split("=")[1])\n'
+        'open(os.path.join(work, "..", "..", "calls"), "a").write(" ".join(args) + "\\n")\n'
+        'if os.environ.get("FAKE_FAIL"):\n'
+        '    sys.exit("RuntimeError: the training broke")\n'
+        'metrics = dict(mIoU=50.0, FWIoU=60.0, mAcc=55.0, gAcc=80.0, BIoU=30.0, BF1=40.0)\n'
+        'json.dump(dict(metrics=metrics, iter=iters, max_iters=iters),'
+        ' open(os.path.join(work, "result.json"), "w"))\n')
+    python = tmp_path / 'python'  # runs the stand-in in place of tools/train.py
+    python.write_text(f'#!/bin/sh\nshift\nexec {sys.executable} {fake} "$@"\n')
+    python.chmod(0o755)
+    return str(python)
+
+
+def test_runs_are_reused_only_for_the_same_budget_and_seed(tmp_path, capsys):
+    """A second invocation reuses the finished runs; another budget or seed, or
+    --no-resume, trains again; a failed run is trained again the next time."""
+    python, out = _fake_python(tmp_path), tmp_path / 'out'
+    calls = lambda: (out / 'calls').read_text().splitlines()  # noqa: E731
+    args = ['--iters', '3', '--losses', 'ce,asl-miou', '--out', str(out), '--python', python]
+
+    assert cl.main(args) == 0
+    text = capsys.readouterr().out
+    assert text.count('training ...') == 2 and len(calls()) == 2
+    for call in calls():
+        assert '--resume' in call and '--seed 0' in call and 'train_cfg.max_iters=3' in call
+    run = json.loads((out / 'runs' / 'asl-miou' / 'run.json').read_text())
+    assert run['config'] == cl.config_path('asl-miou') and run['returncode'] == 0
+    assert _cells((out / 'results.md').read_text(), 'Cross-entropy')[0] == '**50.00**'
+
+    assert cl.main(args) == 0
+    assert capsys.readouterr().out.count('not retrained') == 2 and len(calls()) == 2
+    assert [r['reused'] for r in csv.DictReader(open(out / 'results.csv'))] == ['1', '1']
+
+    assert cl.main(args[:1] + ['4'] + args[2:]) == 0       # another budget
+    assert cl.main(args + ['--seed', '5']) == 0             # another seed
+    assert cl.main(args + ['--seed', '5', '--no-resume']) == 0
+    assert len(calls()) == 8
+    assert 'not retrained' not in capsys.readouterr().out
+
+    os.environ['FAKE_FAIL'] = '1'
+    try:
+        assert cl.main(args + ['--seed', '6', '--losses', 'ce']) == 1
+    finally:
+        del os.environ['FAKE_FAIL']
+    md = (out / 'results.md').read_text()
+    assert _cells(md, 'Cross-entropy')[0] == \
+        'failed: exit status 1: RuntimeError: the training broke'
+    assert cl.main(args + ['--seed', '6', '--losses', 'ce']) == 0  # trained again
+    assert len(calls()) == 10
+
+
+def test_progress_lines_while_a_run_trains(tmp_path):
+    """The heartbeat the comparison prints its progress lines with: called while the
+    training runs, with the time so far."""
+    from asl.search.retrain import run_logged
+    beats = []
+    code, wall = run_logged([sys.executable, '-c', 'import time; time.sleep(1.0)'],
+                            str(tmp_path / 'log'), heartbeat=beats.append, heartbeat_s=0.2)
+    assert code == 0 and 2 <= len(beats) and beats == sorted(beats) and beats[-1] <= wall
+    log = tmp_path / 'train.log'
+    log.write_text('Iter(train) [ 10/40] lr: 1\nIter(train) [ 20/40] lr: 1\n')
+    assert cl._last_iter(str(log)) == 20 and cl._last_iter(str(tmp_path / 'none')) is None
 
 
 # ---------------------------------------------------------------------- command line

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from asl import Surrogate
-from asl._ext import ext
+from asl.engines.cpp.extension import ext
 
 from conftest import blob_labels
 

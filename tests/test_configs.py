@@ -25,9 +25,9 @@ from mmengine.optim import build_optim_wrapper  # noqa: E402
 from mmseg.registry import METRICS, MODELS  # noqa: E402
 from mmseg.utils import register_all_modules  # noqa: E402
 
-import asl  # noqa: E402,F401  (registers the modules)
+import asl.mmseg  # noqa: E402,F401  (registers the modules)
 from asl.mmseg.loss import AutoSegLoss  # noqa: E402
-from asl.presets import PAPER_PRESETS  # noqa: E402
+from asl.loss.presets import PAPER_PRESETS  # noqa: E402
 from asl.search.settings import parse_search_section  # noqa: E402
 from asl.search.trial import check_surrogate, set_trial_loss  # noqa: E402
 
@@ -218,7 +218,7 @@ def _head_losses(head_cfg):
 @pytest.mark.parametrize('rel', [r for r in ALL if not alias_target(r)])
 def test_model_builds_with_the_named_losses(rel):
     spec, cfg = name_spec(rel), load(rel)
-    assert cfg.custom_imports['imports'] == ['asl']
+    assert cfg.custom_imports['imports'] == ['asl.mmseg']
     model_cfg = _no_sync_bn(cfg.model.to_dict())
     search = cfg.get('search') if spec['kind'] == 'search' else None
     if search is not None:  # a search's proxy loss comes from its search section

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from asl import Surrogate
-from asl._ext import ext
-from asl.backend import surrogate_value as engine_value
+from asl.engines.cpp.extension import ext
+from asl.engines.dispatch import surrogate_value as engine_value
 from asl.curves import CURVES, Curve, curve_family, piece_table, register_curve
-from asl.functional import surrogate_value as reference_value
+from asl.engines.reference import surrogate_value as reference_value
 from asl.search.settings import SearchConfigError, parse_search_section
 
 from conftest import blob_labels

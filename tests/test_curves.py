@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from asl import curves as C
 from asl.curves import (BezierCurve, IdentityCurve, LinearCurve, build_curves, identity_theta,
                         theta_to_points)
-from asl.presets import PAPER_PRESETS
+from asl.loss.presets import PAPER_PRESETS
 
 EDGE = st.sampled_from([0.0, 1.0, 1e-9, 1 - 1e-9, 0.5])
 UNIT = st.one_of(EDGE, st.floats(0.0, 1.0, allow_nan=False))

@@ -1,4 +1,4 @@
-"""The C++ engine (asl.engines.cpp) against the plain PyTorch reference (asl.functional),
+"""The C++ engine (asl.engines.cpp) against the plain PyTorch reference (asl.engines.reference),
 which uses no C++ at all.
 
 Values and gradients of whole surrogates and of the kernel's parts: the one-hot ``G``
@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from asl import Surrogate
-from asl._ext import ext
-from asl.backend import surrogate_value as engine_value
+from asl.engines.cpp.extension import ext
+from asl.engines.dispatch import surrogate_value as engine_value
 from asl.engines import cpp
 from asl.engines.ir import Op
 from asl.engines.lower import fused_program
-from asl.functional import eval_maps, evaluate_stats, prepare_targets
-from asl.functional import surrogate_value as reference_value
+from asl.engines.reference import eval_maps, evaluate_stats, prepare_targets
+from asl.engines.reference import surrogate_value as reference_value
 
 from conftest import blob_labels
 

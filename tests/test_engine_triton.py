@@ -23,9 +23,9 @@ if not CUDA and os.environ.get('TRITON_INTERPRET') != '1':
                 allow_module_level=True)
 
 from asl import Surrogate  # noqa: E402
-from asl.backend import engine_for  # noqa: E402
-from asl.backend import surrogate_value as engine_value  # noqa: E402
-from asl.functional import surrogate_value as reference_value  # noqa: E402
+from asl.engines.dispatch import engine_for  # noqa: E402
+from asl.engines.dispatch import surrogate_value as engine_value  # noqa: E402
+from asl.engines.reference import surrogate_value as reference_value  # noqa: E402
 
 from conftest import blob_labels  # noqa: E402
 
@@ -205,7 +205,7 @@ def test_backend_choice(monkeypatch):
 
 # ----------------------------------------------------------- memory and synchronisation
 def test_partial_sums_are_a_small_fraction_of_the_logits():
-    """stats_fwd's buffer (N, programs, S, CP) float64 against the logits, for the GPU
+    """stats_fwd's buffer (N, blocks, S, CP) float64 against the logits, for the GPU
     benchmark's shapes and ADE20K's 150 classes (it was (N, tiles, S, CP) float32: at
     16x150x512x512 BF1's alone outgrew the logits)."""
     from asl.engines.triton import _next_pow2, stats_split, tile_block
@@ -219,14 +219,14 @@ def test_partial_sums_are_a_small_fraction_of_the_logits():
         assert buffer <= 0.05 * n * c * hw * 2, (n, c, hw, buffer)  # fp16 logits
 
 
-@pytest.mark.parametrize('programs', [1, 2])
-def test_several_tiles_per_program(monkeypatch, programs):
+@pytest.mark.parametrize('blocks', [1, 2])
+def test_several_tiles_per_block(monkeypatch, blocks):
     """A program sums tiles g, g + G, ... (7 tiles of 256 pixels: one program of 8 or two
     of 4, the last one masked out)."""
     import asl.engines.triton as T
-    monkeypatch.setattr(T, 'STATS_PROGRAMS', programs)
+    monkeypatch.setattr(T, 'STATS_BLOCKS', blocks)
     monkeypatch.setattr(T, 'MIN_TILES', 1)
-    assert T.stats_split(1, 7, 8) == ((1, 8) if programs == 1 else (2, 4))
+    assert T.stats_split(1, 7, 8) == ((1, 8) if blocks == 1 else (2, 4))
     check(random_surrogate('mIoU'), *case(n=1, h=28, w=64))
 
 

@@ -55,6 +55,10 @@ def test_triton_kernels_compile_for_sm90(tmp_path):
 def test_scripts_parse():
     for name in ('run.sh', 'make_kit.sh'):
         subprocess.run(['bash', '-n', os.path.join(GPU, name)], check=True)
+        # every script of the repository they name exists (tools/analysis/benchmark_loss.py...)
+        text = open(os.path.join(GPU, name)).read()
+        for path in set(re.findall(r'(?<![\w/.])((?:tools|tests)/[\w/]+\.(?:py|sh))', text)):
+            assert os.path.isfile(os.path.join(ROOT, path)), (name, path)
 
 
 def _budget(text):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from asl import Surrogate, compile_formula
-from asl._ext import ext
+from asl.engines.cpp.extension import ext
 from asl.engines import ir
 from asl.engines.ir import Op
 from asl.engines.lower import fused_program, lower
@@ -15,8 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_cpp_header_is_generated_from_the_opcodes():
-    with open(os.path.join(ROOT, 'asl', 'csrc', 'ir_ops.h')) as f:
-        assert f.read() == ir.header(), 'run: python -m asl.engines.ir asl/csrc/ir_ops.h'
+    with open(os.path.join(ROOT, 'asl', 'engines', 'cpp', 'csrc', 'ir_ops.h')) as f:
+        assert f.read() == ir.header(), 'run: python -m asl.engines.ir asl/engines/cpp/csrc/ir_ops.h'
 
 
 @pytest.mark.skipif(ext is None, reason='C++ engine not built')
@@ -104,8 +104,8 @@ def test_engine_sums_match_the_reference_through_the_ir():
     """End to end through the lowering: the C++ engine's sums equal the reference's."""
     if ext is None:
         pytest.skip('C++ engine not built')
-    from asl.backend import surrogate_stats
-    from asl.functional import surrogate_stats as reference_stats
+    from asl.engines.dispatch import surrogate_stats
+    from asl.engines.reference import surrogate_stats as reference_stats
     s = Surrogate('BF1', theta='paper')
     label = torch.randint(0, 4, (2, 17, 19), generator=torch.Generator().manual_seed(0))
     logits = torch.randn(2, 4, 17, 19, generator=torch.Generator().manual_seed(1))

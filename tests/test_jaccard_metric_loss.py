@@ -3,7 +3,7 @@ relation to the soft Jaccard loss, soft labels, ignore_index, options, the MMSeg
 import pytest
 import torch
 
-from asl.jaccard import jaccard_metric_loss, soft_labels
+from asl.loss.jaccard import jaccard_metric_loss, soft_labels
 
 # one image of 4 pixels, 2 classes: the probability of class 1 and the labels
 X1 = [0.2, 0.7, 0.1, 0.9]
@@ -207,7 +207,7 @@ def test_mmseg_decode_head_sums_it_with_cross_entropy():
     from mmengine.structures import PixelData
     from mmseg.models.decode_heads import FCNHead
     from mmseg.structures import SegDataSample
-    import asl  # noqa: F401  (registers the loss)
+    import asl.mmseg  # noqa: F401  (registers the loss)
     head = FCNHead(in_channels=4, channels=4, num_convs=1, num_classes=3, loss_decode=[
         dict(type='CrossEntropyLoss', loss_weight=1.0),
         dict(type='JaccardMetricLoss', loss_weight=1.0)])

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asl import BUILTIN_FORMULAS, ExactMetrics, Surrogate
-from asl.functional import prepare_targets
+from asl.engines.reference import prepare_targets
 
 from conftest import blob_labels
 
@@ -179,9 +179,9 @@ def test_surrogate_gradients_finite_at_saturation():
 def test_fused_kernel_matches_pytorch_path(formula):
     """The C++ engine gives the same value and gradient as the PyTorch path (float64
     logits: both compute in float32)."""
-    pytest.importorskip('asl._C')
-    from asl.backend import surrogate_value as engine_value
-    from asl.functional import surrogate_value
+    pytest.importorskip('asl.engines.cpp._C')
+    from asl.engines.dispatch import surrogate_value as engine_value
+    from asl.engines.reference import surrogate_value
     label = blob_labels(2, 5, 24, 24, seed=9)
     s0 = Surrogate(formula)
     g = torch.Generator().manual_seed(2)

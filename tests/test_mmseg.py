@@ -8,7 +8,7 @@ import torch
 
 mmseg = pytest.importorskip('mmseg')
 
-import asl  # noqa: E402,F401  (registers the modules)
+import asl.mmseg  # noqa: E402,F401  (registers the modules)
 from mmengine.structures import PixelData  # noqa: E402
 from mmseg.evaluation import IoUMetric  # noqa: E402
 from mmseg.registry import METRICS, MODELS  # noqa: E402
@@ -192,7 +192,7 @@ def _free_port():
 
 def _eval_rank(rank, world, port, path):
     import torch.distributed as dist
-    import asl  # noqa: F401
+    import asl.mmseg  # noqa: F401
     from mmseg.registry import METRICS as REG
     dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
                             world_size=world)

@@ -24,7 +24,7 @@ OFFICIAL = {
 @pytest.mark.parametrize('metric', list(OFFICIAL))
 def test_official_loss_dicts_build_verbatim(metric):
     pytest.importorskip('mmseg')
-    import asl  # noqa: F401  (registers AutoSegLoss)
+    import asl.mmseg  # noqa: F401  (registers AutoSegLoss)
     from mmseg.registry import MODELS
     cfg = dict(type='AutoSegLoss', target_metric=metric, num_class=21,
                theta=OFFICIAL[metric]['theta'], parameterization='bezier',

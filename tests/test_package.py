@@ -36,7 +36,7 @@ cfg.merge_from_dict({'work_dir': work, 'train_cfg.max_iters': 2, 'train_cfg.val_
                      'val_dataloader.dataset.data_root': data,
                      'test_dataloader.dataset.data_root': data, 'demo_data.root': data})
 Runner.from_cfg(cfg).train()
-from asl._ext import ext
+from asl.engines.cpp.extension import ext
 print('ENGINE', 'cpp' if ext is not None else 'none', asl.__file__)
 '''
 
@@ -79,8 +79,8 @@ def test_wheel_installs_and_trains(tmp_path, with_engine):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (wheel, ) = [str(p) for p in dist.iterdir() if p.suffix == '.whl']
     names = zipfile.ZipFile(wheel).namelist()
-    assert 'asl/engines/triton/kernels.py' in names and 'asl/csrc/ir_ops.h' in names
-    assert any(n.startswith('asl/_C') for n in names) is with_engine
+    assert 'asl/engines/triton/kernels.py' in names and 'asl/engines/cpp/csrc/ir_ops.h' in names
+    assert any(n.startswith('asl/engines/cpp/_C') for n in names) is with_engine
     python, site = _fresh_venv(tmp_path / 'venv')
     subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--target',
                     site, wheel], check=True, timeout=300)
@@ -90,13 +90,13 @@ def test_wheel_installs_and_trains(tmp_path, with_engine):
                          text=True, timeout=900, env=dict(env, OMP_NUM_THREADS='2'))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert f'ENGINE {"cpp" if with_engine else "none"} {site}' in run.stdout
-    warning = 'UserWarning: the C++ extension asl._C is not built'
+    warning = 'UserWarning: the C++ extension asl.engines.cpp._C is not built'
     assert (run.stderr.count(warning) == 1) is not with_engine, run.stderr[-2000:]
 
 
 def test_engine_module_dispatch():
     """A distributed build has a portable engine and an AVX2/FMA one; the latter is taken
     only on CPUs torch reports as AVX2 or AVX512."""
-    from asl._ext import module_names
+    from asl.engines.cpp.extension import module_names
     assert module_names('AVX2') == module_names('AVX512') == ['_C_avx2', '_C']
     assert module_names('DEFAULT') == ['_C']

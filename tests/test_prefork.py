@@ -1,4 +1,4 @@
-"""The pre-warmed trial launcher (asl.search.prefork) and the local executor's fork mode,
+"""The pre-warmed trial launcher (asl.search.executors.prefork) and the local executor's fork mode,
 with real launcher processes and real (short) MMSeg trainings on the demo data."""
 import json
 import os
@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip('mmseg')
 
 from asl.search.executors import LocalExecutor  # noqa: E402
-from asl.search.prefork import PreforkError, PreforkServer  # noqa: E402
+from asl.search.executors.prefork import PreforkError, PreforkServer  # noqa: E402
 from asl.search.trial import TrialSpec  # noqa: E402
 from search_fixtures import alive as _alive  # noqa: E402
 from search_fixtures import trial_losses  # noqa: E402
@@ -223,7 +223,7 @@ def test_local_executor_spawn_mode_and_bad_mode(tmp_path):
 # library) preloaded into the launcher is what a launcher whose imports initialised the
 # CUDA driver looks like from /proc/self/maps.
 def test_cuda_driver_detection_reads_the_mappings():
-    from asl.search.prefork import cuda_driver_loaded
+    from asl.search.executors.prefork import cuda_driver_loaded
     maps = ('7f00-7f01 r-xp 00000000 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n'
             '7f02-7f03 r--p 00000000 00:00 0 [heap]\n')
     assert not cuda_driver_loaded(maps)

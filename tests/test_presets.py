@@ -1,7 +1,7 @@
 """The published searched parameters, typed in from the official re-training configs.
 
 These numbers are written here by hand (from the official project's configs, the same
-ones DESIGN notes list), independently of ``asl/presets.py``, so that a changed digit,
+ones DESIGN notes list), independently of ``asl/loss/presets.py``, so that a changed digit,
 a swapped metric or a wrong option in the preset table fails a test.
 """
 import pytest
@@ -9,7 +9,7 @@ import torch
 
 from asl import Surrogate
 from asl.mmseg.loss import AutoSegLoss
-from asl.presets import PAPER_PRESETS, paper_preset
+from asl.loss.presets import PAPER_PRESETS, paper_preset
 
 MIOU = [5.69728440e-04, 6.43720450e-01, 3.38589169e-01, 7.05543360e-01, 6.25281252e-01,
         7.79551927e-01, 6.90375570e-01, 1.30628900e-02, 8.34170515e-01, 9.62431815e-01,

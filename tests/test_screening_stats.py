@@ -1,20 +1,36 @@
-"""``tools/prescreen_stats.py`` and ``tools/equivalence_stats.py`` on the session's real
-tiny search (every candidate trained, so each would-be rejection can be checked)."""
+"""``tools/analysis/prescreen_stats.py`` on the session's real tiny search (every candidate
+trained, so each would-be rejection can be checked)."""
+import importlib.util
+import os
 import statistics
+import sys
 
 import pytest
 
-from search_fixtures import SAMPLES, STEPS, journal, load_tool
+from search_fixtures import ROOT, SAMPLES, STEPS
+
+from asl.search.analysis import load_search
+
+TOOL = os.path.join(ROOT, 'tools', 'analysis', 'prescreen_stats.py')
+
+
+def _tool():
+    if 'prescreen_stats' not in sys.modules:
+        spec = importlib.util.spec_from_file_location('prescreen_stats', TOOL)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules['prescreen_stats'] = module
+        spec.loader.exec_module(module)
+    return sys.modules['prescreen_stats']
 
 
 def test_prescreen_stats_counts_rejections_against_the_real_rewards(reference_search, capsys):
-    prescreen_stats = load_tool('prescreen_stats')
+    prescreen_stats = _tool()
     work, out = reference_search
     assert out.returncode == 0, out.stderr[-3000:]
     rewards = {}
-    for e in journal(work):
-        if e['event'] == 'trial_finished' and e.get('phase') != 'reeval':
-            rewards.setdefault(e['step'], {})[e['index']] = e['reward']
+    for t in load_search(str(work)).trials():
+        if t.reward is not None:
+            rewards.setdefault(t.step, {})[t.index] = t.reward
     assert len(rewards) == STEPS
     # above their step's median: what a rejection of every non-mean candidate gets wrong
     false = sum(r > statistics.median(st.values())
@@ -36,12 +52,3 @@ def test_prescreen_stats_counts_rejections_against_the_real_rewards(reference_se
         assert reference == next(x.score for x in scores if (x.step, x.index) == (k, 0))
         assert 0.0 <= score <= 1.0
 
-
-def test_equivalence_stats_compares_with_earlier_steps_only(reference_search, capsys):
-    equivalence_stats = load_tool('equivalence_stats')
-    work, _ = reference_search
-    assert equivalence_stats.main([str(work), '--thresholds', '-1', '2']) == 0
-    text = capsys.readouterr().out
-    later = (STEPS - 1) * SAMPLES
-    assert f'{later} candidates after the first step' in text
-    assert f'| -1 | {later}/{later} |' in text and f'| 2 | 0/{later} | n/a | n/a |' in text

@@ -1,23 +1,16 @@
 """The search's safeguards on hand-made numbers: the exact KL limit and the mean-change
 cap of an update, reward normalization, the rollback rule, the re-evaluation's choice
 of what to train again, and their settings."""
-import json
 import math
-import os
-import signal
-import sys
 
 import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from asl.search.controller import StepRecord, TrialRecord, reeval_entries, rollback_to
 from asl.search.policy import PolicyState, ppo_update, truncnorm_kl
 from asl.search.settings import SearchConfigError, parse_search_section
+from asl.search.state import StepRecord, TrialRecord, reeval_entries, rollback_to
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RETRAIN = os.path.join(ROOT, 'configs', 'retrain', 'demo',
-                       'deeplabv3plus_r18tiny-d8_ce_1xb8-1200_asldemo-64x64.py')
 
 
 def _tn(m, s):
@@ -145,98 +138,3 @@ def test_defaults_and_the_papers_settings():
                                       reevaluate=None))
     assert paper.target_kl is None and paper.reevaluate is None
     assert math.isclose(paper.lr, 0.2) and paper.ppo_epochs == 60
-
-
-# ----------------------------------------------------------------------------------
-# Real tiny searches
-# ----------------------------------------------------------------------------------
-def _destructive_config(tmp):
-    """The demo search config with every trial outside the identity (the initial mean)
-    destroyed; 2 steps x 2 candidates, rollback when the mean's reward drops below 0.9 x
-    the best, re-evaluation of the 2 best means with 1 more seed."""
-    from asl.curves import identity_theta
-    from search_fixtures import CONFIG
-    center = identity_theta('bezier', 2) * 2
-    path = os.path.join(str(tmp), 'destructive.py')
-    with open(path, 'w') as f:
-        f.write(f"_base_ = {CONFIG!r}\n"
-                "custom_imports = dict(imports=['asl', 'asl_search_hooks'], "
-                "allow_failed_imports=False)\n"
-                f"custom_hooks = [dict(type='DestructiveRegionHook', center={center!r})]\n"
-                f"search = dict(retrain_config={RETRAIN!r})\n")
-    return path
-
-
-OPTIONS = ['search.num_samples=2', 'search.rollback=0.9', 'search.reevaluate.top=2',
-           'search.reevaluate.seeds=1']
-
-
-def _search(config, work, *extra, **env_extra):
-    from search_fixtures import TINY, env, run
-    cmd = [sys.executable, os.path.join(ROOT, 'tools', 'search.py'), config, '--work-dir',
-           str(work), '--seed', '1', '--threads-per-trial', '1', *extra, '--cfg-options',
-           *TINY, *OPTIONS]
-    pypath = os.pathsep.join([os.path.join(ROOT, 'tests'), os.environ.get('PYTHONPATH', '')])
-    return run(cmd, env=env(PYTHONPATH=pypath, **env_extra))
-
-
-def _events(work):
-    with open(os.path.join(str(work), 'journal.jsonl')) as f:
-        return [json.loads(line) for line in f if line.endswith('\n')]
-
-
-@pytest.fixture(scope='module')
-def destructive_search(tmp_path_factory):
-    pytest.importorskip('mmseg')
-    tmp = tmp_path_factory.mktemp('destructive')
-    config = _destructive_config(tmp)
-    work = tmp / 'search'
-    out = _search(config, work)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return config, work
-
-
-def test_a_destructive_region_triggers_the_rollback(destructive_search):
-    """Step 1's candidates outside the initial mean are destroyed; the update moves the
-    mean into that region; step 2's mean is destroyed too, so the policy goes back to
-    the state that sampled step 1 (exactly), and the re-evaluation picks the initial
-    mean."""
-    _, work = destructive_search
-    ev = _events(work)
-    started = {e['step']: e for e in ev if e['event'] == 'step_started'}
-    updates = {e['step']: e for e in ev if e['event'] == 'policy_updated'}
-    r0, r1 = updates[0]['rewards'], updates[1]['rewards']
-    assert r0[0] > 0.2 and r0[1] < r0[0] * 0.9  # the mean trains; the sample is destroyed
-    assert started[1]['mu'] != started[0]['mu']  # the update left the initial mean
-    assert r1[0] < 0.9 * r0[0]  # ... into the destructive region
-    back = updates[1]['stats']['rollback']
-    assert back == dict(to_step=0, reward=r1[0], best=r0[0])
-    assert updates[1]['policy'] == started[0]['policy']  # exactly the best mean's policy
-    done = next(e for e in ev if e['event'] == 'reeval_finished')
-    assert [s['source'] for s in done['scores']] == ['policy mean of step 1',
-                                                     'policy mean of step 2']
-    assert done['chosen'] == 0 and len(done['scores'][0]['rewards']) == 2
-    best = json.load(open(os.path.join(str(work), 'best.json')))
-    assert best['raw_theta'] == started[0]['mu'] and best['best_step'] == 1  # (from 1)
-    assert best['reevaluation'] == done['scores']
-    assert 'after re-evaluation' in best['selection']
-    seeds = [e for e in ev if e['event'] == 'reeval_started'][0]['seeds']
-    assert seeds == [2, 2]  # another proxy seed than the search's
-
-
-def test_sigkill_during_the_reevaluation_then_resume(destructive_search, tmp_path):
-    """Killed when the re-evaluation has started, and again just before its choice is
-    journaled: the resumed search makes the same choice, with the same rewards."""
-    config, ref = destructive_search
-    work = tmp_path / 'search'
-    for point in ('after:reeval_started', 'before:reeval_finished'):
-        out = _search(config, work, ASL_SEARCH_KILL_AT=point)
-        assert out.returncode == -signal.SIGKILL, point + out.stderr[-2000:]
-    out = _search(config, work)
-    assert out.returncode == 0, out.stderr[-3000:]
-    a = json.load(open(os.path.join(str(ref), 'best.json')))
-    b = json.load(open(os.path.join(str(work), 'best.json')))
-    for key in ('raw_theta', 'reevaluation', 'selection', 'steps'):
-        assert a[key] == b[key], key
-    kinds = [e['event'] for e in _events(work)]
-    assert kinds.count('reeval_started') == 1 and kinds.count('reeval_finished') == 1

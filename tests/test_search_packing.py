@@ -13,12 +13,11 @@ import pytest
 
 pytest.importorskip('mmseg')
 
-from asl.search import slurm  # noqa: E402
-from asl.search.pack import PACK_STATUS_FILE  # noqa: E402
+from asl.search.executors import slurm_cli as slurm  # noqa: E402
+from asl.search.executors.pack import PACK_STATUS_FILE  # noqa: E402
 from search_fixtures import (CONFIG, REEVAL, ROOT, SAMPLES, STEPS, TINY,  # noqa: E402
                              assert_same_search, env, events_of, journal, run, search_cmd,
                              search_losses, sigkill_after_launches, tail)
-from test_slurm_cluster import slurm_cluster  # noqa: E402,F401
 
 
 def _concurrent(work, step, n):
@@ -45,7 +44,9 @@ def _faulty_config(tmp_path, faults, limit=None, retries=0):
     cfg = tmp_path / 'faulty.py'
     cfg.write_text(
         f'_base_ = {CONFIG!r}\n'
-        f"custom_hooks = [dict(type='ASLFaultInjectionHook', at_iter=2, faults={faults!r})]\n"
+        "custom_imports = dict(imports=['asl.mmseg', 'asl_search_hooks'], "
+        "allow_failed_imports=False)\n"
+        f"custom_hooks = [dict(type='FaultInjectionHook', at_iter=2, faults={faults!r})]\n"
         f'search = dict(num_steps=1, num_samples=3, max_retries={retries}, '
         f'holdout=dict(num=16), reevaluate=None, retrain_config=None'
         + (f', trial_time_limit={limit}' if limit else '') + ')\n'

@@ -4,8 +4,9 @@ random states, trial losses and result.
 
 One search is killed seven times in a row; every run after the first resumes the
 previous one and is itself killed at the next point (``ASL_SEARCH_KILL_AT``, the
-controller's testing aid, kills it at an exact journal event; the first kill comes
-from outside while a trial trains). The points, in the order of the 2 x 3 search:
+tests' kill switch in ``killable_search.py``, kills it at an exact journal event; the
+first kill comes from outside while a trial trains). Every other journal point, on the
+in-process test seam: test_search_rules.py. The points, in the order of the 2 x 3 search:
 
 1. step 0, while its second trial trains (SIGKILL from the test);
 2. step 0, the relaunched second trial has finished (its result.json is written) but
@@ -31,7 +32,7 @@ from search_fixtures import (REEVAL, ROOT, STEPS, SAMPLES, assert_same_search, e
 
 def _killed_at(work, point):
     """Run the search (resuming) with the controller set to SIGKILL itself at ``point``."""
-    out = run(search_cmd(work), env=env(ASL_SEARCH_KILL_AT=point))
+    out = run(search_cmd(work, killable=True), env=env(ASL_SEARCH_KILL_AT=point))
     assert out.returncode == -signal.SIGKILL, f'{point}: ' + tail(out)
     return out
 

@@ -1,28 +1,106 @@
-"""Tests of the report of ``tools/search_seeds.py`` on hand-made results (no training)."""
+"""Tests of ``tools/analysis/search_seeds.py``: its reading of a search (hand-made journals)
+and its report on hand-made results (no training)."""
 import argparse
+import importlib.util
+import json
+import os
+import sys
 
 import pytest
 
-from search_fixtures import load_tool
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = os.path.join(ROOT, 'tools', 'analysis', 'search_seeds.py')
 
-ss = load_tool('search_seeds')
+_spec = importlib.util.spec_from_file_location('search_seeds', TOOL)
+ss = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault('search_seeds', ss)
+_spec.loader.exec_module(ss)
+
+from asl.search.analysis import load_search, spearman  # noqa: E402
 
 
 def test_spearman():
-    assert ss.spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
-    assert ss.spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
     # ties take the average rank: ranks (0.5, 0.5, 2) against (0, 1, 2)
-    assert ss.spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(0.8660254, abs=1e-6)
-    assert ss.spearman([1, 2], [1, 2]) is None  # too few
-    assert ss.spearman([1, 1, 1], [1, 2, 3]) is None  # no variation
+    assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(0.8660254, abs=1e-6)
+    assert spearman([1, 2], [1, 2]) is None  # too few
+    assert spearman([1, 1, 1], [1, 2, 3]) is None  # no variation
+    with pytest.raises(ValueError):
+        spearman([1, 2, 3], [1, 2])
+
+
+def _policy(dim):
+    return dict(u=[0.0] * dim, exp_avg=[0.0] * dim, exp_avg_sq=[0.0] * dim, adam_step=0)
+
+
+def _search(tmp_path, steps, dim=2, best=None):
+    """A search's journal: per step its candidates' rewards (None: failed) and whether the
+    policy was rolled back after it."""
+    events = [dict(event='search_started', rng={}, policy=_policy(dim), fingerprint=dict(
+        config='hand-made', settings={}, seed=3, searcher='ppo', dim=dim, reward_key='mIoU'))]
+    for k, (rewards, rollback) in enumerate(steps):
+        events.append(dict(event='step_started', step=k, mu=[0.5] * dim, rng={},
+                           candidates=[[0.5] * dim for _ in rewards]))
+        for i, r in enumerate(rewards):
+            if r is None:
+                events.append(dict(event='trial_failed', step=k, index=i, attempt=1,
+                                   kind='crash', reason='exit status 1', final=True))
+            else:
+                events.append(dict(event='trial_finished', step=k, index=i, attempt=1,
+                                   reward=r, metrics={}, timing={}))
+        stats = dict(rollback=dict(to_step=0)) if rollback else {}
+        events.append(dict(event='policy_updated', step=k, policy=_policy(dim),
+                           mu=[0.5] * dim, rewards=rewards, stats=stats, summary=''))
+    work = tmp_path / 'search'
+    work.mkdir()
+    (work / 'journal.jsonl').write_text(''.join(
+        json.dumps(dict(seq=n, time=float(n), **e)) + '\n' for n, e in enumerate(events)))
+    if best is not None:
+        (work / 'best.json').write_text(json.dumps(best))
+    return load_search(str(work))
+
+
+def test_step_rows_from_the_journal(tmp_path):
+    run = _search(tmp_path, [([0.3, 0.1, 0.2], False), ([None, 0.4, 0.2], True)])
+    assert ss.step_rows(run) == [
+        dict(step=1, own=0.3, mean=pytest.approx(0.2), rollback=False),
+        # the policy mean (candidate 0) failed: the step's mean stands for it
+        dict(step=2, own=pytest.approx(0.3), mean=pytest.approx(0.3), rollback=True)]
+
+
+def test_loss_config_of_other_parameters(tmp_path):
+    """The re-training config of a re-evaluated result: the search's own re-training
+    base, its settings and the given raw parameters (nothing faked about the search)."""
+    pytest.importorskip('mmengine')
+    from asl.search.settings import parse_search_section
+    from asl.search.trial import check_surrogate, settings_surrogate
+    settings = parse_search_section({})
+    _, identity = check_surrogate(settings)
+    raw = [min(0.9, x + 0.05) for x in identity]
+    base = os.path.join(ROOT, 'configs', 'retrain', 'demo',
+                        'deeplabv3plus_r18tiny-d8_ce_1xb8-1200_asldemo-64x64.py')
+    run = _search(tmp_path, [([0.3, 0.1], False)], dim=len(identity),
+                  best=dict(config='/somewhere/hand-made.py', retrain_base=base))
+    info = run.info()
+    assert (info.name, info.seed, info.searcher, info.retrain_base) == \
+        ('hand-made', 3, 'ppo', base)
+    out = ss.loss_config(run, raw, str(tmp_path / 'retrain_config.py'))
+    text = open(out).read()
+    assert f'_base_ = {base!r}' in text and "type='AutoSegLoss'" in text
+    assert 'search hand-made (seed 3, ppo)' in text
+    from mmengine.config import Config
+    loss = Config.fromfile(out).model.decode_head.loss_decode
+    assert list(loss.theta) == pytest.approx(settings_surrogate(settings, raw).coordinates(),
+                                             abs=1e-7)
 
 
 def _row(seed, own, means, chosen, ce, lovasz=50.0, reeval=(), rollback_at=()):
-    steps = [dict(step=i + 1, rewards=[o, 0.1], mean=m, rollback=(i + 1) in rollback_at)
+    steps = [dict(step=i + 1, own=o, mean=m, rollback=(i + 1) in rollback_at)
              for i, (o, m) in enumerate(zip(own, means))]
-    best = dict(steps=steps, selection=f'policy mean of step {len(own)}: the best average')
-    return dict(seed=seed, best=best, own=ss.own_rewards(best), chosen=dict(mIoU=chosen),
-                ce=dict(mIoU=ce), lovasz=dict(mIoU=lovasz),
+    return dict(seed=seed, steps=steps,
+                selection=f'policy mean of step {len(own)}: the best average',
+                chosen=dict(mIoU=chosen), ce=dict(mIoU=ce), lovasz=dict(mIoU=lovasz),
                 reeval=[dict(source=f'policy mean of step {k}', proxy=p, miou=m)
                         for k, p, m in reeval])
 
@@ -42,7 +120,7 @@ def test_render_passes_and_correlations():
         in text
     assert 'Mean over seeds: chosen 57.50, cross-entropy 45.50' in text
     assert 'Within each seed (the choice is made among these): seed 1 1.00, seed 2 -1.00' in text
-    assert f'over 6 re-evaluated results: {ss.spearman(*zip(*pairs)):.2f}' in text
+    assert f'over 6 re-evaluated results: {spearman(*zip(*pairs)):.2f}' in text
 
 
 def test_render_flags_a_collapse_and_a_loss_below_cross_entropy():

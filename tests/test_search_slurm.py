@@ -13,11 +13,10 @@ import pytest
 
 pytest.importorskip('mmseg')
 
-from asl.search import slurm  # noqa: E402
+from asl.search.executors import slurm_cli as slurm  # noqa: E402
 from search_fixtures import (CONFIG, NAME, REEVAL, ROOT, SAMPLES, STEPS, TINY,  # noqa: E402
                              assert_same_search, env, events_of, journal, search_losses,
                              sigkill_after_launches, tail, wait_for)
-from test_slurm_cluster import slurm_cluster  # noqa: E402,F401
 
 _env = env
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from asl.search.controller import replay
+from asl.search.state import replay
 from asl.data.holdout import HoldoutError, carve_holdout, split_dataset_config
 from asl.search.journal import Journal, JournalError
 from asl.search.policy import (PolicyState, baseline_value, clipped_objective, ppo_update,

@@ -1,4 +1,4 @@
-"""asl.search.slurm against a real one-node Slurm cluster started by tools/slurm/cluster.sh.
+"""asl.search.executors.slurm_cli against a real one-node Slurm cluster started by tools/slurm/cluster.sh.
 
 The module is skipped only when the script exits 3 (Slurm/munge cannot be installed here); any
 other failure to bring the cluster up is an error of every test.
@@ -10,46 +10,10 @@ import time
 
 import pytest
 
-from asl.search import slurm
+from asl.search.executors import slurm_cli as slurm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLUSTER_SH = os.path.join(ROOT, 'tools', 'slurm', 'cluster.sh')
-PREFIX = f'asl-test-{os.getpid()}-'
-
-
-def _cluster(action, timeout=900):
-    return subprocess.run(['bash', CLUSTER_SH, action], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, timeout=timeout)
-
-
-@pytest.fixture(scope='module')
-def slurm_cluster():
-    """Starts the cluster (once per module); stops it afterwards if this fixture started it."""
-    was_running = 'slurmctld: running' in _cluster('status', timeout=60).stdout
-    proc = _cluster('start')
-    if proc.returncode == 3:
-        pytest.skip(f'Slurm is not available: {proc.stderr.strip() or proc.stdout.strip()}')
-    if proc.returncode != 0:
-        raise RuntimeError(f'{CLUSTER_SH} start exited with {proc.returncode}:\n'
-                           f'{proc.stdout}\n{proc.stderr}')
-    saved = os.environ.get('SLURM_CONF')
-    m = re.search(r'^export SLURM_CONF=(\S+)$', proc.stdout, re.M)
-    if m:
-        os.environ['SLURM_CONF'] = m.group(1)
-    try:
-        yield m.group(1) if m else None
-    finally:
-        try:
-            live = slurm.list_jobs(PREFIX)
-            if live:
-                slurm.cancel(list(live))
-        finally:
-            if saved is None:
-                os.environ.pop('SLURM_CONF', None)
-            else:
-                os.environ['SLURM_CONF'] = saved
-            if not was_running:
-                _cluster('stop', timeout=120)
+from conftest import SLURM_PREFIX as PREFIX  # noqa: E402
 
 
 def _wait(job_id, until=lambda info: info.finished, timeout=60.0):

@@ -78,7 +78,7 @@ def test_torchrun_two_processes_train_one_model(tmp_path):
     import torch
     cfg = _derived_config(
         tmp_path, CFG,
-        "custom_imports = dict(imports=['asl', 'asl_test_hooks'], allow_failed_imports=False)\n"
+        "custom_imports = dict(imports=['asl.mmseg', 'asl_test_hooks'], allow_failed_imports=False)\n"
         "custom_hooks = [dict(type='ASLTrialHook', result_file='result_rank{rank}.json'),\n"
         "                dict(type='SaveParamsHook')]\n")
     work = tmp_path / 'work'

@@ -23,8 +23,15 @@ STAMP="$VENV/.asl-installed"
 
 log() { printf '[install] %s\n' "$*"; }
 
-if [ -f "$STAMP" ] && [ "$STAMP" -nt "$ROOT/tools/install.sh" ] && [ "$STAMP" -nt "$ROOT/setup.py" ] \
-        && [ "$STAMP" -nt "$ROOT/asl/csrc/kernels.cpp" ] && [ "$STAMP" -nt "$ROOT/asl/csrc/ir_ops.h" ]; then
+up_to_date() {  # the stamp is newer than the installer, setup.py and every C++ source
+    [ -f "$STAMP" ] || return 1
+    local f
+    for f in "$ROOT/tools/install.sh" "$ROOT/setup.py" "$ROOT"/asl/engines/cpp/csrc/*; do
+        [ "$STAMP" -nt "$f" ] || return 1
+    done
+}
+
+if up_to_date; then
     log "environment in $VENV is up to date"
     exit 0
 fi

@@ -6,5 +6,5 @@
 * :mod:`asl.engines.triton`: the Triton engine (CUDA tensors; CPU tensors through
   Triton's interpreter).
 
-:mod:`asl.backend` picks one; :mod:`asl.functional` is the plain PyTorch reference.
+:mod:`asl.engines.dispatch` picks one; :mod:`asl.engines.reference` is the plain PyTorch reference.
 """

@@ -2,10 +2,10 @@
 
 :func:`asl.engines.lower.lower` turns the statistics of a compiled metric
 (:class:`~asl.formula.compiler.CompiledMetric`) into a :class:`FusedProgram`; the C++
-engine (``asl/csrc/kernels.cpp``) and the Triton engine (:mod:`asl.engines.triton`)
+engine (``asl/engines/cpp/csrc/kernels.cpp``) and the Triton engine (:mod:`asl.engines.triton`)
 evaluate it. This module is the single definition of the opcodes (:class:`Op`) and pool
-kinds (:class:`Pool`); ``asl/csrc/ir_ops.h`` is generated from it
-(``python -m asl.engines.ir asl/csrc/ir_ops.h``; a test checks that it is up to date).
+kinds (:class:`Pool`); ``asl/engines/cpp/csrc/ir_ops.h`` is generated from it
+(``python -m asl.engines.ir asl/engines/cpp/csrc/ir_ops.h``; a test checks that it is up to date).
 
 What can be fused (the rule, applied by :func:`fusable`):
 
@@ -18,7 +18,7 @@ What can be fused (the rule, applied by :func:`fusable`):
   holds no class maximum itself, else by the PyTorch reference path;
 * everything else (a statistic that is not per class, a class maximum of a
   ``P``-dependent map) is evaluated by the PyTorch reference path
-  (:func:`asl.functional.evaluate_stats`), and the engines sum the rest.
+  (:func:`asl.engines.reference.evaluate_stats`), and the engines sum the rest.
 
 How a program is evaluated: a :class:`Program` is a list of instructions, one register
 each (register ``i`` holds the value of ``instrs[i]``), run on a block of pixels of one
@@ -302,7 +302,7 @@ def class_max_in_map_mode(node: ClassMax) -> bool:
 
 def header() -> str:
     """The C++ header that mirrors :class:`Op`, :class:`Pool` and :class:`Mode`."""
-    lines = ['// Generated from asl/engines/ir.py by `python -m asl.engines.ir asl/csrc/ir_ops.h`;',
+    lines = ['// Generated from asl/engines/ir.py by `python -m asl.engines.ir asl/engines/cpp/csrc/ir_ops.h`;',
              '// do not edit (tests/test_ir.py checks that it is up to date).', '#pragma once',
              '#include <cstdint>', '']
     for enum_cls, prefix in ((Op, 'OP_'), (Pool, 'POOL_'), (Mode, 'MODE_')):

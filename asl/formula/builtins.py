@@ -1,8 +1,8 @@
 """The six built-in metrics, written in the formula language.
 
 Semantics follow the definitions the published parameters were searched with
-(region sums masked by the valid mask ``M``; boundary statistics unmasked; see the
-README's "Metric definitions"). ``tol`` and ``drop_bg`` are the compile options.
+(region sums masked by the valid mask ``M``; boundary statistics unmasked; see
+docs/loss.md, "Metrics as formulas"). ``tol`` and ``drop_bg`` are the compile options.
 """
 
 __all__ = ['BUILTIN_FORMULAS']

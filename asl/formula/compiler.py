@@ -9,8 +9,8 @@ One compilation yields:
   operation that is not marked ``plain``, in the order they appear. This is the
   parameter layout of the surrogate.
 
-The surrogate (:mod:`asl.surrogate`) evaluates the per-pixel part on softmax
-probabilities with a curve per slot; the exact evaluator (:mod:`asl.exact`)
+The surrogate (:mod:`asl.loss.surrogate`) evaluates the per-pixel part on softmax
+probabilities with a curve per slot; the exact evaluator (:mod:`asl.loss.exact`)
 evaluates it on one-hot predictions with plain logic and accumulates the sums in
 float64 across batches. Both finish with :func:`evaluate_result`.
 

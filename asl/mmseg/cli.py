@@ -110,7 +110,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     if args.lean:
         skip_config_formatting()
 
-    import asl  # noqa: F401  (registers the modules, allows mmengine checkpoints)
+    import asl.mmseg  # noqa: F401  (registers the modules, allows mmengine checkpoints)
     from mmseg.utils import register_all_modules
     register_all_modules(init_default_scope=False)
 
@@ -182,7 +182,7 @@ def test_main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'error: checkpoint not found: {args.checkpoint!r}', file=sys.stderr)
         return 2
 
-    import asl  # noqa: F401
+    import asl.mmseg  # noqa: F401
     from mmengine.dist import get_rank
     from mmseg.utils import register_all_modules
     register_all_modules(init_default_scope=False)

@@ -12,12 +12,11 @@ from mmseg.registry import HOOKS
 
 from ..utils import atomic_write_json
 
-__all__ = ['ASLTrialHook', 'ASLFaultInjectionHook', 'NonFiniteLossError', 'TrialStoppedEarly']
+__all__ = ['ASLTrialHook', 'NonFiniteLossError', 'TrialStoppedEarly']
 
 #: Set by the search's executors to the wall-clock time (``time.time()``) at which the
 #: trial process was launched, so that process start-up counts as overhead.
-from ..protocol import (FAILURE_FILE, LAUNCH_TIME_ENV, PROBES_FILE, RESULT_FILE, STOPPED_FILE,
-                        TRIAL_ID_ENV)
+from ..protocol import FAILURE_FILE, LAUNCH_TIME_ENV, PROBES_FILE, RESULT_FILE, STOPPED_FILE
 
 _IMPORT_TIME = time.time()
 
@@ -206,58 +205,3 @@ class ASLTrialHook(Hook):
             val_s=self.val_s,
             overhead_s=max(wall - self.train_iter_s, 0.0),
         ))
-
-
-@HOOKS.register_module()
-class ASLFaultInjectionHook(Hook):
-    """A testing tool, not for training: inject a fault into chosen search trials (to
-    test how a search copes; the tests and the README's fault-tolerance checks use it).
-
-    The trial is recognised by the ``ASL_TRIAL_ID`` environment variable that the
-    search's executors set (``s<step>-c<candidate>-a<attempt>``); a key of ``faults``
-    matches a trial whose id starts with it (``'s00-c01'`` matches every attempt).
-    Kinds:
-
-    * ``'crash'``: raise ``RuntimeError`` at iteration ``at_iter``;
-    * ``'nonfinite'``: fill the model's parameters with NaN after iteration
-      ``at_iter``, so the following losses are NaN (caught by :class:`ASLTrialHook`);
-    * ``'oom'``: raise ``torch.OutOfMemoryError`` with PyTorch's ``CUDA out of memory``
-      message at iteration ``at_iter`` (what a trial packed with too many siblings on
-      one GPU meets);
-    * ``'hang'``: stop making progress at iteration ``at_iter`` (sleep until killed),
-      to test time limits.
-
-    Args:
-        faults (dict): trial id prefix -> kind.
-        at_iter (int): iteration at which the fault happens. Default: 2.
-    """
-
-    priority = 'LOW'
-    KINDS = ('crash', 'nonfinite', 'oom', 'hang')
-
-    def __init__(self, faults: Dict[str, str], at_iter: int = 2):
-        bad = {k: v for k, v in faults.items() if v not in self.KINDS}
-        if bad:
-            raise ValueError(f'fault kinds must be one of {self.KINDS}, got {bad}')
-        self.faults = dict(faults)
-        self.at_iter = at_iter
-        tid = os.environ.get(TRIAL_ID_ENV, '')
-        self.kind = next((v for k, v in self.faults.items() if tid.startswith(k)), None)
-
-    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        if self.kind is None or runner.iter + 1 != self.at_iter:
-            return
-        if self.kind == 'crash':
-            raise RuntimeError(f'injected crash at iteration {self.at_iter}')
-        import torch
-        if self.kind == 'oom':
-            raise torch.OutOfMemoryError(
-                f'CUDA out of memory. Tried to allocate 2.00 GiB (injected at iteration '
-                f'{self.at_iter})')
-        if self.kind == 'hang':
-            import time
-            while True:
-                time.sleep(1.0)
-        with torch.no_grad():
-            for p in runner.model.parameters():
-                p.fill_(float('nan'))

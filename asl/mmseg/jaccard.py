@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from mmseg.registry import MODELS
 
-from ..jaccard import check_jml_options, jaccard_metric_loss, soft_labels
+from ..loss.jaccard import check_jml_options, jaccard_metric_loss, soft_labels
 
 __all__ = ['JaccardMetricLoss']
 
@@ -20,7 +20,7 @@ class JaccardMetricLoss(nn.Module):
     softmax probabilities, ``y`` the (optionally smoothed) labels and ``d`` the L1
     distance (``norm='l1'``) or the squared L2 distance (``norm='l2'``); averaged over
     the chosen classes. With hard labels and ``norm='l1'`` it is the soft Jaccard
-    (IoU) loss. See :mod:`asl.jaccard` for the maths.
+    (IoU) loss. See :mod:`asl.loss.jaccard` for the maths.
 
     Args:
         norm (str): ``'l1'`` or ``'l2'``. Default: ``'l1'``.

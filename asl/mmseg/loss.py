@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from mmseg.registry import MODELS
 
-from ..surrogate import Surrogate
+from ..loss.surrogate import Surrogate
 
 __all__ = ['AutoSegLoss']
 
@@ -23,7 +23,7 @@ class AutoSegLoss(nn.Module):
 
     Args:
         target_metric (str): ``'mIoU'``, ``'FWIoU'``, ``'mAcc'``, ``'gAcc'``, ``'BIoU'``,
-            ``'BF1'`` or a formula (see the README). Default: ``'mIoU'``.
+            ``'BF1'`` or a formula (see docs/loss.md, "Metrics as formulas"). Default: ``'mIoU'``.
         theta (list[float] | str, optional): control-point coordinates of the curves, or
             ``'paper'`` for the published parameters. Default: None (identity curves,
             the naive relaxation).

@@ -9,7 +9,7 @@ from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger, print_log
 from mmseg.registry import METRICS
 
-from ..exact import ExactMetrics
+from ..loss.exact import ExactMetrics
 
 __all__ = ['ASLMetric']
 

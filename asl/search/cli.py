@@ -65,7 +65,7 @@ def build_executor(args, settings):
     if packed < 1:
         raise SearchConfigError(f'--trials-per-gpu must be at least 1, got {packed}')
     if args.executor == 'slurm':
-        from .slurm_executor import SlurmExecutor
+        from .executors.slurm import SlurmExecutor
         gpus = args.gpus_per_trial
         if gpus is None:
             gpus = settings.gpus_per_trial if _cluster_has_gpus() else 0
@@ -115,7 +115,7 @@ def search_main(argv: Optional[Sequence[str]] = None) -> int:
     work_dir = args.work_dir or os.path.join(
         'work_dirs', 'search', os.path.splitext(os.path.basename(args.config))[0])
     try:
-        import asl  # noqa: F401  (registers the modules)
+        import asl.mmseg  # noqa: F401  (registers the modules)
         cfg, settings = load_search_config(args.config, args.cfg_options)
         executor = build_executor(args, settings)
         search = Search(args.config, work_dir, seed=args.seed, searcher=args.searcher,

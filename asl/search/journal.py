@@ -6,10 +6,8 @@ the lines in order; a last line without its newline, or one that does not parse 
 write torn by a crash), is reported and ignored, and the next append first truncates
 the file back to the last complete line. Nothing is pickled: every value is JSON.
 
-Event kinds (see :mod:`asl.search.controller` for their fields):
-``search_started``, ``step_started``, ``trial_launched``, ``trial_finished``,
-``trial_failed``, ``policy_updated``, ``reeval_started``, ``reeval_finished``,
-``search_finished``.
+Event kinds: :data:`EVENT_KINDS` (:mod:`asl.search.state` lists their fields and is what
+makes a search's state of them).
 """
 from __future__ import annotations
 

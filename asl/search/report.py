@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 
@@ -61,8 +61,7 @@ def select_best(search: SearchInfo, state) -> Dict:
                                   if t.failures}))
         if st.screened is not None:  # pre-screening: scores, rejected (never trained)
             steps[-1].update(screen_scores=st.screened['scores'],
-                             rejected=st.screened['rejected'],
-                             reused=st.screened.get('reused') or {})
+                             rejected=st.screened['rejected'])
         stopped = {str(i): dict(iter=t.stopped['iter'], score=t.stopped['score'])
                    for i, t in st.trials.items() if t.stopped is not None}
         if stopped:  # early stopping: where and at what score
@@ -95,7 +94,7 @@ def select_best(search: SearchInfo, state) -> Dict:
 
 
 def _surrogate(search: SearchInfo, raw: List[float]):
-    from ..surrogate import Surrogate
+    from ..loss.surrogate import Surrogate
     s = search.settings
     return Surrogate(s.target_metric, raw_theta=raw, parameterization=s.parameterization,
                      num_pieces=s.num_pieces, tol=s.tol, drop_bg=s.drop_bg)
@@ -172,8 +171,8 @@ def write_outputs(search: SearchInfo, state, logger=None) -> Dict:
 def _published_curves(search: SearchInfo, sur):
     """The published curves of the target metric (``theta='paper'``), when it has them and
     they are as many as the searched ones; else None."""
-    from ..presets import PAPER_PRESETS
-    from ..surrogate import Surrogate
+    from ..loss.presets import PAPER_PRESETS
+    from ..loss.surrogate import Surrogate
     key = {k.lower(): k for k in PAPER_PRESETS}.get(search.settings.target_metric.lower())
     if key is None:
         return None

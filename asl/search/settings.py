@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 __all__ = ['SearchSettings', 'SearchConfigError', 'parse_search_section', 'amp_dtype',
-           'EARLY_STOP_DEFAULTS']
+           'EARLY_STOP_DEFAULTS', 'PRESCREEN_DEFAULTS']
 
 
+#: ``search.prescreen`` entries left out take these values.
+PRESCREEN_DEFAULTS = dict(images=4, steps=10, lr=0.5, threshold=0.5, seed=0)
 #: ``search.early_stop`` entries left out take these values.
 EARLY_STOP_DEFAULTS = dict(at=[1 / 3, 2 / 3], quantile=0.5, min_trials=3)
 
@@ -76,15 +78,10 @@ class SearchSettings:
         prescreen: ``dict(images=4, steps=10, lr=0.5, threshold=0.5, seed=0)`` (entries
             left out take these values): before a step's proxy trainings, each candidate
             is scored by optimising free logits on a few proxy-training label maps with
-            its surrogate (:mod:`asl.search.prescreen`); a candidate scoring below
+            its surrogate (:mod:`asl.search.screening`); a candidate scoring below
             ``threshold`` times the policy mean's score is rejected without training (its
-            reward in the update: see :func:`asl.search.controller.settled_reward`).
+            reward in the update: see :func:`asl.search.state.settled_reward`).
             None = off.
-        equivalence: ``dict(threshold=0.999, entries=16384)``: a candidate whose
-            surrogate gradient on the screening images (``prescreen``'s, or its defaults)
-            has a cosine similarity of at least ``threshold`` with that of a candidate
-            trained in an earlier step reuses that one's reward instead of being trained
-            (journaled with the source). None = off.
         early_stop: ``dict(at=[1/3, 2/3], quantile=0.5, min_trials=3)`` (entries left out
             take these values): each proxy training also scores the hold-out after
             those fractions of its iterations and stops itself at a point where its
@@ -92,7 +89,7 @@ class SearchSettings:
             finished trials of the earlier steps had at the same point (a rule only
             once ``min_trials`` such scores exist: never in the first step; never the
             policy mean itself with ``baseline='mu'``). A stopped
-            trial's reward in the update: :func:`asl.search.controller.settled_reward`. The
+            trial's reward in the update: :func:`asl.search.state.settled_reward`. The
             thresholds are fixed when the step starts, so a resumed search decides the
             same. Not for the re-evaluation. None = off.
         amp: proxy trainings with automatic mixed precision (MMEngine's
@@ -130,7 +127,6 @@ class SearchSettings:
     amp: Any = False
     prescreen: Optional[Dict[str, Any]] = None
     early_stop: Optional[Dict[str, Any]] = None
-    equivalence: Optional[Dict[str, Any]] = None
     aux_weight: float = 0.4
     retrain_config: Optional[str] = None
 
@@ -185,6 +181,10 @@ def parse_search_section(section: Any, config_path: str = '<config>') -> SearchS
                                 f'{type(section).__name__}')
     known = {f.name for f in dataclasses.fields(SearchSettings)}
     unknown = sorted(set(section) - known)
+    _check('equivalence' not in unknown,
+           f'{config_path}: search.equivalence was removed (reusing the reward of a candidate '
+           f'with an equivalent gradient was measured not to pay for continuous parameters: '
+           f'no two candidates were ever that close); delete it from the config')
     _check(not unknown, f'{config_path}: unknown key(s) in `search`: {unknown}; '
                         f'known keys: {sorted(known)}')
     s = SearchSettings(**{k: (dict(v) if isinstance(v, dict) else v)
@@ -237,7 +237,6 @@ def parse_search_section(section: Any, config_path: str = '<config>') -> SearchS
                    for k in ('top', 'seeds')),
                f'search.reevaluate must be dict(top=<positive int>, seeds=<positive int>) or '
                f'None, got {r!r}')
-    from .prescreen import EQUIVALENCE_DEFAULTS, PRESCREEN_DEFAULTS
     if s.prescreen is not None:
         p = s.prescreen = _options('prescreen', s.prescreen, PRESCREEN_DEFAULTS)
         _positive_int('prescreen.images', p['images'])
@@ -245,10 +244,6 @@ def parse_search_section(section: Any, config_path: str = '<config>') -> SearchS
         _positive_int('prescreen.seed', p['seed'], low=0)
         _number('prescreen.lr', p['lr'], 0, None, 'a positive number')
         _number('prescreen.threshold', p['threshold'], 0, 1, 'in (0, 1]')
-    if s.equivalence is not None:
-        q = s.equivalence = _options('equivalence', s.equivalence, EQUIVALENCE_DEFAULTS)
-        _number('equivalence.threshold', q['threshold'], 0, 1, 'in (0, 1]')
-        _positive_int('equivalence.entries', q['entries'])
     if s.early_stop is not None:
         e = s.early_stop = _options('early_stop', s.early_stop, EARLY_STOP_DEFAULTS)
         at = e['at']

@@ -9,6 +9,7 @@ proxy training split and the hold-out as validation set), MMEngine's logs,
 from __future__ import annotations
 
 import copy
+import math
 import os
 import sys
 from dataclasses import asdict, dataclass, field
@@ -17,10 +18,8 @@ from typing import Any, Dict, List, Optional
 from ..protocol import FAILURE_FILE, PROBES_FILE, RESULT_FILE, STDOUT_LOG, STOPPED_FILE
 from .settings import SearchConfigError, SearchSettings, amp_dtype
 
-__all__ = ['TrialSpec', 'TrialOutcome', 'check_surrogate', 'make_trial_config',
-           'read_trial_outcome', 'train_command', 'trial_args', 'REPO_ROOT']
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+__all__ = ['TrialSpec', 'TrialOutcome', 'check_surrogate', 'make_trial_config', 'dump_config',
+           'read_trial_outcome', 'train_command', 'trial_args']
 
 
 @dataclass
@@ -76,9 +75,9 @@ class TrialOutcome:
 
 
 def settings_surrogate(settings: SearchSettings, raw_theta: Optional[List[float]] = None):
-    """The search target's :class:`~asl.surrogate.Surrogate` with raw parameters
+    """The search target's :class:`~asl.loss.surrogate.Surrogate` with raw parameters
     ``raw_theta`` (None: identity curves)."""
-    from ..surrogate import Surrogate
+    from ..loss.surrogate import Surrogate
     return Surrogate(settings.target_metric, raw_theta=raw_theta,
                      parameterization=settings.parameterization,
                      num_pieces=settings.num_pieces, tol=settings.tol, drop_bg=settings.drop_bg)
@@ -195,6 +194,34 @@ def make_trial_config(cfg, settings: SearchSettings, raw_theta: List[float], tra
     return cfg
 
 
+def _plain(value) -> bool:
+    """Whether ``repr(value)`` is Python source that reads back as the same value."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if value is None or isinstance(value, (str, int, bool)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def dump_config(cfg, path: str) -> None:
+    """Write a trial's config to ``path`` (a ``.py`` file MMEngine reads back as the same
+    config): one assignment per top-level key, the value's ``repr``. MMEngine's own
+    ``Config.dump`` formats the text with yapf, about 0.7 s a config on one core, paid
+    by every trial; this takes milliseconds. A config with a value that is not plain
+    data (a type, a function, a non-finite float) is written by ``Config.dump``."""
+    from ..utils import atomic_write_text
+    data = cfg.to_dict()
+    if not all(k.isidentifier() and _plain(v) for k, v in data.items()):
+        cfg.dump(path)
+        return
+    atomic_write_text(path, '# The trial\'s resolved config, written by the search.\n'
+                      + ''.join(f'{k} = {v!r}\n' for k, v in data.items()))
+
+
 def _absolute_roots(ds):
     if isinstance(ds, dict):
         root = ds.get('data_root')
@@ -298,28 +325,3 @@ def read_probes(work_dir: str) -> List[Dict]:
     except (OSError, ValueError):
         pass
     return out
-
-
-def probe_plan(max_iters: int, at: List[float], history: List[List[Dict]], quantile: float,
-               min_trials: int) -> Dict:
-    """The probe iterations of a step's trials and their thresholds.
-
-    Args:
-        max_iters: the proxy training's length.
-        at: fractions of it (``search.early_stop.at``).
-        history: the probes of the finished trials of the earlier steps.
-        quantile, min_trials: the rule (``search.early_stop``).
-
-    Returns:
-        ``dict(iters, thresholds)``: a threshold is the ``quantile`` of the earlier scores
-        at that iteration, None with fewer than ``min_trials`` of them.
-    """
-    import numpy as np
-    iters = sorted({min(max(int(round(f * max_iters)), 1), max_iters - 1) for f in at})
-    iters = [i for i in iters if 0 < i < max_iters]
-    thresholds = []
-    for it in iters:
-        scores = [p['score'] for probes in history for p in probes if p['iter'] == it]
-        thresholds.append(float(np.quantile(scores, quantile)) if len(scores) >= min_trials
-                          else None)
-    return dict(iters=iters, thresholds=thresholds)

@@ -137,7 +137,7 @@ def speed_rows(args, config, data_root):
     from mmengine.config import Config
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
-    import asl  # noqa: F401  (registers AutoSegLoss)
+    import asl.mmseg  # noqa: F401  (registers AutoSegLoss)
     register_all_modules()
     device = torch.device(args.device)
     losses = {

@@ -104,7 +104,7 @@ def record(metrics, classes, planes, out_path: str) -> None:
     import torch
 
     from asl import Surrogate
-    from asl.backend import surrogate_value
+    from asl.engines.dispatch import surrogate_value
     from asl.engines import triton as engine
     original = engine._launch
     current: dict = {}

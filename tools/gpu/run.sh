@@ -9,7 +9,8 @@
 #   1. machine; the kit's wheels installed (a private folder)                      20
 #   2. loss table: cross-entropy, the plain PyTorch path and the Triton engine, six
 #      metrics, N=8 C=21 512x512, fewer repeats (10 after 3 warm-up runs); the two engines'
-#      values and gradients compared; curve accuracy (tools/benchmark_loss.py)     120
+#      values and gradients compared; curve accuracy
+#      (tools/analysis/benchmark_loss.py)                                         120
 #   3. torch.compile of the plain path against the Triton engine: mIoU, then BF1 if time
 #      is left (one benchmark run each)                                             70
 #   4. mmcv's CPU ops built (started in the background after step 1, at the lowest CPU
@@ -239,7 +240,7 @@ echo "mmcv: $BUILD_STATE"
 # (MMSeg is not on the path yet: torch's cross-entropy; the same on a machine without it)
 # shellcheck disable=SC2086
 run_step 'loss table' 120 "$WORK/loss_table.log" \
-    "$PY" tools/benchmark_loss.py "${LOSS_ARGS[@]}" --no-mmseg --engines torch triton \
+    "$PY" tools/analysis/benchmark_loss.py "${LOSS_ARGS[@]}" --no-mmseg --engines torch triton \
     --out "$WORK/loss_table.md" ${BENCH_ARGS:-}
 [ -s "$WORK/loss_table.md" ] && cp "$WORK/loss_table.md" "$OUT/loss.md"
 summary
@@ -253,7 +254,7 @@ for m in $COMPILE_METRICS; do
     left=$(( c_end - $(date +%s) ))
     # shellcheck disable=SC2086
     run_step "torch.compile vs Triton: $m" "$left" "$WORK/loss_compile_$m.log" \
-        "$PY" tools/benchmark_loss.py "${COMPILE_ARGS[@]}" --no-mmseg --engines compile triton \
+        "$PY" tools/analysis/benchmark_loss.py "${COMPILE_ARGS[@]}" --no-mmseg --engines compile triton \
         --only "$m" --no-accuracy --out "$WORK/loss_compile_$m.md" ${BENCH_ARGS:-}
     if [ -s "$WORK/loss_compile_$m.md" ]; then
         cat "$WORK/loss_compile_$m.md" >> "$WORK/loss_compile.md"

@@ -8,8 +8,8 @@ dtype):
   kernel reads each tile of logits once, computes the softmax, runs the final program
   (``G = 0``) on every class and the correction program on each pixel's labelled class
   only (so mIoU evaluates one curve per element, not two), and sums its tiles per class
-  (each program sums several tiles in float64, so the partial sums are a small (N,
-  programs, statistics, classes) buffer, :func:`stats_split`); the backward pass is one kernel that recomputes the softmax from the
+  (each block — a Triton "program", one kernel instance — sums several tiles in float64,
+  so the partial sums are a small (N, blocks, statistics, classes) buffer, :func:`stats_split`); the backward pass is one kernel that recomputes the softmax from the
   logits, runs the reverse sweeps and the softmax backward, and writes the logits'
   gradient. Nothing of size (N, C, H, W) is kept between the two;
 * **with pools** (BF1, formulas with ``erode``/``dilate``): each stage's input map is
@@ -23,8 +23,8 @@ dtype):
   runs the stage programs backwards, and ends with the softmax backward;
 * the class maxima of ``P``-independent maps (BIoU's band) run in map mode first.
 
-Determinism: no kernel uses atomics; each program sums its tiles in a fixed order and the
-programs' partial sums are reduced by torch in float64 in an order fixed by the shapes, so
+Determinism: no kernel uses atomics; each block sums its tiles in a fixed order and the
+blocks' partial sums are reduced by torch in float64 in an order fixed by the shapes, so
 the loss and the gradient are bit-identical from run to run on the same device and
 inputs, with or without ``torch.use_deterministic_algorithms(True)``. Ties in a pool go
 to the first position of the window (as in the PyTorch reference).
@@ -65,10 +65,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ...curves import MIN_SLOPE_DENOMINATOR, Curve
-from ...functional import check_labels
+from ...utils import atomic_write_text
 from .. import ir
 from ..ir import Op
 from ..lower import curve_table
+from ..reference import check_labels
 
 __all__ = ['available', 'stat_sums', 'class_max', 'record_launches', 'LabelFlags', 'LABELS']
 
@@ -90,22 +91,22 @@ def tile_block(cp: int) -> int:
 
 POOL_BLOCK = 512
 
-#: ``stats_fwd`` runs about this many programs in all, each summing at least
-#: ``max(MIN_TILES, CP / 2)`` tiles: enough programs to fill a large GPU, while its buffer
+#: ``stats_fwd`` runs about this many blocks in all, each summing at least
+#: ``max(MIN_TILES, CP / 2)`` tiles: enough blocks to fill a large GPU, while its buffer
 #: of float64 partial sums (``8 * CP`` bytes per statistic and program) stays a few
 #: percent of the logits it sums (a tile holds about 2048 of them), whatever the image
 #: size and the number of classes.
-STATS_PROGRAMS = 2048
+STATS_BLOCKS = 2048
 MIN_TILES = 4
 
 
 def stats_split(n: int, tiles: int, cp: int) -> Tuple[int, int]:
-    """``(programs per image, tiles per program)`` of ``stats_fwd`` for ``n`` images of
-    ``tiles`` tiles each with ``cp`` padded classes; tiles per program is a power of two
+    """``(blocks per image, tiles per block)`` of ``stats_fwd`` for ``n`` images of
+    ``tiles`` tiles each with ``cp`` padded classes; tiles per block is a power of two
     (a compile-time loop count: few variants) and their product covers the tiles."""
     least = max(MIN_TILES, cp // 2)
-    programs = max(1, min(-(-tiles // least), -(-STATS_PROGRAMS // max(n, 1))))
-    per = _next_pow2(-(-tiles // programs))
+    blocks = max(1, min(-(-tiles // least), -(-STATS_BLOCKS // max(n, 1))))
+    per = _next_pow2(-(-tiles // blocks))
     return -(-tiles // per), per
 
 
@@ -139,7 +140,7 @@ class LabelFlags:
 
     The first ``sync_calls`` calls on each device are checked at once (a device-to-host
     read: a wrong label in the data fails the first iteration, with the values named by
-    :func:`asl.functional.check_labels`). After them a call on a CUDA device only queues
+    :func:`asl.engines.reference.check_labels`). After them a call on a CUDA device only queues
     its flag: a device-side ``any``, copied into a pinned host slot behind a CUDA event.
     Each later call looks (without waiting) at the flags whose events have completed
     and raises the same ``ValueError`` for the oldest bad one, so a bad label is reported
@@ -239,10 +240,7 @@ def _import_source(source: str):
     name = f'asl_fused_{key}'
     path = os.path.join(cache_dir(), name + '.py')
     if not os.path.exists(path) or open(path).read() != source:
-        tmp = f'{path}.{os.getpid()}.tmp'
-        with open(tmp, 'w') as f:
-            f.write(source)
-        os.replace(tmp, path)
+        atomic_write_text(path, source)
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
@@ -360,10 +358,10 @@ class _Call:
                 out.append(d if t is None else t)
         return out + [self.C, self.HW, self.ignore_index, c_lo, self.T]
 
-    def launch(self, name: str, programs: Optional[int] = None, meta=None, **kw) -> None:
-        """Launch a generated kernel on (``programs`` or one per tile) x images."""
+    def launch(self, name: str, blocks: Optional[int] = None, meta=None, **kw) -> None:
+        """Launch a generated kernel on (``blocks`` or one per tile) x images."""
         kernel = getattr(self.k.module, name)
-        _launch(kernel, (programs or self.T, self.N), *self.args(**kw), CP=self.CP,
+        _launch(kernel, (blocks or self.T, self.N), *self.args(**kw), CP=self.CP,
                 BLOCK=self.BLOCK, **(meta or {}))
 
     def new(self, dtype) -> torch.Tensor:
@@ -419,7 +417,7 @@ def _forward(fp: ir.FusedProgram, kern: Kernels, x: torch.Tensor, label: torch.T
     G, tiles = stats_split(call.N, call.T, call.CP)
     part = torch.empty((call.N, G, S, call.CP), dtype=torch.float64, device=call.device)
     bad = torch.empty((call.N, G), dtype=torch.int32, device=call.device)
-    call.launch('stats_fwd', programs=G, meta=dict(TILES=tiles), dst=part, bad=bad,
+    call.launch('stats_fwd', blocks=G, meta=dict(TILES=tiles), dst=part, bad=bad,
                 maps_in=maps_in, maps_out=maps_out)
     LABELS.check(bad, label, call.C, ignore_index)
     sums = part.sum((0, 1))[:, :call.C].to(torch.float32)

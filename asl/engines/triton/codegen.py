@@ -6,7 +6,7 @@ image and all ``CP`` class rows (``CP``: the classes rounded up to a power of tw
 * ``stats_fwd``: the softmax, the final program (``G = 0``) on the whole tile, the
   correction program on the labelled pixels (one value per pixel, at its class), and the
   per-class sums of the tiles; each program sums a fixed set of tiles in float64 and writes
-  one row of a (N, programs, S, CP) buffer that torch sums in a fixed order (no atomics);
+  one row of a (N, blocks, S, CP) buffer that torch sums in a fixed order (no atomics);
   it also counts invalid labels;
 * ``stats_bwd``: the same values again and the reverse sweeps seeded with ``dL/dsum``;
   without stages it ends with the softmax backward and writes the logits' gradient,
@@ -15,7 +15,7 @@ image and all ``CP`` class rows (``CP``: the classes rounded up to a power of tw
   program, seeded with the adjoint of that map (added to the adjoints it reads from);
 * ``map_fwd`` (map mode): the map's maximum over the classes ``[c_lo, C)``.
 
-Every kernel takes the same arguments (:data:`ARGS`; unused ones are dummies). The
+Every kernel takes the same arguments (:func:`kernel_arg_names`; unused ones are dummies). The
 source is made only of this module's templates, register numbers and the program's
 constants (finite floats, checked), never of text from a formula or a config.
 """
@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .. import ir
 from ..ir import Op
 
-__all__ = ['ARGS', 'generate', 'kernel_arg_names']
+__all__ = ['generate', 'kernel_arg_names']
 
 #: Pointer arguments, then the integer ones; the extras, stage maps and adjoints follow
 #: ``x_ptr`` .. ``w_ptr`` in the order of :func:`kernel_arg_names`.
@@ -43,8 +43,6 @@ def kernel_arg_names(num_extras: int, num_stages: int) -> List[str]:
         names += [f'IN{j}', f'OUT{j}', f'AIN{j}', f'AOUT{j}']
     return names + list(SCALARS)
 
-
-ARGS = kernel_arg_names  # (kept short in docstrings)
 
 
 def _lit(v: float) -> str:
@@ -222,7 +220,7 @@ class _Gen:
 
     def stats_fwd(self) -> List[str]:
         """Program ``g`` of image ``n`` sums the ``TILES`` tiles ``g, g + G, g + 2G, ...``
-        (``G`` = the programs per image; a constexpr loop count, a power of two) in
+        (``G`` = the blocks per image; a constexpr loop count, a power of two) in
         float64 and writes one (S, CP) row of partial sums, so that the buffer is (N, G,
         S, CP) whatever the image size, and its count of invalid labels. The order of
         every sum is fixed by the shapes alone."""

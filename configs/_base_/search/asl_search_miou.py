@@ -10,7 +10,7 @@
 # from the names the training dataset's `ann_file` lists; set `holdout.num` for your
 # data (about 15% of the training split: VOC 1500, Cityscapes 500, CamVid 60).
 # The budget is the paper's (M=32 candidates x T=12 steps); asl's safeguards for a
-# search that holds are on (the README's "A search that holds").
+# search that holds are on (docs/search.md, "A search that holds").
 search = dict(
     target_metric='mIoU',        # built-in metric name or a formula (the reward)
     parameterization='bezier',   # curve family

@@ -7,7 +7,7 @@ _base_ = [
     'mmseg::_base_/default_runtime.py',
     '../../_base_/schedules/schedule_10k_asl.py',
 ]
-custom_imports = dict(imports=['asl'], allow_failed_imports=False)
+custom_imports = dict(imports=['asl.mmseg'], allow_failed_imports=False)
 crop_size = (512, 1024)
 data_preprocessor = dict(size=crop_size)
 model = dict(

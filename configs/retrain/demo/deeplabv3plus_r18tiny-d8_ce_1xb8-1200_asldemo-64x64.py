@@ -5,4 +5,4 @@ _base_ = [
     '../../_base_/demo_runtime.py',
     '../../_base_/schedules/schedule_demo.py',
 ]
-custom_imports = dict(imports=['asl'], allow_failed_imports=False)
+custom_imports = dict(imports=['asl.mmseg'], allow_failed_imports=False)

@@ -10,7 +10,7 @@ _base_ = [
     '../../_base_/schedules/schedule_1k_search.py',
     '../../_base_/search/asl_search_miou.py',
 ]
-custom_imports = dict(imports=['asl'], allow_failed_imports=False)
+custom_imports = dict(imports=['asl.mmseg'], allow_failed_imports=False)
 crop_size = (128, 128)
 data_preprocessor = dict(size=crop_size)
 model = dict(

