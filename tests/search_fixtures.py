@@ -31,11 +31,14 @@ STEPS, SAMPLES, REEVAL = 2, 3, 2
 
 
 def load_tool(name):
-    """The module of ``tools/<name>.py`` (registered under ``name``)."""
+    """The module of ``tools/<name>.py`` or ``tools/analysis/<name>.py`` (registered under
+    ``name``)."""
     import importlib.util
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'tools',
-                                                                         name + '.py'))
+        path = os.path.join(ROOT, 'tools', name + '.py')
+        if not os.path.isfile(path):
+            path = os.path.join(ROOT, 'tools', 'analysis', name + '.py')
+        spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)

@@ -1,6 +1,5 @@
 """Tests of ``tools/analysis/benchmark_search.py`` on hand-made journals (no training is
 run), and one real tiny run of it."""
-import importlib.util
 import json
 import os
 import sys
@@ -10,10 +9,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, 'tools', 'analysis', 'benchmark_search.py')
 
-_spec = importlib.util.spec_from_file_location('benchmark_search', TOOL)
-bs = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault('benchmark_search', bs)
-_spec.loader.exec_module(bs)
+from search_fixtures import load_tool  # noqa: E402
+
+bs = load_tool('benchmark_search')
 
 from asl.search.analysis import load_search  # noqa: E402
 

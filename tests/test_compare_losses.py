@@ -1,7 +1,6 @@
 """Tests of ``tools/analysis/compare_losses.py``: the table/CSV/PNG writers, its runs'
 reuse (with a stand-in training) and an end-to-end run."""
 import csv
-import importlib.util
 import json
 import os
 import re
@@ -14,10 +13,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, 'tools', 'analysis', 'compare_losses.py')
 
-_spec = importlib.util.spec_from_file_location('compare_losses', TOOL)
-cl = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault('compare_losses', cl)
-_spec.loader.exec_module(cl)
+from search_fixtures import load_tool  # noqa: E402
+
+cl = load_tool('compare_losses')
 
 
 def _ok(**metrics):

@@ -1,20 +1,16 @@
 """Tests of ``tools/analysis/search_compare.py`` (also ``benchmark_search.py --compare``) on
 hand-made journals: the iterations counted, the equal-budget rewards, the table and the
 false-rejection training (no real training)."""
-import importlib.util
 import json
 import os
 import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(ROOT, 'tools', 'analysis', 'search_compare.py')
 
-_spec = importlib.util.spec_from_file_location('search_compare', TOOL)
-sc = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault('search_compare', sc)
-_spec.loader.exec_module(sc)
+from search_fixtures import load_tool  # noqa: E402
+
+sc = load_tool('search_compare')
 
 from asl.search.analysis import load_search  # noqa: E402
 

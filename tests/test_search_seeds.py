@@ -1,20 +1,16 @@
 """Tests of ``tools/analysis/search_seeds.py``: its reading of a search (hand-made journals)
 and its report on hand-made results (no training)."""
 import argparse
-import importlib.util
 import json
 import os
-import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(ROOT, 'tools', 'analysis', 'search_seeds.py')
 
-_spec = importlib.util.spec_from_file_location('search_seeds', TOOL)
-ss = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault('search_seeds', ss)
-_spec.loader.exec_module(ss)
+from search_fixtures import load_tool  # noqa: E402
+
+ss = load_tool('search_seeds')
 
 from asl.search.analysis import load_search, spearman  # noqa: E402
 
