@@ -439,7 +439,7 @@ def memory_mode(args, emit: Callable[[str], None]) -> int:
     if os.environ.get('TRITON_INTERPRET') != '1':  # imported as a module with --memory
         print('--memory needs TRITON_INTERPRET=1 before Triton is imported', file=sys.stderr)
         return 2
-    import asl.mmseg
+    import asl
     n, size, c = args.n or MEMORY_N, args.size or MEMORY_SIZE, args.c
     engines = args.engines or ['triton', 'torch']
     metrics = [m for m in METRICS if not args.only or m in args.only]
@@ -827,7 +827,7 @@ def main(argv=None) -> int:
         _write_report(args.out, report)
         return rc
 
-    import asl.mmseg
+    import asl
     engines = args.engines or (['torch', 'compile', 'triton'] if gpu else ['cpp'])
     shape = f'logits ({n}, {args.c}, {size}, {size}) float32, labels ({n}, {size}, {size})'
     emit('# Loss benchmark\n')
