@@ -23,42 +23,53 @@ ENV = 'ASL_SEARCH_KILL_AT'
 WHEN = ('before', 'torn', 'after')
 
 
-def install(spec):
-    """Wrap :meth:`Journal.append` to die at ``spec`` (``WHEN:KIND[:N]``)."""
+def dying_append(append, when, kind, n, die):
+    """``append`` (a :meth:`Journal.append`, unbound) wrapped to call ``die(what)`` at the
+    ``n``-th event of ``kind``: ``before`` writing it, after writing half its line
+    (``torn``), or ``after`` writing it. The tests' one kill switch: this script kills a
+    real search with it, ``search_sim.kill_at`` an in-process one."""
+    seen = [0]
+
+    def wrapped(self, event, **fields):
+        if event != kind:
+            return append(self, event, **fields)
+        seen[0] += 1
+        if seen[0] != n:
+            return append(self, event, **fields)
+        what = f'{when} {kind} #{n}'
+        if when == 'before':
+            die(what)
+        if when == 'torn':
+            line = json.dumps(dict(seq=self._seq, time=time.time(), event=event, **fields))
+            with open(self.path, 'a') as f:
+                f.write(line[:len(line) // 2])
+                f.flush()
+                os.fsync(f.fileno())
+            die(what)
+        record = append(self, event, **fields)
+        die(what)
+        return record
+
+    return wrapped
+
+
+def parse(spec):
+    """``(when, kind, n)`` of ``WHEN:KIND[:N]``."""
     parts = spec.split(':')
     n = parts[2] if len(parts) == 3 else '1'
     if len(parts) not in (2, 3) or parts[0] not in WHEN or parts[1] not in EVENT_KINDS or \
             not n.isdigit() or int(n) < 1:
         raise SystemExit(f'{ENV}={spec!r}: expected WHEN:KIND[:N] with WHEN one of {WHEN}, '
                          f'KIND one of {EVENT_KINDS} and N >= 1')
-    when, kind, n = parts[0], parts[1], int(n)
-    append = Journal.append
-    seen = [0]
+    return parts[0], parts[1], int(n)
 
-    def dying_append(self, event, **fields):
-        if event == kind:
-            seen[0] += 1
-            if seen[0] == n:
-                if when == 'before':
-                    os.kill(os.getpid(), signal.SIGKILL)
-                if when == 'torn':
-                    line = json.dumps(dict(seq=self._seq, time=time.time(), event=event,
-                                           **fields))
-                    with open(self.path, 'a') as f:
-                        f.write(line[:len(line) // 2])
-                        f.flush()
-                        os.fsync(f.fileno())
-                    os.kill(os.getpid(), signal.SIGKILL)
-                record = append(self, event, **fields)
-                os.kill(os.getpid(), signal.SIGKILL)
-                return record
-        return append(self, event, **fields)
 
-    Journal.append = dying_append
+def _sigkill(what):
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 if __name__ == '__main__':
     if os.environ.get(ENV):
-        install(os.environ[ENV])
+        Journal.append = dying_append(Journal.append, *parse(os.environ[ENV]), _sigkill)
     from asl.search.cli import search_main
     sys.exit(search_main())

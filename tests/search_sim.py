@@ -22,7 +22,6 @@ killed controller), exactly as running the same command again would.
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -33,6 +32,7 @@ if ROOT not in sys.path:
 from asl.protocol import (EXIT_NONFINITE, EXIT_STOPPED, FAILURE_FILE, PROBES_FILE,  # noqa: E402
                           RESULT_FILE, STOPPED_FILE)
 from asl.search.executors.base import Completion, Executor  # noqa: E402
+from asl.utils import atomic_write_json  # noqa: E402
 
 CONFIG = os.path.join(ROOT, 'configs', 'search', 'demo',
                       'deeplabv3plus_r18tiny-d8_search-miou_1xb8-300_asldemo-64x64.py')
@@ -62,27 +62,14 @@ class Killed(BaseException):
 
 def kill_at(search, when, kind, n=1):
     """Make ``search`` die at the ``n``-th journal event of ``kind`` (see the module)."""
+    from killable_search import dying_append
+
+    def die(what):
+        raise Killed(what)
+
     journal = search.journal
-    append = journal.append
-    seen = [0]
-
-    def dying_append(event, **fields):
-        if event != kind:
-            return append(event, **fields)
-        seen[0] += 1
-        if seen[0] != n:
-            return append(event, **fields)
-        if when == 'before':
-            raise Killed(f'before {kind} #{n}')
-        if when == 'torn':
-            line = json.dumps(dict(seq=journal._seq, time=time.time(), event=event, **fields))
-            with open(journal.path, 'a') as f:
-                f.write(line[:len(line) // 2])
-            raise Killed(f'torn {kind} #{n}')
-        append(event, **fields)
-        raise Killed(f'after {kind} #{n}')
-
-    journal.append = dying_append
+    wrapped = dying_append(type(journal).append, when, kind, n, die)
+    journal.append = lambda event, **fields: wrapped(journal, event, **fields)
     return search
 
 
@@ -152,7 +139,7 @@ class SimExecutor(Executor):
         if result == 'noresult':
             return Completion(exit_code=0, wall_s=1.0)
         if result == 'nonfinite':
-            _write(os.path.join(wd, FAILURE_FILE), dict(
+            atomic_write_json(os.path.join(wd, FAILURE_FILE), dict(
                 reason='loss is nan at iteration 2', kind='nonfinite', iter=2,
                 key='loss', value=None))
             return Completion(exit_code=EXIT_NONFINITE, wall_s=1.0)
@@ -162,20 +149,15 @@ class SimExecutor(Executor):
             with open(os.path.join(wd, PROBES_FILE), 'a') as f:
                 f.write(json.dumps(dict(iter=it, score=score, threshold=bar, metrics={})) + '\n')
             if bar is not None and score < bar:
-                _write(os.path.join(wd, STOPPED_FILE), dict(
+                atomic_write_json(os.path.join(wd, STOPPED_FILE), dict(
                     iter=it, score=score, threshold=bar,
                     reason=f'stopped early at iteration {it}: {score:.4f} < {bar:.4f}'))
                 return Completion(exit_code=EXIT_STOPPED, wall_s=1.0)
         key = cfg.val_evaluator.metric_names[0]
-        _write(os.path.join(wd, RESULT_FILE), dict(
+        atomic_write_json(os.path.join(wd, RESULT_FILE), dict(
             metrics={key: reward * 100.0}, iter=max_iters, max_iters=max_iters, wall_s=1.0,
             train_iter_s=0.5, val_s=0.25, overhead_s=0.5))
         return Completion(exit_code=0, wall_s=1.0)
-
-
-def _write(path, obj):
-    with open(path, 'w') as f:
-        json.dump(obj, f)
 
 
 def sim_search(work_dir, options=None, executor=None, config=CONFIG, **kwargs):
