@@ -3,6 +3,8 @@
 #   make demo   search the mIoU loss on the embedded demo data, re-train with it and with
 #               cross-entropy, print both
 PYTHON_VENV := .venv/bin/python
+# pytest-xdist workers for make test: one per core, at most 4 (TEST_WORKERS=1 runs in one process)
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: install test demo benchmark clean
 
@@ -10,7 +12,7 @@ install:
 	bash tools/install.sh
 
 test: install
-	$(PYTHON_VENV) -m pytest -q tests
+	$(PYTHON_VENV) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 demo: install
 	$(PYTHON_VENV) tools/demo.py

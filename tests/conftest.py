@@ -14,6 +14,12 @@ if ROOT not in sys.path:
 if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
 
+# With pytest-xdist (``make test`` runs a worker per core) each worker's own torch work
+# takes its share of the cores, so that the workers do not oversubscribe the machine.
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    _workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _workers))
+
 
 #: tests marked by name (``file::test``) beside those marked by their fixtures
 _MARKS = {
@@ -32,6 +38,9 @@ def pytest_collection_modifyitems(config, items):
         if 'slurm_cluster' in fixtures:
             item.add_marker(pytest.mark.slurm)
             item.add_marker(pytest.mark.slow)
+            # one cluster per session: with pytest-xdist (--dist loadgroup) every Slurm
+            # test runs in the same worker, which starts the cluster and stops it
+            item.add_marker(pytest.mark.xdist_group('slurm'))
         if fixtures & set(_SLOW_FIXTURES):
             item.add_marker(pytest.mark.slow)
         for mark, names in _MARKS.items():
@@ -58,25 +67,43 @@ def labels():
     return blob_labels
 
 
+def _shared_dir(tmp_path_factory):
+    """A folder that every pytest-xdist worker of this session sees (the session's own
+    temporary folder when the tests run in one process)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
+
+
 @pytest.fixture(scope='session')
 def reference_search(tmp_path_factory):
     """The uninterrupted tiny search (``search_fixtures.TINY``), run once per session
     through the real ASL_search.sh into a temporary work directory (``ASL_WORK_DIR``);
-    the searches that must end the same way are compared with it.
+    the searches that must end the same way are compared with it. With pytest-xdist the
+    first worker that needs it runs it, under a file lock, and the others read its result.
 
     Returns:
         (work_dir, CompletedProcess)
     """
     pytest.importorskip('mmseg')
+    import json
     import subprocess
 
+    from filelock import FileLock
+
     from search_fixtures import NAME, TINY, env
-    work = tmp_path_factory.mktemp('reference') / 'search'
-    out = subprocess.run(['bash', 'ASL_search.sh', NAME + '.py', '0', '1',
-                          '--threads-per-trial', '1', '--cfg-options', *TINY], cwd=ROOT,
-                         env=env(ASL_WORK_DIR=str(work)), capture_output=True, text=True,
-                         timeout=1200)
-    return work, out
+    shared = _shared_dir(tmp_path_factory)
+    work, done = shared / 'reference' / 'search', shared / 'reference' / 'done.json'
+    with FileLock(str(shared / 'reference.lock')):
+        if not done.exists():
+            work.parent.mkdir(parents=True, exist_ok=True)
+            out = subprocess.run(['bash', 'ASL_search.sh', NAME + '.py', '0', '1',
+                                  '--threads-per-trial', '1', '--cfg-options', *TINY],
+                                 cwd=ROOT, env=env(ASL_WORK_DIR=str(work)),
+                                 capture_output=True, text=True, timeout=1200)
+            done.write_text(json.dumps(dict(args=out.args, returncode=out.returncode,
+                                            stdout=out.stdout, stderr=out.stderr)))
+    rec = json.loads(done.read_text())
+    return work, subprocess.CompletedProcess(**rec)
 
 
 # ----------------------------------------------------------------------------- Slurm

@@ -16,8 +16,8 @@ from search_fixtures import ROOT, alive, descendants, env, events_of, wait_dead 
 METRICS = ('mIoU', 'FWIoU', 'mAcc', 'gAcc', 'BIoU', 'BF1')
 SEARCH = ['search.num_steps=1', 'search.num_samples=2', 'search.holdout.num=16',
           'train_cfg.max_iters=4', 'param_scheduler.0.end=4']
-RETRAIN = ['train_cfg.max_iters=60', 'param_scheduler.0.end=60', 'train_cfg.val_interval=60',
-           'default_hooks.checkpoint.interval=10', 'default_hooks.logger.interval=10']
+RETRAIN = ['train_cfg.max_iters=24', 'param_scheduler.0.end=24', 'train_cfg.val_interval=24',
+           'default_hooks.checkpoint.interval=8', 'default_hooks.logger.interval=8']
 
 
 def _cmd(work):
@@ -80,7 +80,7 @@ def test_demo_tiny_killed_during_a_retraining_then_resumed(tmp_path):
     assert cfg.model.decode_head.loss_decode.type == 'AutoSegLoss'
     assert list(cfg.model.decode_head.loss_decode.theta) == pytest.approx(best['theta'],
                                                                           abs=1e-7)
-    assert cfg.train_cfg.max_iters == 60  # --train-options reached the re-training
+    assert cfg.train_cfg.max_iters == 24  # --train-options reached the re-training
     assert 'searched parameters: ' + str(search_dir / 'best.json') in out.stdout
     results = (work / 'results.md').read_text()
     assert _table(results) == table

@@ -104,28 +104,6 @@ def _jobs_of(work):
     return jobs
 
 
-def test_slurm_packed_jobs_give_the_same_search(slurm_cluster, reference_search, tmp_path):
-    """One job per step runs the step's three trials; the re-evaluation's two trials share
-    one job too; the search ends exactly like the unpacked local one."""
-    ref, _ = reference_search
-    work = tmp_path / 'search'
-    out = subprocess.run(_slurm_cmd(work), cwd=ROOT, env=env(), capture_output=True,
-                         text=True, timeout=1200)
-    assert out.returncode == 0, tail(out)
-    jobs = _jobs_of(work)
-    assert sorted(len(v) for v in jobs.values()) == [REEVAL] + [SAMPLES] * STEPS, jobs
-    for e in events_of(work, 'trial_launched'):
-        assert e['info']['pack'] == jobs[e['info']['job_id']]
-        status = json.load(open(os.path.join(e['work_dir'], PACK_STATUS_FILE)))
-        assert status['exit_code'] == 0 and status['trial_id'] == e['trial_id']
-        assert os.path.getsize(os.path.join(e['work_dir'], 'stdout.log')) > 0
-    first = events_of(work, 'trial_launched', index=0, step=0)[0]
-    script = open(os.path.join(first['work_dir'], 'job.sh')).read()
-    assert '--job-name=asl-' in script and '+'.join(jobs[first['info']['job_id']]) in script
-    assert_same_search(work, ref)
-    assert search_losses(work) == search_losses(ref)
-
-
 def test_slurm_a_failed_packed_trial_is_retried_alone(slurm_cluster, tmp_path):
     cfg = _faulty_config(tmp_path, {'s00-c01-a1': 'crash'}, retries=1)
     work = tmp_path / 'search'
@@ -159,5 +137,17 @@ def test_slurm_controller_killed_during_a_packed_job_resumes_without_duplicates(
     assert 're-attached' in out.stdout + out.stderr
     for idx in range(SAMPLES):  # no second launch of the packed trials
         assert len(events_of(work, 'trial_launched', step=0, index=idx)) == 1
+    # one job per step runs the step's three trials; the re-evaluation's two trials share
+    # one job too; the search ends exactly like the unpacked local one
+    jobs = _jobs_of(work)
+    assert sorted(len(v) for v in jobs.values()) == [REEVAL] + [SAMPLES] * STEPS, jobs
+    for e in events_of(work, 'trial_launched'):
+        assert e['info']['pack'] == jobs[e['info']['job_id']]
+        status = json.load(open(os.path.join(e['work_dir'], PACK_STATUS_FILE)))
+        assert status['exit_code'] == 0 and status['trial_id'] == e['trial_id']
+        assert os.path.getsize(os.path.join(e['work_dir'], 'stdout.log')) > 0
+    first = events_of(work, 'trial_launched', index=0, step=0)[0]
+    script = open(os.path.join(first['work_dir'], 'job.sh')).read()
+    assert '--job-name=asl-' in script and '+'.join(jobs[first['info']['job_id']]) in script
     assert_same_search(work, ref)
     assert search_losses(work) == search_losses(ref)

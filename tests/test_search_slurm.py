@@ -31,30 +31,6 @@ def _wait_for(pred, proc, what, timeout=900):
     return wait_for(pred, proc, what, timeout)
 
 
-def test_slurm_search_matches_the_local_one(slurm_cluster, reference_search, tmp_path):
-    """Every trial a Slurm job: the same search as the local reference, number for number,
-    down to the per-iteration losses of every trial."""
-    ref, ref_out = reference_search
-    assert ref_out.returncode == 0, tail(ref_out)
-    work = tmp_path / 'search'
-    out = subprocess.run(_slurm_cmd(work), cwd=ROOT, env=_env(), capture_output=True,
-                         text=True, timeout=900)
-    assert out.returncode == 0, tail(out)
-    launched = events_of(work, 'trial_launched')
-    assert len(launched) == STEPS * SAMPLES + REEVAL
-    assert all(e['executor'] == 'slurm' for e in launched)
-    assert_same_search(work, ref)
-    assert search_losses(work) == search_losses(ref)
-    for e in launched:  # a Slurm job per trial, named after the search and the trial
-        job = os.path.join(e['work_dir'], 'job.sh')
-        text = open(job).read()
-        assert f'--job-name=asl-{NAME}-{e["trial_id"]}' in text
-        assert '#SBATCH --time=' in text
-        assert os.path.getsize(os.path.join(e['work_dir'], 'stdout.log')) > 0
-    for png in ('rewards.png', 'mu.png', 'curves.png'):
-        assert os.path.isfile(work / png)
-
-
 def test_scancel_from_outside_is_a_failed_trial_then_retried(slurm_cluster, tmp_path):
     work = tmp_path / 'search'
     cmd = _slurm_cmd(work) + ['search.num_steps=1']
@@ -82,6 +58,8 @@ def test_scancel_from_outside_is_a_failed_trial_then_retried(slurm_cluster, tmp_
 
 def test_controller_killed_and_resumed_waits_for_its_running_jobs(slurm_cluster,
                                                                   reference_search, tmp_path):
+    """The controller killed while two trials run as Slurm jobs; resumed, it re-attaches
+    them and ends exactly like the local reference search."""
     ref, _ = reference_search
     work = tmp_path / 'search'
     launched = sigkill_after_launches(_slurm_cmd(work), work, 2, 'two trials were launched')
@@ -94,8 +72,21 @@ def test_controller_killed_and_resumed_waits_for_its_running_jobs(slurm_cluster,
     for idx in (0, 1):  # no duplicate jobs for the trials that were running
         assert len(events_of(work, 'trial_launched', step=0, index=idx)) == 1
     assert 're-attached' in out.stdout + out.stderr
+    # every trial a Slurm job: the same search as the local reference, number for number,
+    # down to the per-iteration losses of every trial
     assert_same_search(work, ref)
     assert search_losses(work) == search_losses(ref)
+    launched = events_of(work, 'trial_launched')
+    assert len(launched) == STEPS * SAMPLES + REEVAL
+    assert all(e['executor'] == 'slurm' for e in launched)
+    for e in launched:  # a Slurm job per trial, named after the search and the trial
+        job = os.path.join(e['work_dir'], 'job.sh')
+        text = open(job).read()
+        assert f'--job-name=asl-{NAME}-{e["trial_id"]}' in text
+        assert '#SBATCH --time=' in text
+        assert os.path.getsize(os.path.join(e['work_dir'], 'stdout.log')) > 0
+    for png in ('rewards.png', 'mu.png', 'curves.png'):
+        assert os.path.isfile(work / png)
 
 
 def test_stopping_the_search_cancels_its_jobs_only(slurm_cluster, tmp_path):

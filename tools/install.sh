@@ -69,7 +69,7 @@ fi
 
 log "installing mmengine, mmsegmentation, triton==$TRITON_VERSION and test tools"
 "${PIP[@]}" "mmengine==0.10.7" "mmsegmentation==1.2.2" ftfy regex "triton==$TRITON_VERSION" \
-    pytest hypothesis matplotlib build
+    pytest pytest-xdist filelock hypothesis matplotlib build
 "${PIP[@]}" --no-build-isolation -e "$ROOT"
 
 "$PY" -c 'import asl, mmseg, mmcv.ops, triton; print("asl", asl.__version__, "mmseg", mmseg.__version__, "mmcv", mmcv.__version__, "triton", triton.__version__)'

@@ -166,28 +166,24 @@ class BezierCurve(Curve):
         return self._evaluate(x, need_grad=False)[0]
 
     def reference(self, x):
-        """Float64 evaluation from the definition: bisection on x(t) in the piece."""
+        """Float64 evaluation from the definition: bisection on x(t) in the piece (80
+        halvings, every point at once)."""
         x = x.double()
-        full = torch.cat([self.points.new_zeros(1, 2), self.points, self.points.new_ones(1, 2)])
-        out = torch.empty_like(x)
-        flat_x, flat_o = x.reshape(-1), out.reshape(-1)
-        for i, xv in enumerate(flat_x.tolist()):
-            if xv <= 0:
-                flat_o[i] = 0.0
-                continue
-            if xv >= 1:
-                flat_o[i] = 1.0
-                continue
-            k = max(j for j in range(self.num_pieces) if full[2 * j, 0] <= xv)
-            p0, p1, p2 = full[2 * k], full[2 * k + 1], full[2 * k + 2]
-            lo, hi = 0.0, 1.0
-            for _ in range(80):
-                mid = 0.5 * (lo + hi)
-                xm = (1 - mid)**2 * p0[0] + 2 * mid * (1 - mid) * p1[0] + mid**2 * p2[0]
-                if xm < xv:
-                    lo = mid
-                else:
-                    hi = mid
-            t = 0.5 * (lo + hi)
-            flat_o[i] = (1 - t)**2 * p0[1] + 2 * t * (1 - t) * p1[1] + t**2 * p2[1]
-        return out
+        full = torch.cat([self.points.new_zeros(1, 2), self.points,
+                          self.points.new_ones(1, 2)]).double()
+        flat = x.reshape(-1)
+        starts = full[0:2 * self.num_pieces:2, 0]
+        # the last piece whose start is at or below x
+        idx = torch.arange(self.num_pieces, device=flat.device)
+        k = torch.where(starts[None, :] <= flat[:, None], idx[None, :], 0).amax(1)
+        p0, p1, p2 = full[2 * k], full[2 * k + 1], full[2 * k + 2]
+        lo, hi = torch.zeros_like(flat), torch.ones_like(flat)
+        for _ in range(80):
+            mid = 0.5 * (lo + hi)
+            xm = (1 - mid)**2 * p0[:, 0] + 2 * mid * (1 - mid) * p1[:, 0] + mid**2 * p2[:, 0]
+            below = xm < flat
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        t = 0.5 * (lo + hi)
+        y = (1 - t)**2 * p0[:, 1] + 2 * t * (1 - t) * p1[:, 1] + t**2 * p2[:, 1]
+        y = torch.where(flat <= 0, 0.0, torch.where(flat >= 1, 1.0, y))
+        return y.reshape(x.shape)
