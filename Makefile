@@ -12,7 +12,7 @@ install:
 	bash tools/install.sh
 
 test: install
-	$(PYTHON_VENV) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
+	$(PYTHON_VENV) -m pytest -q -n $(TEST_WORKERS) tests
 
 demo: install
 	$(PYTHON_VENV) tools/demo.py

@@ -38,9 +38,6 @@ def pytest_collection_modifyitems(config, items):
         if 'slurm_cluster' in fixtures:
             item.add_marker(pytest.mark.slurm)
             item.add_marker(pytest.mark.slow)
-            # one cluster per session: with pytest-xdist (--dist loadgroup) every Slurm
-            # test runs in the same worker, which starts the cluster and stops it
-            item.add_marker(pytest.mark.xdist_group('slurm'))
         if fixtures & set(_SLOW_FIXTURES):
             item.add_marker(pytest.mark.slow)
         for mark, names in _MARKS.items():
@@ -119,21 +116,32 @@ def _cluster(action, timeout=900):
 
 
 @pytest.fixture(scope='session')
-def slurm_cluster():
+def slurm_cluster(tmp_path_factory):
     """The real one-node Slurm cluster of tools/slurm/cluster.sh, started once for the
-    session (and stopped at its end if this fixture started it). Skips only when the
-    script exits 3 (Slurm/munge cannot be installed here); any other failure to bring the
-    cluster up is an error of every test that uses it."""
+    session (and stopped at its end if this session started it: with pytest-xdist, by the
+    last worker that used it, counted under a file lock). Skips only when the script exits
+    3 (Slurm/munge cannot be installed here); any other failure to bring the cluster up is
+    an error of every test that uses it."""
+    import json
     import re
 
+    from filelock import FileLock
+
     from asl.search.executors import slurm_cli as slurm
-    was_running = 'slurmctld: running' in _cluster('status', timeout=60).stdout
-    proc = _cluster('start')
-    if proc.returncode == 3:
-        pytest.skip(f'Slurm is not available: {proc.stderr.strip() or proc.stdout.strip()}')
-    if proc.returncode != 0:
-        raise RuntimeError(f'{CLUSTER_SH} start exited with {proc.returncode}:\n'
-                           f'{proc.stdout}\n{proc.stderr}')
+    shared = _shared_dir(tmp_path_factory)
+    lock, users = FileLock(str(shared / 'slurm.lock')), shared / 'slurm_users.json'
+    with lock:
+        st = json.loads(users.read_text()) if users.exists() else dict(count=0, started=False)
+        if st['count'] == 0:  # nobody of this session uses it: was it running before?
+            st['started'] = 'slurmctld: running' not in _cluster('status', timeout=60).stdout
+        proc = _cluster('start')
+        if proc.returncode == 3:
+            pytest.skip(f'Slurm is not available: {proc.stderr.strip() or proc.stdout.strip()}')
+        if proc.returncode != 0:
+            raise RuntimeError(f'{CLUSTER_SH} start exited with {proc.returncode}:\n'
+                               f'{proc.stdout}\n{proc.stderr}')
+        st['count'] += 1
+        users.write_text(json.dumps(st))
     saved = os.environ.get('SLURM_CONF')
     m = re.search(r'^export SLURM_CONF=(\S+)$', proc.stdout, re.M)
     if m:
@@ -150,5 +158,10 @@ def slurm_cluster():
                 os.environ.pop('SLURM_CONF', None)
             else:
                 os.environ['SLURM_CONF'] = saved
-            if not was_running:
-                _cluster('stop', timeout=120)
+            with lock:
+                st = json.loads(users.read_text())
+                st['count'] -= 1
+                if st['count'] == 0 and st['started']:
+                    _cluster('stop', timeout=120)
+                    st['started'] = False
+                users.write_text(json.dumps(st))
