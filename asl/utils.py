@@ -66,6 +66,15 @@ def read_json_or_none(path: str) -> Any:
         return None
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on: its affinity mask (``taskset``, a Slurm
+    job's or a container's CPU set), which ``os.cpu_count()`` ignores; at least 1."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):  # pragma: no cover (not Linux)
+        return os.cpu_count() or 1
+
+
 def cpu_model() -> str:
     """The CPU's model name (from ``/proc/cpuinfo`` on Linux, else what ``platform``
     knows)."""

@@ -14,11 +14,22 @@ if ROOT not in sys.path:
 if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
 
-# With pytest-xdist (``make test`` runs a worker per core) each worker's own torch work
-# takes its share of the cores, so that the workers do not oversubscribe the machine.
-if os.environ.get('PYTEST_XDIST_WORKER'):
-    _workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _workers))
+# With pytest-xdist (``make test`` runs a worker per core) each worker runs on its own
+# share of the cores (its CPU affinity, which every process it starts inherits: trainings,
+# searches and their trials then size their threads to it), so that the workers never
+# oversubscribe the machine: two 2-thread trainings on 2 cores ran 3 to 4 times slower
+# than one. The Slurm cluster, a daemon shared by the workers, is started on every core.
+if hasattr(os, 'sched_getaffinity'):
+    ALL_CPUS = sorted(os.sched_getaffinity(0))
+    if os.environ.get('PYTEST_XDIST_WORKER'):
+        _workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+        _index = int(os.environ['PYTEST_XDIST_WORKER'].lstrip('gw') or 0)
+        _share = len(ALL_CPUS) // _workers
+        if _share >= 1 and _workers > 1:
+            os.sched_setaffinity(0, ALL_CPUS[_index * _share:(_index + 1) * _share])
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+else:  # pragma: no cover (not Linux)
+    ALL_CPUS = None
 
 
 #: tests marked by name (``file::test``) beside those marked by their fixtures
@@ -26,6 +37,32 @@ _MARKS = {
     'build': ('test_package.py::test_wheel_installs_and_trains',
               'test_gpu_scripts.py::test_triton_kernels_compile_for_sm90'),
     'network': ('test_gpu_scripts.py::test_make_kit_then_run_dry',),
+    # real trainings, searches or tools end to end, and the tests over about 8 s
+    'slow': (
+        'test_benchmark_loss.py::test_engine_rows_targets_and_accuracy',
+        'test_benchmark_loss.py::test_memory_mode',
+        'test_benchmark_loss.py::test_without_mmseg_and_with_torch_compile',
+        'test_benchmark_search.py::test_tiny_run_forked',
+        'test_camvid.py::test_table_end_to_end_then_resumed',
+        'test_compare_losses.py::test_end_to_end_and_resume',
+        'test_compile.py::test_plain_path_is_one_graph',
+        'test_demo.py::test_demo_tiny_killed_during_a_retraining_then_resumed',
+        'test_engine_triton.py::test_deterministic_run_to_run',
+        'test_engine_triton.py::test_without_gradient_and_backward_twice',
+        'test_mmseg.py::test_asl_metric_multi_process',
+        'test_prefork.py::test_forked_training_matches_a_fresh_process',
+        'test_prefork.py::test_local_executor_forks_times_out_and_survives_a_dead_launcher',
+        'test_search.py::test_config_errors_before_anything_is_launched',
+        'test_search.py::test_failures_are_recorded_retried_and_do_not_kill_the_search',
+        'test_search.py::test_sigterm_stops_the_search_and_its_trials',
+        'test_search_packing.py::test_a_packed_trial_that_runs_out_of_memory_or_hangs_fails_alone',
+        'test_search_packing.py::test_packing_options_are_checked',
+        'test_training.py::test_asl_retrain_sh_end_to_end',
+        'test_training.py::test_asl_retrain_sh_errors',
+        'test_training.py::test_kill_after_first_checkpoint_then_resume',
+        'test_training.py::test_tools_test_writes_all_metrics',
+        'test_training.py::test_torchrun_two_processes_train_one_model',
+    ),
 }
 #: fixtures that run real trainings or searches: their tests are slow
 _SLOW_FIXTURES = ('reference_search',)
@@ -44,6 +81,19 @@ def pytest_collection_modifyitems(config, items):
             if name in names:
                 item.add_marker(getattr(pytest.mark, mark))
                 item.add_marker(pytest.mark.slow)
+    # The order the workers take the tests in (``make test`` hands them out one by one,
+    # --maxschedchunk 1): one test of the session's reference search first (the worker
+    # that takes it runs the search while the other runs the other slow tests), then the
+    # other slow tests, those that read the reference search after them, and the quick
+    # tests last, which even out the workers' ends.
+    def rank(item):
+        if item.get_closest_marker('slow') is None:
+            return 3
+        return 2 if set(getattr(item, 'fixturenames', ())) & set(_SLOW_FIXTURES) else 1
+    items.sort(key=rank)
+    first = next((i for i, item in enumerate(items) if rank(item) == 2), None)
+    if first is not None:
+        items.insert(0, items.pop(first))
 
 
 def blob_labels(n, c, h, w, seed=0, ignore_frac=0.05, all_classes=True):
@@ -111,8 +161,10 @@ SLURM_PREFIX = f'asl-test-{os.getpid()}-'
 
 def _cluster(action, timeout=900):
     import subprocess
+    every_core = (lambda: os.sched_setaffinity(0, ALL_CPUS)) if ALL_CPUS else None
     return subprocess.run(['bash', CLUSTER_SH, action], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, timeout=timeout)
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=timeout,
+                          preexec_fn=every_core)
 
 
 @pytest.fixture(scope='session')

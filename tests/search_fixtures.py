@@ -74,6 +74,21 @@ def run(cmd, timeout=900, **kwargs):
                           **kwargs)
 
 
+def search_in_process(cmd):
+    """``tools/search.py``'s own function called in this process with the arguments of
+    ``cmd`` (a ``search_cmd`` list): (exit status, what it wrote to stderr). For commands
+    that must stop before anything is launched (command-line and config errors): no
+    interpreter to start and no MMSeg to import again."""
+    import contextlib
+    import io
+
+    from asl.search.cli import search_main
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = search_main([str(a) for a in cmd[2:]])
+    return code, err.getvalue()
+
+
 def tail(out):
     return out.stdout[-3000:] + out.stderr[-3000:]
 

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from asl.utils import usable_cores
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, 'tools', 'analysis', 'compare_losses.py')
 
@@ -193,7 +195,8 @@ def test_failed_runs_are_reported(tmp_path):
 def test_end_to_end_and_resume(tmp_path):
     out = tmp_path / 'cmp'
     losses = ['ce', 'asl-miou', 'asl-miou+bf1']
-    args = ('--iters', '4', '--losses', ','.join(losses), '--out', str(out), '--threads', '2')
+    args = ('--iters', '4', '--losses', ','.join(losses), '--out', str(out), '--threads',
+            str(usable_cores()))
     p = _run(*args)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert '[3/3] asl-miou+bf1' in p.stdout and 'ETA' in p.stdout

@@ -20,7 +20,8 @@ pytest.importorskip('mmseg')
 from search_fixtures import (CONFIG, REEVAL, ROOT, SAMPLES, STEPS,  # noqa: E402
                              assert_not_degenerate,
                              assert_same_search, descendants, env, events_of, journal,
-                             kill_group, run, search_cmd, search_losses, tail, trajectory,
+                             kill_group, run, search_cmd, search_in_process, search_losses,
+                             tail, trajectory,
                              wait_dead, wait_for)
 
 
@@ -77,17 +78,20 @@ def test_asl_search_sh_tiny_search(reference_search):
     assert f'step {STEPS}/{STEPS}' in out.stderr + out.stdout
 
 
-def test_spawned_trials_two_at_once_give_the_same_search(reference_search, tmp_path):
-    """The reference search forks its CPU trials from the pre-warmed launcher (the
-    default), one at a time; starting every trial as a fresh tools/train.py, two trials at
-    once (``--workers 2``), gives the same search, down to every trial's per-iteration
-    losses."""
+def test_two_workers_give_the_same_search(reference_search, tmp_path):
+    """The reference search runs its CPU trials one at a time; two at once
+    (``--workers 2``, both forked from the one pre-warmed launcher) give the same search,
+    down to every trial's per-iteration losses. (Trials started as a fresh tools/train.py
+    give the same search too: the Slurm searches of test_search_slurm.py and
+    test_search_packing.py, whose jobs run it, are compared with the same reference; the
+    local executor's spawn mode and a forked training matching a fresh process, loss for
+    loss: test_prefork.py.)"""
     ref, _ = reference_search
     assert {e['info']['launch'] for e in events_of(ref, 'trial_launched')} == {'fork'}
-    work = tmp_path / 'spawned'
-    out = run(search_cmd(work, '--launch', 'spawn', '--workers', '2'))
+    work = tmp_path / 'two'
+    out = run(search_cmd(work, '--workers', '2'))
     assert out.returncode == 0, tail(out)
-    assert {e['info']['launch'] for e in events_of(work, 'trial_launched')} == {'spawn'}
+    assert {e['info']['launch'] for e in events_of(work, 'trial_launched')} == {'fork'}
     assert '2 CPU trial(s) at once' in open(work / 'search.log').read()
     # in every step a second trial was launched before the first one finished
     for step in range(STEPS):
@@ -114,10 +118,10 @@ def test_a_work_dir_holding_another_search_is_refused(reference_search, tmp_path
             cmd[cmd.index('--seed'):cmd.index('--seed')] = extra
         else:
             cmd += extra[1:]
-        out = run(cmd, timeout=300)
-        assert out.returncode == 2, tail(out)
-        assert f'{work} holds another search (differs in {differs})' in out.stderr, out.stderr
-        assert 'use another --work-dir' in out.stderr
+        code, err = search_in_process(cmd)  # (the script's exit status: below)
+        assert code == 2, err
+        assert f'{work} holds another search (differs in {differs})' in err, err
+        assert 'use another --work-dir' in err
         assert (work / 'journal.jsonl').read_bytes() == before
         assert not (work / 'trials').exists() and not (work / 'holdout').exists()
 
@@ -202,7 +206,12 @@ def test_config_errors_before_anything_is_launched(tmp_path):
             path.write_text(cfg)
             cfg = str(path)
         work = tmp_path / f'w{i}'
-        out = run([sys.executable, 'tools/search.py', cfg, '--work-dir', str(work)], timeout=300)
-        assert out.returncode == 2, (cfg, out.stderr[-2000:])
-        assert message in out.stderr, (message, out.stderr[-2000:])
+        cmd = [sys.executable, 'tools/search.py', cfg, '--work-dir', str(work)]
+        if i == 0:  # the script itself: exit status 2 and the message
+            out = run(cmd, timeout=300)
+            code, err = out.returncode, out.stderr
+        else:  # its function, in this process
+            code, err = search_in_process(cmd)
+        assert code == 2, (cfg, err[-2000:])
+        assert message in err, (message, err[-2000:])
         assert not (work / 'trials').exists() and not (work / 'journal.jsonl').exists()

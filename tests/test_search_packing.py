@@ -17,7 +17,8 @@ from asl.search.executors import slurm_cli as slurm  # noqa: E402
 from asl.search.executors.pack import PACK_STATUS_FILE  # noqa: E402
 from search_fixtures import (CONFIG, REEVAL, ROOT, SAMPLES, STEPS, TINY,  # noqa: E402
                              assert_same_search, env, events_of, journal, run, search_cmd,
-                             search_losses, sigkill_after_launches, tail)
+                             search_in_process, search_losses, sigkill_after_launches,
+                             tail)
 
 
 def _concurrent(work, step, n):
@@ -59,7 +60,7 @@ def _faulty_config(tmp_path, faults, limit=None, retries=0):
 def test_a_packed_trial_that_runs_out_of_memory_or_hangs_fails_alone(tmp_path):
     """Three trials at once on one worker: one raises CUDA's out-of-memory error, one hangs
     until its own time limit; the third finishes and is rewarded."""
-    cfg = _faulty_config(tmp_path, {'s00-c01': 'oom', 's00-c02': 'hang'}, limit=60)
+    cfg = _faulty_config(tmp_path, {'s00-c01': 'oom', 's00-c02': 'hang'}, limit=20)
     work = tmp_path / 'search'
     out = run([sys.executable, 'tools/search.py', str(cfg), '--work-dir', str(work),
                '--trials-per-gpu', '3', '--threads-per-trial', '1'])
@@ -67,7 +68,7 @@ def test_a_packed_trial_that_runs_out_of_memory_or_hangs_fails_alone(tmp_path):
     assert _concurrent(work, 0, 3)
     failed = {e['index']: e for e in events_of(work, 'trial_failed')}
     assert failed[1]['kind'] == 'crash' and 'CUDA out of memory' in failed[1]['reason']
-    assert failed[2]['kind'] == 'timeout' and '60 s' in failed[2]['reason']
+    assert failed[2]['kind'] == 'timeout' and '20 s' in failed[2]['reason']
     finished = events_of(work, 'trial_finished')
     assert [e['index'] for e in finished] == [0] and finished[0]['reward'] > 0
     # the out-of-memory trial ended long before its hanging sibling was stopped
@@ -76,16 +77,18 @@ def test_a_packed_trial_that_runs_out_of_memory_or_hangs_fails_alone(tmp_path):
 
 
 def test_packing_options_are_checked(tmp_path):
+    """(tools/search.py's function in this process: test_search.py runs the script's
+    exit status 2 for such errors)"""
     work = tmp_path / 'bad'
-    out = run(search_cmd(work, '--trials-per-gpu', '0'))
-    assert out.returncode == 2 and '--trials-per-gpu must be at least 1, got 0' in out.stderr
-    out = run(search_cmd(work, options=['search.trials_per_gpu=2', 'search.gpus_per_trial=2']))
-    assert out.returncode == 2
-    assert 'trials_per_gpu=2 packs single-GPU proxy trainings' in out.stderr
-    out = run(search_cmd(work, options=['search.amp=True']))
-    assert out.returncode == 2 and 'search.amp=True needs GPUs' in out.stderr
-    out = run(search_cmd(work, options=['search.amp=1']))
-    assert out.returncode == 2 and "search.amp must be False, True, 'float16'" in out.stderr
+    code, err = search_in_process(search_cmd(work, '--trials-per-gpu', '0'))
+    assert code == 2 and '--trials-per-gpu must be at least 1, got 0' in err
+    code, err = search_in_process(search_cmd(
+        work, options=['search.trials_per_gpu=2', 'search.gpus_per_trial=2']))
+    assert code == 2 and 'trials_per_gpu=2 packs single-GPU proxy trainings' in err, err
+    code, err = search_in_process(search_cmd(work, options=['search.amp=True']))
+    assert code == 2 and 'search.amp=True needs GPUs' in err, err
+    code, err = search_in_process(search_cmd(work, options=['search.amp=1']))
+    assert code == 2 and "search.amp must be False, True, 'float16'" in err, err
     assert not os.path.exists(work / 'journal.jsonl')
 
 

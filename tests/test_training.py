@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from asl.utils import usable_cores
+
 pytest.importorskip('mmseg')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +48,7 @@ def _derived_config(tmp_path, base, text):
 def test_asl_retrain_sh_end_to_end(tmp_path):
     work = tmp_path / 'retrain'
     out = subprocess.run(['bash', 'ASL_retrain.sh', CFG + '.py', '1', '3', *_iters(6)], cwd=ROOT,
-                         env=dict(_env(2), ASL_WORK_DIR=str(work)), capture_output=True,
+                         env=dict(_env(usable_cores()), ASL_WORK_DIR=str(work)), capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert f'work dir {work}' in out.stdout
@@ -107,7 +109,7 @@ def test_kill_after_first_checkpoint_then_resume(tmp_path):
     work = tmp_path / 'work'
     cmd = [sys.executable, os.path.join(ROOT, 'tools', 'train.py'),
            os.path.join(DEMO, CFG + '.py'), '--work-dir', str(work), *_iters(40, ckpt=8)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(2), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(usable_cores()), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
     # last_checkpoint names a checkpoint once it is complete (the file is created, then
@@ -125,7 +127,7 @@ def test_kill_after_first_checkpoint_then_resume(tmp_path):
     k = int(named().group(1))
     assert k < 40, 'the training finished before it could be killed'
     first_logs = set(glob.glob(str(work / '*' / '*.log')))
-    out = subprocess.run(cmd + ['--resume'], cwd=ROOT, env=_env(2), capture_output=True,
+    out = subprocess.run(cmd + ['--resume'], cwd=ROOT, env=_env(usable_cores()), capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     new_log = [p for p in glob.glob(str(work / '*' / '*.log')) if p not in first_logs]
@@ -140,12 +142,12 @@ def test_tools_test_writes_all_metrics(tmp_path):
     work = tmp_path / 'work'
     cfg = os.path.join(DEMO, 'deeplabv3plus_r18tiny-d8_ce_1xb8-1200_asldemo-64x64.py')
     out = subprocess.run([sys.executable, 'tools/train.py', cfg, '--work-dir', str(work),
-                          *_iters(2)], cwd=ROOT, env=_env(2), capture_output=True, text=True,
+                          *_iters(2)], cwd=ROOT, env=_env(usable_cores()), capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     res = tmp_path / 'metrics.json'
     out = subprocess.run([sys.executable, 'tools/test.py', cfg, str(work / 'iter_2.pth'),
-                          '--work-dir', str(work), '--out', str(res)], cwd=ROOT, env=_env(2),
+                          '--work-dir', str(work), '--out', str(res)], cwd=ROOT, env=_env(usable_cores()),
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     metrics = json.loads(res.read_text())

@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--gpus', type=int, default=None,
                    help='local GPUs to use (default: all visible)')
     p.add_argument('--threads-per-trial', type=int, default=None,
-                   help='CPU threads per local trial (default: cores / trials at once)')
+                   help='CPU threads per local trial (default: the cores this process may run '
+                   'on / trials at once)')
     p.add_argument('--trials-per-gpu', type=int, default=None,
                    help='trials at once on each GPU (each its own process), on each CPU '
                         'worker without GPUs, or per Slurm job (default: '

@@ -259,8 +259,8 @@ def main() -> int:
                    'size, 16x24 and 13x11)')
     p.add_argument('--launches', help='also write the recorded launches (JSON) here')
     p.add_argument('--arch', type=int, default=90)
-    p.add_argument('--jobs', type=int, default=os.cpu_count() or 1,
-                   help='compiling processes (default: every core)')
+    p.add_argument('--jobs', type=int, default=len(os.sched_getaffinity(0)),
+                   help='compiling processes (default: every core this process may use)')
     p.add_argument('--record', help=argparse.SUPPRESS)  # (child process)
     args = p.parse_args()
     planes = [tuple(int(v) for v in p.split('x')) for p in args.planes]

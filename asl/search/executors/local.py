@@ -10,7 +10,7 @@ import zlib
 from typing import Dict, List, Optional, Tuple
 
 from ...protocol import LAUNCH_TIME_ENV, STDOUT_LOG, TRIAL_ID_ENV
-from ...utils import die_with_parent
+from ...utils import die_with_parent, usable_cores
 from ..trial import TrialSpec, train_command, trial_args
 from .base import Completion, Executor
 
@@ -90,8 +90,9 @@ class LocalExecutor(Executor):
         gpus_per_trial (int): GPUs per trial. Default: 1.
         trials_per_gpu (int): trials at once per slot (GPU, or CPU worker); only with
             ``gpus_per_trial=1``. Default: 1.
-        threads_per_trial (int, optional): OMP/MKL threads per trial (default: cores
-            divided by the number of trials that run at once).
+        threads_per_trial (int, optional): OMP/MKL threads per trial (default: the cores
+            this process may run on, its CPU affinity, divided by the number of trials
+            that run at once).
         python (str, optional): interpreter for the trials (default: this one).
         env (dict, optional): extra environment variables.
         launch (str): ``'auto'``, ``'fork'`` or ``'spawn'`` (see above).
@@ -133,7 +134,7 @@ class LocalExecutor(Executor):
         self.gpus_per_trial = gpus_per_trial
         self.trials_per_gpu = trials_per_gpu
         self.num_slots = len(self.gpu_slots) or workers
-        cores = os.cpu_count() or 1
+        cores = usable_cores()
         self.threads = threads_per_trial or max(cores // (self.num_slots * trials_per_gpu), 1)
         self.python = python or sys.executable
         self.env = dict(env or {})
