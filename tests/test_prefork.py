@@ -205,6 +205,23 @@ def test_local_executor_forks_times_out_and_survives_a_dead_launcher(tmp_path):
     assert ex._server is None
 
 
+@pytest.mark.skipif(not hasattr(os, 'sched_setaffinity'), reason='Linux CPU affinity')
+def test_threads_per_trial_follow_the_cores_the_search_may_run_on():
+    """Under taskset, a Slurm CPU set or a container's, the default threads per trial
+    divide the cores this process may run on, not the machine's (os.cpu_count())."""
+    from asl.utils import usable_cores
+    saved = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(saved)})
+        assert usable_cores() == 1
+        assert LocalExecutor(workers=1, gpus=0).threads == 1
+    finally:
+        os.sched_setaffinity(0, saved)
+    assert usable_cores() == len(saved)
+    assert LocalExecutor(workers=1, gpus=0).threads == len(saved)
+    assert LocalExecutor(workers=2, gpus=0).threads == max(len(saved) // 2, 1)
+
+
 def test_local_executor_spawn_mode_and_bad_mode(tmp_path):
     with pytest.raises(ValueError, match="'thread'"):
         LocalExecutor(launch='thread')
