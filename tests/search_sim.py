@@ -127,7 +127,9 @@ class SimExecutor(Executor):
         """The trial's files and exit status, as a training would leave them."""
         from mmengine.config import Config
         cfg = Config.fromfile(spec.config_path)
-        raw = list(cfg.model.decode_head.loss_decode.raw_theta)
+        losses = cfg.model.decode_head.loss_decode  # (a list with search.ce_weight)
+        losses = losses if isinstance(losses, (list, tuple)) else [losses]
+        raw = list(next(x for x in losses if x['type'] == 'AutoSegLoss')['raw_theta'])
         max_iters = int(cfg.train_cfg.max_iters)
         hook = next(h for h in cfg.custom_hooks if h['type'] == 'ASLTrialHook')
         result = self.outcome(spec, raw)

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip('mmseg')
 
-from search_sim import (Killed, SimExecutor, decisions, events, kill_at,  # noqa: E402
+from search_sim import (ROOT, Killed, SimExecutor, decisions, events, kill_at,  # noqa: E402
                         peak_reward, probe_score, sim_search)
 
 from asl.search.settings import SearchConfigError  # noqa: E402
@@ -104,6 +104,48 @@ def test_a_work_dir_holding_another_search_is_refused(tmp_path):
     # packing is not part of the search: the same search with another packing resumes
     again = sim_search(tmp_path / 's', options={'search.trials_per_gpu': 2}).run()
     assert again['raw_theta'] == json.load(open(tmp_path / 's' / 'best.json'))['raw_theta']
+
+
+def test_cross_entropy_beside_the_surrogate(tmp_path):
+    """search.ce_weight: every proxy training and the re-training config train
+    cross-entropy beside the searched loss; the setting is part of the search's identity,
+    and a search without it keeps the identity it had before the setting existed."""
+    from mmengine.config import Config
+    work = tmp_path / 's'
+    opts = {'search.ce_weight': 0.5, 'search.num_steps': 1,
+            'search.retrain_config': os.path.join(
+                ROOT, 'configs', 'retrain', 'demo',
+                'deeplabv3plus_r18tiny-d8_ce_1xb8-1200_asldemo-64x64.py')}
+    search = sim_search(work, options=opts)
+    best = search.run()
+    assert 'ce_weight' not in sim_search(tmp_path / 'plain').fingerprint()['settings']
+    assert search.fingerprint()['settings']['ce_weight'] == 0.5
+    with pytest.raises(SearchConfigError, match=r"differs in \['settings'\]"):
+        sim_search(work, options=dict(opts, **{'search.ce_weight': 0.0})).run()
+    trial = Config.fromfile(str(work / 'trials' / 'step00' / 'cand01' / 'attempt1' /
+                                'config.py'))
+    for head, weight in (('decode_head', 1.0), ('auxiliary_head', 0.4)):
+        asl, ce = trial.model[head].loss_decode
+        assert asl['type'] == 'AutoSegLoss' and asl['loss_weight'] == weight
+        assert ce == dict(type='CrossEntropyLoss', use_sigmoid=False,
+                          loss_weight=pytest.approx(0.5 * weight))
+    retrain = Config.fromfile(best['retrain_config'])
+    for head, weight in (('decode_head', 1.0), ('auxiliary_head', 0.4)):
+        asl, ce = retrain.model[head].loss_decode
+        assert asl['type'] == 'AutoSegLoss' and '_delete_' not in asl
+        assert list(asl['theta']) == pytest.approx(best['theta'], abs=1e-7)
+        assert asl['loss_weight'] == weight
+        assert ce == dict(type='CrossEntropyLoss', use_sigmoid=False,
+                          loss_weight=pytest.approx(0.5 * weight))
+    # the re-training config builds a model whose loss has both terms
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+    register_all_modules(init_default_scope=True)
+    model = MODELS.build(retrain.model)
+    names = [type(m).__name__ for m in model.decode_head.loss_decode]
+    assert names == ['AutoSegLoss', 'CrossEntropyLoss']
+    with pytest.raises(SearchConfigError, match='-1'):
+        sim_search(tmp_path / 'bad', options={'search.ce_weight': -1})
 
 
 # ------------------------------------------------------------------ failures, retries

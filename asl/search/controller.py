@@ -136,6 +136,8 @@ class Search:
     def fingerprint(self) -> Dict:
         settings = self.settings.to_dict()
         settings.pop('trials_per_gpu')  # how trials are packed does not change the search
+        if not settings['ce_weight']:  # (searches journaled before the setting existed)
+            settings.pop('ce_weight')
         return dict(config=self.name, settings=settings, seed=self.seed,
                     searcher=self.searcher, dim=self.dim, reward_key=self.reward_key)
 

@@ -101,20 +101,27 @@ def _surrogate(search: SearchInfo, raw: List[float]):
 
 
 def _loss_text(s, theta: List[float], num_pieces: int, weight: float) -> str:
+    """A head's ``loss_decode`` (Python source): the searched loss at ``weight``, replacing
+    the base config's loss; with ``search.ce_weight``, the list of it and cross-entropy."""
     nums = ',\n            '.join(', '.join(f'{v:.8g}' for v in theta[i:i + 4])
                                   for i in range(0, len(theta), 4))
-    return (f"dict(\n        type='AutoSegLoss',\n        target_metric={s.target_metric!r},\n"
-            f"        theta=[\n            {nums}],\n"
-            f"        parameterization={s.parameterization!r},\n"
-            f"        num_pieces={num_pieces},\n        tol={s.tol},\n"
-            f"        drop_bg={s.drop_bg},\n        loss_weight={weight},\n"
-            f"        _delete_=True)")
+    asl = (f"dict(\n        type='AutoSegLoss',\n        target_metric={s.target_metric!r},\n"
+           f"        theta=[\n            {nums}],\n"
+           f"        parameterization={s.parameterization!r},\n"
+           f"        num_pieces={num_pieces},\n        tol={s.tol},\n"
+           f"        drop_bg={s.drop_bg},\n        loss_weight={weight}")
+    if not s.ce_weight:
+        return asl + ',\n        _delete_=True)'
+    # (a list replaces the base's loss_decode whole: no _delete_)
+    return (f"[\n    {asl}),\n    dict(type='CrossEntropyLoss', use_sigmoid=False, "
+            f"loss_weight={s.ce_weight * weight})]")
 
 
 def retrain_config_text(search: SearchInfo, base: str, theta: List[float], num_pieces: int,
                         best: Dict) -> str:
     """A config inheriting ``base`` with the searched loss in the decode and auxiliary
-    heads (weights 1 and ``aux_weight``)."""
+    heads (weights 1 and ``aux_weight``; with ``search.ce_weight``, cross-entropy beside
+    it, as in the proxy trainings)."""
     from mmengine.config import Config
     s = search.settings
     base_cfg = Config.fromfile(base)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -96,6 +97,10 @@ class SearchSettings:
             ``AmpOptimWrapper``; ``True`` or ``'float16'``, or ``'bfloat16'``); the
             surrogate loss is computed in float32 either way. Needs CUDA GPUs.
         aux_weight: loss weight of the surrogate in the auxiliary head(s).
+        ce_weight: weight of a cross-entropy term trained beside the surrogate (weight 1),
+            in the proxy trainings and in the re-training config: the combination
+            practitioners use, searched as it will be trained (the auxiliary head(s)
+            get both at ``aux_weight`` times their weights). 0 = the surrogate alone.
         retrain_config: config that the final re-training config inherits (a relative
             path is looked up next to the search config, then from the current
             directory); None = the search config itself.
@@ -128,6 +133,7 @@ class SearchSettings:
     prescreen: Optional[Dict[str, Any]] = None
     early_stop: Optional[Dict[str, Any]] = None
     aux_weight: float = 0.4
+    ce_weight: float = 0.0
     retrain_config: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
@@ -266,6 +272,10 @@ def parse_search_section(section: Any, config_path: str = '<config>') -> SearchS
         s.init_mu = [float(x) for x in s.init_mu]
     _check(isinstance(s.aux_weight, (int, float)) and s.aux_weight >= 0,
            f'search.aux_weight must be a non-negative number, got {s.aux_weight!r}')
+    _check(isinstance(s.ce_weight, (int, float)) and not isinstance(s.ce_weight, bool)
+           and math.isfinite(s.ce_weight) and s.ce_weight >= 0,
+           f'search.ce_weight must be a non-negative number, got {s.ce_weight!r}')
+    s.ce_weight = float(s.ce_weight)
     _check(s.retrain_config is None or (isinstance(s.retrain_config, str) and s.retrain_config),
            f'search.retrain_config must be a config path, got {s.retrain_config!r}')
     return s

@@ -127,14 +127,28 @@ def trial_loss(settings: SearchSettings, raw_theta: List[float], weight: float) 
                 tol=settings.tol, drop_bg=settings.drop_bg, loss_weight=float(weight))
 
 
-def _set_loss(head, loss: Dict) -> None:
+def cross_entropy_loss(weight: float) -> Dict:
+    """MMSeg's softmax cross-entropy at ``weight`` (``search.ce_weight``'s term)."""
+    return dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=float(weight))
+
+
+def head_losses(settings: SearchSettings, raw_theta: List[float], weight: float):
+    """A head's ``loss_decode``: the surrogate at ``weight``, with ``search.ce_weight``
+    the list of it and cross-entropy at ``ce_weight * weight``."""
+    loss = trial_loss(settings, raw_theta, weight)
+    if not settings.ce_weight:
+        return loss
+    return [loss, cross_entropy_loss(settings.ce_weight * weight)]
+
+
+def _set_loss(head, loss) -> None:
     heads = head if isinstance(head, (list, tuple)) else [head]
     for h in heads:
         h['loss_decode'] = copy.deepcopy(loss)
 
 
 def set_trial_loss(model, settings: SearchSettings, raw_theta: List[float]) -> None:
-    """Put the trial's loss (:func:`trial_loss`) in a model config: weight 1 in the
+    """Put the trial's loss (:func:`head_losses`) in a model config: weight 1 in the
     decode head(s), ``settings.aux_weight`` in the auxiliary head(s).
 
     Raises:
@@ -142,17 +156,17 @@ def set_trial_loss(model, settings: SearchSettings, raw_theta: List[float]) -> N
     """
     if 'decode_head' not in model:
         raise SearchConfigError('the proxy model has no decode_head to put the loss in')
-    _set_loss(model['decode_head'], trial_loss(settings, raw_theta, 1.0))
+    _set_loss(model['decode_head'], head_losses(settings, raw_theta, 1.0))
     if model.get('auxiliary_head'):
-        _set_loss(model['auxiliary_head'], trial_loss(settings, raw_theta, settings.aux_weight))
+        _set_loss(model['auxiliary_head'], head_losses(settings, raw_theta, settings.aux_weight))
 
 
 def make_trial_config(cfg, settings: SearchSettings, raw_theta: List[float], train_ds: Dict,
                       holdout_ds: Dict, reward_key: str, probes: Optional[Dict] = None):
     """The resolved config of one trial (a copy of the search config ``cfg``).
 
-    * decode head(s): ``AutoSegLoss`` with ``raw_theta`` at weight 1, auxiliary
-      head(s) the same at ``settings.aux_weight``;
+    * decode head(s): ``AutoSegLoss`` with ``raw_theta`` at weight 1 (and cross-entropy
+      at ``settings.ce_weight``), auxiliary head(s) the same at ``settings.aux_weight``;
     * training on the proxy split, validation (once, at the end) on the hold-out with
       the exact target metric, no checkpoints;
     * :class:`~asl.mmseg.hooks.ASLTrialHook` to report the result;
