@@ -27,7 +27,8 @@ if hasattr(os, 'sched_getaffinity'):
         _share = len(ALL_CPUS) // _workers
         if _share >= 1 and _workers > 1:
             os.sched_setaffinity(0, ALL_CPUS[_index * _share:(_index + 1) * _share])
-        torch.set_num_threads(len(os.sched_getaffinity(0)))
+        from asl.utils import usable_cores
+        torch.set_num_threads(usable_cores())
 else:  # pragma: no cover (not Linux)
     ALL_CPUS = None
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..utils import atomic_write_json, atomic_write_text
 from .settings import SearchSettings
+from .trial import cross_entropy_loss
 
 __all__ = ['SearchInfo', 'write_outputs', 'select_best', 'retrain_config_text']
 
@@ -113,8 +114,8 @@ def _loss_text(s, theta: List[float], num_pieces: int, weight: float) -> str:
     if not s.ce_weight:
         return asl + ',\n        _delete_=True)'
     # (a list replaces the base's loss_decode whole: no _delete_)
-    return (f"[\n    {asl}),\n    dict(type='CrossEntropyLoss', use_sigmoid=False, "
-            f"loss_weight={s.ce_weight * weight})]")
+    ce = ', '.join(f'{k}={v!r}' for k, v in cross_entropy_loss(s.ce_weight * weight).items())
+    return f"[\n    {asl}),\n    dict({ce})]"
 
 
 def retrain_config_text(search: SearchInfo, base: str, theta: List[float], num_pieces: int,

@@ -250,6 +250,7 @@ def compile_all(path: str, arch: int, jobs: int) -> int:
 
 
 def main() -> int:
+    from asl.utils import usable_cores
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--metrics', nargs='+', default=DEFAULT_METRICS)
     p.add_argument('--classes', nargs='+', type=int, default=DEFAULT_CLASSES,
@@ -259,7 +260,7 @@ def main() -> int:
                    'size, 16x24 and 13x11)')
     p.add_argument('--launches', help='also write the recorded launches (JSON) here')
     p.add_argument('--arch', type=int, default=90)
-    p.add_argument('--jobs', type=int, default=len(os.sched_getaffinity(0)),
+    p.add_argument('--jobs', type=int, default=usable_cores(),
                    help='compiling processes (default: every core this process may use)')
     p.add_argument('--record', help=argparse.SUPPRESS)  # (child process)
     args = p.parse_args()
