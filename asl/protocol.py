@@ -11,14 +11,15 @@ Everything here is plain data, with no dependency, so that both sides import it:
   finite) and :data:`STDOUT_LOG` (the process's output, written by the executor);
 * the exit statuses a trial's process uses (:data:`EXIT_NONFINITE`, :data:`EXIT_STOPPED`;
   otherwise 0 for success, 1 for an exception, 2 for bad arguments, ``-N`` for signal N);
-* with early stopping, :data:`PROBES_FILE` and :data:`STOPPED_FILE`.
+* with early stopping, :data:`PROBES_FILE` and :data:`STOPPED_FILE`;
+* with successive halving, :data:`PAUSED_FILE` and :data:`RUNG_CHECKPOINT`.
 
 A new field of the contract is added here once and read from here by every side.
 """
 __all__ = [
     'TRIAL_ID_ENV', 'LAUNCH_TIME_ENV', 'RESULT_FILE', 'FAILURE_FILE', 'STDOUT_LOG',
     'RESULT_FIELDS', 'FAILURE_FIELDS', 'EXIT_NONFINITE', 'PROBES_FILE', 'STOPPED_FILE',
-    'EXIT_STOPPED'
+    'EXIT_STOPPED', 'PAUSED_FILE', 'RUNG_CHECKPOINT'
 ]
 
 #: The trial's id (``s<step>-c<candidate>-a<attempt>``, ``re-c<n>-a<attempt>``), set by the
@@ -61,3 +62,13 @@ STOPPED_FILE = 'stopped.json'
 
 #: Exit status of a training that stopped itself early (its probe fell below the rule).
 EXIT_STOPPED = 4
+
+#: Written when a trial of successive halving (``search.halving``) reached its rung:
+#: ``iter``, ``score`` (the reward key, as a fraction), ``metrics``, ``checkpoint`` (the
+#: absolute path of :data:`RUNG_CHECKPOINT`, complete before this file is written),
+#: ``wall_s``, ``train_iter_s``, ``val_s``. The process then ends with status 0.
+PAUSED_FILE = 'paused.json'
+
+#: The checkpoint a trial saves at its rung (model, optimizer, schedule, iteration and the
+#: random state), in its work directory; the next leg resumes it.
+RUNG_CHECKPOINT = 'rung.pth'

@@ -94,7 +94,8 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description='Train a segmentor (MMSeg 1.x) with asl losses.')
     p.add_argument('config', help='train config file path')
     p.add_argument('--resume', action='store_true',
-                   help='resume from the latest checkpoint in the work dir (if there is one)')
+                   help='resume from the latest checkpoint in the work dir (if there is one); '
+                        'a config with resume=True resumes without it (from its load_from)')
     p.add_argument('--amp', action='store_true', help='automatic mixed precision (CUDA)')
     p.add_argument('--seed', type=int, default=None,
                    help='random seed (sets randomness.seed; default: the config\'s)')
@@ -117,7 +118,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = load_config(args.config, args.cfg_options, args.work_dir)
     if args.amp:
         _enable_amp(cfg)
-    cfg.resume = args.resume
+    cfg.resume = bool(args.resume or cfg.get('resume', False))
     if args.seed is not None or args.deterministic:
         randomness = dict(cfg.get('randomness', None) or {})
         if args.seed is not None:

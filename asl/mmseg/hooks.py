@@ -16,7 +16,8 @@ __all__ = ['ASLTrialHook', 'NonFiniteLossError', 'TrialStoppedEarly']
 
 #: Set by the search's executors to the wall-clock time (``time.time()``) at which the
 #: trial process was launched, so that process start-up counts as overhead.
-from ..protocol import FAILURE_FILE, LAUNCH_TIME_ENV, PROBES_FILE, RESULT_FILE, STOPPED_FILE
+from ..protocol import (FAILURE_FILE, LAUNCH_TIME_ENV, PAUSED_FILE, PROBES_FILE, RESULT_FILE,
+                        RUNG_CHECKPOINT, STOPPED_FILE)
 
 _IMPORT_TIME = time.time()
 
@@ -54,6 +55,14 @@ class ASLTrialHook(Hook):
       written and :class:`TrialStoppedEarly` raised: the process exits at once with
       ``EXIT_STOPPED``. The thresholds are fixed before the trial starts, so the decision
       depends on nothing but the trial itself (a relaunched trial decides the same).
+    * Successive halving (``pause_iter``): after that iteration the hold-out is validated
+      (as a probe: the training's random state is left as it was), a checkpoint
+      ``checkpoint_file`` is saved with the optimizer, the schedule and the random state
+      of torch, then ``paused_file`` (score, metrics, checkpoint path) is written and the
+      training loop ends there (exit status 0). A training resumed from that checkpoint
+      (``resume=True``, ``load_from=``) restores torch's random state before its first
+      iteration; with the data loader's skip of the trained batches (MMEngine), it
+      continues as the uninterrupted training would (single-process trainings).
 
     Relative file names are resolved in the runner's ``work_dir``. Only rank 0 writes,
     unless ``result_file`` contains ``{rank}``: then every rank writes its own view of
@@ -69,6 +78,8 @@ class ASLTrialHook(Hook):
             (None: never at that probe).
         probe_key (str): the metric of the probes (the search's reward key).
         probe_file, stopped_file (str): see above.
+        pause_iter (int, optional): successive halving's rung (see above).
+        paused_file, checkpoint_file (str): see above.
     """
 
     priority = 'VERY_LOW'
@@ -76,7 +87,8 @@ class ASLTrialHook(Hook):
     def __init__(self, result_file: str = RESULT_FILE, failure_file: str = FAILURE_FILE,
                  check_finite: bool = True, probe_iters=(), probe_thresholds=(),
                  probe_key: Optional[str] = None, probe_file: str = PROBES_FILE,
-                 stopped_file: str = STOPPED_FILE):
+                 stopped_file: str = STOPPED_FILE, pause_iter: Optional[int] = None,
+                 paused_file: str = PAUSED_FILE, checkpoint_file: str = RUNG_CHECKPOINT):
         self.result_file = result_file
         self.failure_file = failure_file
         self.check_finite = check_finite
@@ -90,6 +102,12 @@ class ASLTrialHook(Hook):
         self.probe_key = probe_key
         self.probe_file = probe_file
         self.stopped_file = stopped_file
+        self.pause_iter = None if pause_iter is None else int(pause_iter)
+        if self.pause_iter is not None and not probe_key:
+            raise ValueError('pause_iter needs probe_key (the metric to score the rung by)')
+        self.paused_file = paused_file
+        self.checkpoint_file = checkpoint_file
+        self._resumed_rng = None
         self._probe_metrics = None
         self._probing = False
         launch = os.environ.get(LAUNCH_TIME_ENV)
@@ -105,7 +123,25 @@ class ASLTrialHook(Hook):
         return name if os.path.isabs(name) else os.path.join(runner.work_dir, name)
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        if self._resumed_rng is not None:  # the first iteration after a rung's checkpoint
+            import torch
+            torch.set_rng_state(self._resumed_rng['torch'])
+            if self._resumed_rng.get('cuda') is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._resumed_rng['cuda'])
+            self._resumed_rng = None
         self._t_iter = time.perf_counter()
+
+    def before_save_checkpoint(self, runner, checkpoint: Dict) -> None:
+        import torch
+        checkpoint.setdefault('meta', {})['asl_rng'] = dict(
+            torch=torch.get_rng_state(),
+            cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
+
+    def after_load_checkpoint(self, runner, checkpoint: Dict) -> None:
+        # only a resumed training continues the saved random state (not a fine-tuning
+        # that merely loads the weights)
+        if getattr(runner, '_resume', False):
+            self._resumed_rng = (checkpoint.get('meta') or {}).get('asl_rng')
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
                          outputs: Optional[Dict] = None) -> None:
@@ -126,9 +162,48 @@ class ASLTrialHook(Hook):
         it = runner.iter + 1
         if it in self.probe_iters and it < runner.max_iters:
             self._probe(runner, it, self.probe_thresholds[self.probe_iters.index(it)])
+        if it == self.pause_iter and it < runner.max_iters:
+            self._pause(runner, it)
+
+    def _pause(self, runner, it: int) -> None:
+        """Successive halving's rung: score, checkpoint, ``paused_file``, end the loop."""
+        metrics = self._validate_now(runner)
+        value = _as_float(metrics.get(self.probe_key))
+        score = value / 100.0 if value is not None and math.isfinite(value) else 0.0
+        runner.save_checkpoint(runner.work_dir, self.checkpoint_file, by_epoch=False,
+                               save_optimizer=True,
+                               save_param_scheduler=True)
+        wall = time.time() - self.launch_time
+        self._write_paused(runner, dict(
+            iter=it, score=score, metrics={k: _as_float(v) for k, v in metrics.items()},
+            checkpoint=os.path.abspath(self._path(runner, self.checkpoint_file)),
+            wall_s=wall, train_iter_s=self.train_iter_s, val_s=self.val_s))
+        runner.logger.info(f'paused at iteration {it} (successive halving\'s rung): '
+                           f'{self.probe_key} {score:.4f}')
+        runner.train_loop.stop_training = True
+
+    @master_only
+    def _write_paused(self, runner, info: dict) -> None:
+        atomic_write_json(self._path(runner, self.paused_file), info)
 
     def _probe(self, runner, it: int, threshold: Optional[float]) -> None:
         """Validate now (the hold-out), record the score, stop below ``threshold``."""
+        metrics = self._validate_now(runner)
+        value = _as_float(metrics.get(self.probe_key))
+        score = value / 100.0 if value is not None and math.isfinite(value) else 0.0
+        stop = threshold is not None and score < threshold
+        self._append_probe(runner, dict(iter=it, score=score, threshold=threshold,
+                                        metrics={k: _as_float(v) for k, v in metrics.items()}))
+        if stop:
+            reason = (f'stopped early at iteration {it}: {self.probe_key} {score:.4f} < '
+                      f'{threshold:.4f}, the rule\'s threshold at that point')
+            self._write_stopped(runner, dict(iter=it, score=score, threshold=threshold,
+                                             reason=reason))
+            raise TrialStoppedEarly(reason)
+
+    def _validate_now(self, runner) -> Dict:
+        """Run the validation (the hold-out) now; its metrics. Only observes: the random
+        state the training continues with is the one it would have had without it."""
         import random
 
         import numpy as np
@@ -148,18 +223,7 @@ class ASLTrialHook(Hook):
             torch.set_rng_state(states[2])
             if states[3] is not None:
                 torch.cuda.set_rng_state_all(states[3])
-        metrics = self._probe_metrics or {}
-        value = _as_float(metrics.get(self.probe_key))
-        score = value / 100.0 if value is not None and math.isfinite(value) else 0.0
-        stop = threshold is not None and score < threshold
-        self._append_probe(runner, dict(iter=it, score=score, threshold=threshold,
-                                        metrics={k: _as_float(v) for k, v in metrics.items()}))
-        if stop:
-            reason = (f'stopped early at iteration {it}: {self.probe_key} {score:.4f} < '
-                      f'{threshold:.4f}, the rule\'s threshold at that point')
-            self._write_stopped(runner, dict(iter=it, score=score, threshold=threshold,
-                                             reason=reason))
-            raise TrialStoppedEarly(reason)
+        return dict(self._probe_metrics or {})
 
     @master_only
     def _append_probe(self, runner, line: dict) -> None:

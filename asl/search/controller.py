@@ -25,6 +25,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .early_stop import step_plan, trial_plan
+from .halving import decide, leg_candidates, rung_iters
 from .executors import Completion, Executor, LocalExecutor
 from .journal import Journal
 from .policy import PolicyState, ppo_update, sample_truncnorm
@@ -136,8 +137,9 @@ class Search:
     def fingerprint(self) -> Dict:
         settings = self.settings.to_dict()
         settings.pop('trials_per_gpu')  # how trials are packed does not change the search
-        if not settings['ce_weight']:  # (searches journaled before the setting existed)
-            settings.pop('ce_weight')
+        for key in ('ce_weight', 'halving'):  # (searches journaled before these existed)
+            if not settings[key]:
+                settings.pop(key)
         return dict(config=self.name, settings=settings, seed=self.seed,
                     searcher=self.searcher, dim=self.dim, reward_key=self.reward_key)
 
@@ -269,11 +271,15 @@ class Search:
         self.logger.info(f'step {step + 1}/{s.num_steps}: {len(cands)} candidates sampled')
         return state.steps[step]
 
-    def _spec(self, step: int, index: int, attempt: int,
-              seed: Optional[int] = None) -> TrialSpec:
+    def _spec(self, step: int, index: int, attempt: int, seed: Optional[int] = None,
+              leg: int = 0) -> TrialSpec:
         """A trial of a step's candidate (or, ``step == REEVAL``, of the re-evaluation,
-        with its own proxy seed)."""
-        if step == REEVAL:
+        with its own proxy seed); ``leg``: successive halving's leg after the first."""
+        if leg:
+            tid = f's{step:02d}-c{index:02d}-r{leg}-a{attempt}'
+            wd = os.path.join(self.work_dir, 'trials', f'step{step:02d}', f'cand{index:02d}',
+                              f'rung{leg}-attempt{attempt}')
+        elif step == REEVAL:
             tid = f're-c{index:02d}-a{attempt}'
             wd = os.path.join(self.work_dir, 'trials', 'reeval', f'cand{index:02d}',
                               f'attempt{attempt}')
@@ -285,7 +291,8 @@ class Search:
                          config_path=os.path.join(wd, 'config.py'),
                          seed=self.seed if seed is None else int(seed),
                          time_limit=float(self.settings.trial_time_limit),
-                         gpus=self.settings.gpus_per_trial, name=f'asl-{self.name}-{tid}')
+                         gpus=self.settings.gpus_per_trial, name=f'asl-{self.name}-{tid}',
+                         leg=leg)
 
     @staticmethod
     def _phase(step: int) -> Dict:
@@ -293,12 +300,13 @@ class Search:
         return dict(phase='reeval') if step == REEVAL else {}
 
     def _write_trial_config(self, spec: TrialSpec, cand: List[float],
-                            probes: Optional[Dict] = None) -> None:
+                            probes: Optional[Dict] = None, leg: Optional[Dict] = None) -> None:
         if os.path.isdir(spec.work_dir):  # a relaunch starts from a clean directory
             shutil.rmtree(spec.work_dir)
         os.makedirs(spec.work_dir)
         cfg = make_trial_config(self.cfg, self.settings, cand, self._train_ds,
-                                self._holdout_ds, self.reward_key, probes=probes)
+                                self._holdout_ds, self.reward_key, probes=probes,
+                                **(leg or {}))
         dump_config(cfg, spec.config_path)
 
     @property
@@ -323,8 +331,15 @@ class Search:
             + (', '.join(f'candidate {i} ({fields["scores"][i]:.3f})' for i in out)
                if out else 'none'))
 
+    @property
+    def _rungs(self) -> List[int]:
+        """Successive halving's rung iterations ([] when it is off)."""
+        h = self.settings.halving
+        return rung_iters(int(self.cfg.train_cfg.max_iters), h['rungs']) if h else []
+
     def _run_trials(self, step: int, rec: StepRecord) -> None:
-        """Launch every unfinished candidate (retrying failures) until all are done."""
+        """Launch every unfinished candidate (retrying failures) until all are done; with
+        successive halving, leg by leg, deciding each rung between them."""
         s = self.settings
         if step != REEVAL and rec.screened is None and s.prescreen is not None:
             self._screen(step, rec)
@@ -332,21 +347,54 @@ class Search:
             # from the finished trials of the earlier steps only: fixed for the whole step,
             # whenever (and however often) its trials are launched
             self._plans[step] = step_plan(self.state, step, s, int(self.cfg.train_cfg.max_iters))
+        rungs = self._rungs if step != REEVAL else []
+        if not rungs:
+            self._run_queue(step, rec, [i for i in range(len(rec.candidates))
+                                        if not rec.trial(i).done])
+            return
+        for leg in range(len(rungs) + 1):
+            self._run_queue(step, rec, leg_candidates(rec, leg), leg)
+            if leg < len(rungs) and leg not in rec.decided:
+                self._decide(step, rec, leg, rungs[leg])
+
+    def _decide(self, step: int, rec: StepRecord, rung: int, it: int) -> None:
+        """Successive halving's decision at ``rung``, from the journaled rung scores."""
+        scores = [t.rungs[rung]['score'] if rung in t.rungs and not t.done else None
+                  for t in (rec.trial(i) for i in range(len(rec.candidates)))]
+        d = decide(scores, self.settings.halving['eta'],
+                   0 if self._mean_is_candidate_0 else None)
+        self._log('rung_decided', step=step, rung=rung, iter=it, scores=scores, **d)
+        self.logger.info(
+            f'step {step + 1}: rung {rung + 1} (iteration {it}): promoted '
+            f'{d["promoted"]}, stopped {d["stopped"]}'
+            + (f' (cut {d["cut"]:.4f})' if d['cut'] is not None else ''))
+
+    def _leg_files(self, rec: StepRecord, index: int, leg: int) -> Optional[Dict]:
+        """Where a leg of successive halving pauses and what it resumes."""
+        rungs = self._rungs if rec is not self.state.reeval else []
+        if not rungs:
+            return None
+        t = rec.trial(index)
+        return dict(pause_iter=rungs[leg] if leg < len(rungs) else None,
+                    resume_from=t.rungs[leg - 1]['checkpoint'] if leg else None)
+
+    def _run_queue(self, step: int, rec: StepRecord, indices: List[int], leg: int = 0) -> None:
+        """Run the trials of candidates ``indices`` (of leg ``leg``) until each is done:
+        re-attach or relaunch those in flight, retry failures."""
         queue: List[TrialSpec] = []
-        for i in range(len(rec.candidates)):
+        for i in indices:
             t = rec.trial(i)
-            if t.done:
-                continue
             seed = rec.seeds[i] if rec.seeds else None
             if t.in_flight is not None:
-                spec = self._spec(step, i, t.in_flight['attempt'], seed)
+                spec = self._spec(step, i, t.in_flight['attempt'], seed,
+                                  t.in_flight.get('leg', 0))
                 if self.executor.reattach(spec, t.in_flight.get('info') or {}):
                     self.logger.info(f'{spec.trial_id}: still running, re-attached')
                     continue
                 self.logger.info(f'{spec.trial_id}: was in flight, launching it again')
                 queue.append(spec)
             else:
-                queue.append(self._spec(step, i, t.next_attempt, seed))
+                queue.append(self._spec(step, i, t.next_attempt, seed, leg))
         self._show(step)
         while queue or self.executor.running():
             self._check_stop()
@@ -356,11 +404,14 @@ class Search:
                 self.executor.release(batch)
                 plans = [trial_plan(self._plans.get(step), spec.index,
                                     self._mean_is_candidate_0) for spec in batch]
-                for spec, plan in zip(batch, plans):
-                    self._write_trial_config(spec, rec.candidates[spec.index], plan)
+                legs = [self._leg_files(rec, spec.index, spec.leg) for spec in batch]
+                for spec, plan, lf in zip(batch, plans, legs):
+                    self._write_trial_config(spec, rec.candidates[spec.index], plan, lf)
                 infos = self.executor.launch_many(batch)
-                for spec, info, plan in zip(batch, infos, plans):
+                for spec, info, plan, lf in zip(batch, infos, plans, legs):
                     extra = dict(probes=plan) if plan else {}
+                    if lf is not None:
+                        extra.update(leg=spec.leg, resume_from=lf['resume_from'])
                     self._log('trial_launched', step=step, index=spec.index,
                               attempt=spec.attempt, trial_id=spec.trial_id,
                               work_dir=spec.work_dir, executor=self.executor.name, info=info,
@@ -387,6 +438,17 @@ class Search:
         planned = self._plans.get(spec.step) is not None
         probes = read_probes(spec.work_dir) if planned else None
         phase = self._phase(spec.step)
+        if out.kind == 'paused' and spec.step != REEVAL and self._rungs:
+            p = out.result
+            self._log('trial_paused', step=spec.step, index=spec.index, attempt=spec.attempt,
+                      trial_id=spec.trial_id, rung=spec.leg, iter=p.get('iter'),
+                      score=p.get('score'), metrics=p.get('metrics', {}),
+                      checkpoint=p.get('checkpoint'),
+                      timing=dict(wall_s=p.get('wall_s'), train_iter_s=p.get('train_iter_s'),
+                                  val_s=p.get('val_s'), executor_wall_s=comp.wall_s))
+            self.logger.info(f'{spec.trial_id}: rung {spec.leg + 1} (iteration '
+                             f'{p.get("iter")}): {self.reward_key} {p.get("score"):.4f}')
+            return None
         if out.kind == 'stopped' and planned:  # by the rule: not a failure, no retry
             st = out.result
             self._log('trial_stopped', step=spec.step, index=spec.index, attempt=spec.attempt,
@@ -418,7 +480,7 @@ class Search:
                                else ' (retrying)'))
         if final:
             return None
-        return self._spec(spec.step, spec.index, spec.attempt + 1, spec.seed)
+        return self._spec(spec.step, spec.index, spec.attempt + 1, spec.seed, spec.leg)
 
     def _rollback(self, step: int, rec: StepRecord) -> Optional[Dict]:
         """The rollback of this step (``search.rollback``), if any (:func:`rollback_to`)."""
@@ -436,6 +498,7 @@ class Search:
         s, state = self.settings, self.state
         ok = [r for r in rec.rewards() if r is not None]
         rejected, stopped = rec.indices('rejected'), rec.indices('stopped')
+        halted = rec.indices('halted')
         rewards = update_rewards(rec)
         back = self._rollback(step, rec)
         if self.searcher == 'random':
@@ -455,13 +518,18 @@ class Search:
         summary = dict(reward_mean=float(np.mean(ok)) if ok else None,
                        reward_max=float(np.max(ok)) if ok else None,
                        num_ok=len(ok),
-                       num_failed=len(rewards) - len(ok) - len(rejected) - len(stopped))
+                       num_failed=len(rewards) - len(ok) - len(rejected) - len(stopped)
+                       - len(halted))
         if rejected:
             summary['rejected'] = rejected
         if stopped:
             summary['stopped'] = stopped
+        if halted:
+            summary['halted'] = halted
         self._log('policy_updated', step=step, policy=new.to_dict(), mu=new.mu,
                   rewards=rewards, stats=stats, summary=summary)
+        if rec.decided:
+            self._remove_rung_checkpoints(rec)
         mean = summary['reward_mean']
         self.logger.info(
             f'step {step + 1}/{s.num_steps} done: search/reward_mean='
@@ -472,6 +540,18 @@ class Search:
                f'ppo/baseline={stats.get("baseline")} ' if self.searcher == 'ppo' else '')
             + ('(update skipped: ' + stats.get('reason', '') + ')' if stats.get('skipped')
                else ''))
+
+    def _remove_rung_checkpoints(self, rec: StepRecord) -> None:
+        """Once a step is updated, nothing resumes its rungs' checkpoints: free the disk
+        (best effort; a resumed search never needs them either)."""
+        for t in rec.trials.values():
+            for p in t.rungs.values():
+                path = p.get('checkpoint')
+                if path and os.path.isfile(path):
+                    try:
+                        os.remove(path)
+                    except OSError as e:
+                        self.logger.warning(f'could not remove {path}: {e}')
 
     # ------------------------------------------------------------ re-evaluation
     def _num_reeval_trials(self) -> int:
@@ -524,7 +604,7 @@ class Search:
                         best, best_at = t.reward, (f're-c{i}' if k == 're' else f's{k}-c{i}')
                 elif t.final_failure is not None:
                     failed += 1
-                elif t.rejected or t.stopped is not None:
+                elif t.rejected or t.stopped is not None or t.halted is not None:
                     done += 1  # settled without a full training
         self.progress.show(step, self.settings.num_steps, len(self.executor.running()), done,
                            failed, best, best_at)

@@ -67,6 +67,10 @@ def select_best(search: SearchInfo, state) -> Dict:
                    for i, t in st.trials.items() if t.stopped is not None}
         if stopped:  # early stopping: where and at what score
             steps[-1]['stopped'] = stopped
+        if st.decided:  # successive halving: each rung's scores and decision
+            steps[-1]['rungs'] = [{k2: st.decided[k][k2] for k2 in
+                                   ('iter', 'scores', 'promoted', 'stopped', 'cut')}
+                                  for k in sorted(st.decided)]
     scored = [s for s in steps if s['mean'] is not None]
     if not scored:
         raise RuntimeError('no trial of the search produced a reward; see the failures in '

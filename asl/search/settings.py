@@ -7,13 +7,15 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 __all__ = ['SearchSettings', 'SearchConfigError', 'parse_search_section', 'amp_dtype',
-           'EARLY_STOP_DEFAULTS', 'PRESCREEN_DEFAULTS']
+           'EARLY_STOP_DEFAULTS', 'PRESCREEN_DEFAULTS', 'HALVING_DEFAULTS']
 
 
 #: ``search.prescreen`` entries left out take these values.
 PRESCREEN_DEFAULTS = dict(images=4, steps=10, lr=0.5, threshold=0.5, seed=0)
 #: ``search.early_stop`` entries left out take these values.
 EARLY_STOP_DEFAULTS = dict(at=[1 / 3, 2 / 3], quantile=0.5, min_trials=3)
+#: ``search.halving`` entries left out take these values.
+HALVING_DEFAULTS = dict(rungs=[0.2, 0.4], eta=2)
 
 
 def amp_dtype(amp: Any) -> Optional[str]:
@@ -93,6 +95,17 @@ class SearchSettings:
             trial's reward in the update: :func:`asl.search.state.settled_reward`. The
             thresholds are fixed when the step starts, so a resumed search decides the
             same. Not for the re-evaluation. None = off.
+        halving: ``dict(rungs=[0.2, 0.4], eta=2)`` (entries left out take these values):
+            synchronous successive halving inside each step (:mod:`asl.search.halving`).
+            Every candidate trains to the first rung (that fraction of the proxy's
+            iterations, on the full proxy schedule), is scored on the hold-out and saves a
+            checkpoint; only the best ``ceil(n / eta)`` of the ``n`` scored (the policy
+            mean always among them with ``baseline='mu'``) continue, each from its own
+            checkpoint, to the next rung, and so on to the full length. A candidate
+            stopped at a rung takes a reward below every full-length reward of its step
+            (:func:`asl.search.halving.halted_rewards`). Each decision is journaled and a
+            pure function of the journaled rung scores. Not for the re-evaluation; not
+            with ``early_stop``. None = off (the paper).
         amp: proxy trainings with automatic mixed precision (MMEngine's
             ``AmpOptimWrapper``; ``True`` or ``'float16'``, or ``'bfloat16'``); the
             surrogate loss is computed in float32 either way. Needs CUDA GPUs.
@@ -132,6 +145,7 @@ class SearchSettings:
     amp: Any = False
     prescreen: Optional[Dict[str, Any]] = None
     early_stop: Optional[Dict[str, Any]] = None
+    halving: Optional[Dict[str, Any]] = None
     aux_weight: float = 0.4
     ce_weight: float = 0.0
     retrain_config: Optional[str] = None
@@ -261,6 +275,19 @@ def parse_search_section(section: Any, config_path: str = '<config>') -> SearchS
         e['at'] = [float(x) for x in at]
         _number('early_stop.quantile', e['quantile'], 0, 1, 'in (0, 1)', high_open=True)
         _positive_int('early_stop.min_trials', e['min_trials'])
+    if s.halving is not None:
+        h = s.halving = _options('halving', s.halving, HALVING_DEFAULTS)
+        _check(s.early_stop is None,
+               'search.halving and search.early_stop both stop proxy trainings early; set '
+               'one of them to None')
+        rungs = h['rungs']
+        _check(isinstance(rungs, (list, tuple)) and len(rungs) >= 1
+               and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1
+                       for x in rungs) and list(rungs) == sorted(set(rungs)),
+               f'search.halving.rungs must be increasing fractions of the proxy training in '
+               f'(0, 1), got {rungs!r}')
+        h['rungs'] = [float(x) for x in rungs]
+        _number('halving.eta', h['eta'], 1, None, 'a number above 1')
     _check(isinstance(s.holdout, dict) and set(s.holdout) <= {'num', 'seed'}
            and isinstance(s.holdout.get('num'), int) and s.holdout['num'] >= 1,
            f'search.holdout must be dict(num=<positive int>, seed=<int>), got {s.holdout!r}')

@@ -17,7 +17,14 @@ Journal events and their fields:
 * ``step_screened``: ``step``, ``scores``, ``reference``, ``threshold``, ``rejected``
   (pre-screening, :mod:`asl.search.screening`), ``seconds``.
 * ``trial_launched``: ``step``, ``index``, ``attempt``, ``trial_id``, ``work_dir``,
-  ``executor``, ``info`` (pid / job id), ``probes`` (early stopping's plan, if any).
+  ``executor``, ``info`` (pid / job id), ``probes`` (early stopping's plan, if any),
+  ``leg`` and ``resume_from`` (successive halving: the leg, from 0, and the checkpoint
+  it resumes).
+* ``trial_paused`` (successive halving, :mod:`asl.search.halving`): ``step``, ``index``,
+  ``attempt``, ``rung``, ``iter``, ``score``, ``metrics``, ``checkpoint``: the candidate
+  reached a rung.
+* ``rung_decided``: ``step``, ``rung``, ``iter``, ``scores`` (per candidate, None if it
+  did not reach the rung), ``promoted``, ``stopped``, ``cut``, ``keep``.
 * ``trial_finished``: ``step``, ``index``, ``attempt``, ``reward``, ``metrics``,
   ``timing``, ``probes``.
 * ``trial_stopped``: ``step``, ``index``, ``attempt``, ``iter``, ``score``, ``threshold``,
@@ -65,11 +72,13 @@ class TrialRecord:
     rejected: bool = False  # by pre-screening: never trained
     stopped: Optional[Dict] = None  # the trial_stopped event (early stopping)
     probes: List[Dict] = field(default_factory=list)  # early-stopping scores
+    rungs: Dict[int, Dict] = field(default_factory=dict)  # rung -> trial_paused (halving)
+    halted: Optional[int] = None  # the rung at which successive halving stopped it
 
     @property
     def done(self) -> bool:
         return (self.reward is not None or self.final_failure is not None or self.rejected
-                or self.stopped is not None)
+                or self.stopped is not None or self.halted is not None)
 
     @property
     def next_attempt(self) -> int:
@@ -87,6 +96,7 @@ class StepRecord:
     policy: Optional[Dict] = None  # the policy that sampled the candidates
     seeds: Optional[List[int]] = None  # per candidate (re-evaluation); None: the search seed
     screened: Optional[Dict] = None  # the step_screened event (search.prescreen)
+    decided: Dict[int, Dict] = field(default_factory=dict)  # rung -> rung_decided (halving)
 
     def trial(self, index: int) -> TrialRecord:
         """The record of candidate ``index`` (a fresh one if the journal has nothing on it)."""
@@ -97,9 +107,12 @@ class StepRecord:
                 for i in range(len(self.candidates))]
 
     def indices(self, what: str) -> List[int]:
-        """The candidates ``'rejected'`` by pre-screening or ``'stopped'`` early."""
+        """The candidates ``'rejected'`` by pre-screening, ``'stopped'`` early or
+        ``'halted'`` at a rung (successive halving)."""
         if what == 'rejected':
             return [i for i, t in sorted(self.trials.items()) if t.rejected]
+        if what == 'halted':
+            return [i for i, t in sorted(self.trials.items()) if t.halted is not None]
         return [i for i, t in sorted(self.trials.items()) if t.stopped is not None]
 
 
@@ -159,6 +172,15 @@ def apply(state: SearchState, ev: Dict) -> SearchState:
     elif kind == 'trial_stopped':
         t = _trial(state, ev)
         t.stopped, t.probes, t.in_flight = ev, ev['probes'] or [], None
+    elif kind == 'trial_paused':
+        t = _trial(state, ev)
+        t.rungs[ev['rung']] = ev
+        t.in_flight = None
+    elif kind == 'rung_decided':
+        rec = state.steps[ev['step']]
+        rec.decided[ev['rung']] = ev
+        for i in ev['stopped']:
+            rec.trials.setdefault(i, TrialRecord()).halted = ev['rung']
     elif kind == 'trial_failed':
         t = _trial(state, ev)
         t.attempts_failed += 1
@@ -226,11 +248,15 @@ def settled_reward(rec: StepRecord, index: int, trained: List[float]) -> Optiona
 
 def update_rewards(rec: StepRecord) -> List[Optional[float]]:
     """The rewards a step's update uses: trained candidates' own, settled ones' by
-    :func:`settled_reward`, None for failures."""
+    :func:`settled_reward` (stopped at a rung of successive halving: by
+    :func:`asl.search.halving.halted_rewards`), None for failures."""
+    from .halving import halted_rewards
     trained = rec.rewards()
     ok = [r for r in trained if r is not None]
     settled = set(rec.indices('rejected') + rec.indices('stopped'))
-    return [settled_reward(rec, i, ok) if i in settled else r for i, r in enumerate(trained)]
+    halted = halted_rewards(rec.decided, ok) if rec.decided else {}
+    return [settled_reward(rec, i, ok) if i in settled else halted.get(i, r)
+            for i, r in enumerate(trained)]
 
 
 def rollback_to(earlier: List[tuple], own: Optional[float], ratio: float) -> Optional[Dict]:

@@ -15,7 +15,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ..protocol import FAILURE_FILE, PROBES_FILE, RESULT_FILE, STDOUT_LOG, STOPPED_FILE
+from ..protocol import (FAILURE_FILE, PAUSED_FILE, PROBES_FILE, RESULT_FILE, STDOUT_LOG,
+                        STOPPED_FILE)
 from .settings import SearchConfigError, SearchSettings, amp_dtype
 
 __all__ = ['TrialSpec', 'TrialOutcome', 'check_surrogate', 'make_trial_config', 'dump_config',
@@ -35,6 +36,7 @@ class TrialSpec:
         time_limit: seconds before the trial is stopped.
         gpus: GPUs for this trial (0 on CPU).
         name: a job name naming the search and the trial.
+        leg: successive halving's leg (0: from scratch; ``k``: resumed from rung ``k``).
     """
 
     trial_id: str
@@ -47,6 +49,7 @@ class TrialSpec:
     time_limit: float
     gpus: int = 0
     name: str = ''
+    leg: int = 0
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -162,7 +165,8 @@ def set_trial_loss(model, settings: SearchSettings, raw_theta: List[float]) -> N
 
 
 def make_trial_config(cfg, settings: SearchSettings, raw_theta: List[float], train_ds: Dict,
-                      holdout_ds: Dict, reward_key: str, probes: Optional[Dict] = None):
+                      holdout_ds: Dict, reward_key: str, probes: Optional[Dict] = None,
+                      pause_iter: Optional[int] = None, resume_from: Optional[str] = None):
     """The resolved config of one trial (a copy of the search config ``cfg``).
 
     * decode head(s): ``AutoSegLoss`` with ``raw_theta`` at weight 1 (and cross-entropy
@@ -171,7 +175,9 @@ def make_trial_config(cfg, settings: SearchSettings, raw_theta: List[float], tra
       the exact target metric, no checkpoints;
     * :class:`~asl.mmseg.hooks.ASLTrialHook` to report the result;
     * with ``settings.amp``, MMEngine's ``AmpOptimWrapper`` (the surrogate stays float32);
-    * ``probes`` (early stopping): ``dict(iters=[...], thresholds=[...])`` for the hook.
+    * ``probes`` (early stopping): ``dict(iters=[...], thresholds=[...])`` for the hook;
+    * successive halving: ``pause_iter`` (the leg ends there: score, checkpoint, pause) and
+      ``resume_from`` (the checkpoint of the previous rung the leg resumes).
     """
     cfg = copy.deepcopy(cfg)
     if 'search' in cfg:
@@ -197,7 +203,11 @@ def make_trial_config(cfg, settings: SearchSettings, raw_theta: List[float], tra
     if probes:
         hook.update(probe_iters=list(probes['iters']),
                     probe_thresholds=list(probes['thresholds']), probe_key=reward_key)
+    if pause_iter is not None:
+        hook.update(pause_iter=int(pause_iter), probe_key=reward_key)
     custom.append(hook)
+    if resume_from is not None:  # (else a config's own load_from, a warm start, stays)
+        cfg.resume, cfg.load_from = True, resume_from
     cfg.custom_hooks = custom
     cfg.pop('demo_data', None)  # the search prepared the data already
     dtype = amp_dtype(settings.amp)
@@ -277,6 +287,10 @@ def read_trial_outcome(work_dir: str, reward_key: str, exit_code: Optional[int],
     def load(name):
         return read_json_or_none(os.path.join(work_dir, name))
 
+    paused = load(PAUSED_FILE)
+    if paused is not None and exit_code in (0, None) and not timed_out:
+        return TrialOutcome(False, kind='paused', result=paused, wall_s=wall_s,
+                            reason=f'reached its rung at iteration {paused.get("iter")}')
     stopped = load(STOPPED_FILE)
     if stopped is not None:
         return TrialOutcome(False, kind='stopped', reason=stopped.get('reason', 'stopped early'),
