@@ -48,6 +48,8 @@ _MARKS = {
         'test_compare_losses.py::test_end_to_end_and_resume',
         'test_compile.py::test_plain_path_is_one_graph',
         'test_demo.py::test_demo_tiny_killed_during_a_retraining_then_resumed',
+        'test_halving.py::test_halving_compare_runs_both_searches_and_the_promoted_end_as_'
+        'uninterrupted',
         'test_engine_triton.py::test_deterministic_run_to_run',
         'test_engine_triton.py::test_without_gradient_and_backward_twice',
         'test_mmseg.py::test_asl_metric_multi_process',

@@ -29,8 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from asl.protocol import (EXIT_NONFINITE, EXIT_STOPPED, FAILURE_FILE, PROBES_FILE,  # noqa: E402
-                          RESULT_FILE, STOPPED_FILE)
+from asl.protocol import (EXIT_NONFINITE, EXIT_STOPPED, FAILURE_FILE, PAUSED_FILE,  # noqa: E402
+                          PROBES_FILE, RESULT_FILE, RUNG_CHECKPOINT, STOPPED_FILE)
 from asl.search.executors.base import Completion, Executor  # noqa: E402
 from asl.utils import atomic_write_json  # noqa: E402
 
@@ -82,14 +82,18 @@ class SimExecutor(Executor):
         capacity: trials at once.
         delay: polls a trial takes to end (>= 1).
         outcome: ``(spec, raw) -> float or str`` (``spec``: the trial's TrialSpec).
+        rung_score: successive halving's score at a rung, ``(spec, reward, it, max_iters)``
+            (default: :func:`probe_score`).
     """
 
     name = 'sim'
 
-    def __init__(self, capacity=2, delay=1, outcome=None):
+    def __init__(self, capacity=2, delay=1, outcome=None, rung_score=None):
         self._capacity = capacity
         self.delay = delay
         self.outcome = outcome or (lambda spec, raw: peak_reward(raw))
+        self.rung_score = rung_score or (lambda spec, reward, it, n: probe_score(reward, it, n))
+        self.resumed = []  # (trial id, the iteration it resumed from)
         self._running = {}  # trial_id -> [spec, polls left]
         self.launched = []  # trial ids, in launch order
 
@@ -146,6 +150,24 @@ class SimExecutor(Executor):
                 key='loss', value=None))
             return Completion(exit_code=EXIT_NONFINITE, wall_s=1.0)
         reward = float(result)
+        start = 0
+        if cfg.get('resume'):  # successive halving's next leg: resumes its rung checkpoint
+            try:
+                with open(cfg.load_from) as f:
+                    start = json.load(f)['iter']
+            except (OSError, ValueError, KeyError, TypeError):
+                return Completion(exit_code=1, wall_s=1.0, reason=f'no checkpoint {cfg.load_from}')
+            self.resumed.append((spec.trial_id, start))
+        pause = hook.get('pause_iter')
+        if pause is not None:  # a rung: score, checkpoint, pause
+            if pause <= start:
+                return Completion(exit_code=1, wall_s=1.0, reason=f'rung {pause} <= {start}')
+            ckpt = os.path.join(wd, RUNG_CHECKPOINT)
+            atomic_write_json(ckpt, dict(iter=pause, trial=spec.trial_id))
+            atomic_write_json(os.path.join(wd, PAUSED_FILE), dict(
+                iter=pause, score=self.rung_score(spec, reward, pause, max_iters), metrics={},
+                checkpoint=ckpt, wall_s=1.0, train_iter_s=0.5, val_s=0.25))
+            return Completion(exit_code=0, wall_s=1.0)
         for it, bar in zip(hook.get('probe_iters', []), hook.get('probe_thresholds', [])):
             score = probe_score(reward, it, max_iters)
             with open(os.path.join(wd, PROBES_FILE), 'a') as f:
@@ -194,7 +216,8 @@ def decisions(work_dir):
 
     def trials(rec):
         return {i: dict(reward=t.reward, failures=t.failures, final=t.final_failure,
-                        rejected=t.rejected, probes=t.probes,
+                        rejected=t.rejected, probes=t.probes, halted=t.halted,
+                        rungs={k: (p['iter'], p['score']) for k, p in t.rungs.items()},
                         stopped=None if t.stopped is None else
                         {k: t.stopped[k] for k in ('iter', 'score', 'threshold')})
                 for i, t in sorted(rec.trials.items())}
@@ -204,6 +227,8 @@ def decisions(work_dir):
                                                            'summary')}
 
     steps = {k: dict(mu=r.mu, candidates=r.candidates, trials=trials(r), update=update(r.update),
+                     decided={k: {k2: d[k2] for k2 in ('scores', 'promoted', 'stopped', 'cut')}
+                              for k, d in r.decided.items()},
                      screened=None if r.screened is None else
                      {k2: r.screened[k2] for k2 in ('scores', 'reference', 'rejected')})
              for k, r in sorted(st.steps.items())}

@@ -31,9 +31,17 @@ def _wait_for(pred, proc, what, timeout=900):
     return wait_for(pred, proc, what, timeout)
 
 
-def test_scancel_from_outside_is_a_failed_trial_then_retried(slurm_cluster, tmp_path):
+def test_scancel_from_outside_is_a_failed_trial_then_retried_and_halving_runs_as_jobs(
+        slurm_cluster, reference_search, tmp_path):
+    """One step with successive halving (3 -> 2 -> 1 at iterations 9 and 18): the second
+    candidate's first job is cancelled from outside (a failure, retried as a new job);
+    each promoted candidate's continuation is a new job that resumes its rung checkpoint,
+    and the policy mean, trained in three jobs, ends with the reward the local reference
+    search's uninterrupted training of it has."""
+    ref, _ = reference_search
     work = tmp_path / 'search'
-    cmd = _slurm_cmd(work) + ['search.num_steps=1']
+    cmd = _slurm_cmd(work) + ['search.num_steps=1', 'search.halving.rungs=[0.3,0.6]',
+                              'search.halving.eta=2']
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
@@ -50,10 +58,28 @@ def test_scancel_from_outside_is_a_failed_trial_then_retried(slurm_cluster, tmp_
     assert len(failed) == 1 and failed[0]['index'] == 1 and not failed[0]['final']
     assert failed[0]['kind'] == 'slurm:CANCELLED' and 'cancel' in failed[0]['reason'].lower()
     assert job in failed[0]['reason']
-    retried = [e for e in events if e['event'] == 'trial_launched' and e['index'] == 1]
+    retried = [e for e in events if e['event'] == 'trial_launched' and e['index'] == 1
+               and not e.get('leg')]
     assert [e['attempt'] for e in retried] == [1, 2] and retried[1]['info']['job_id'] != job
-    # the step's trials and the re-evaluation of its mean (one step: one entry)
-    assert len([e for e in events if e['event'] == 'trial_finished']) == SAMPLES + 1
+    # halving: every candidate paused at iteration 9, two went on, the mean to the end
+    decided = [e for e in events if e['event'] == 'rung_decided']
+    assert [(d['iter'], len(d['promoted'])) for d in decided] == [(9, 2), (18, 1)]
+    paused = {(e['rung'], e['index']): e for e in events if e['event'] == 'trial_paused'}
+    legs = [e for e in events if e['event'] == 'trial_launched' and e.get('leg')]
+    assert sorted((e['leg'], e['index']) for e in legs) == sorted(
+        [(1, i) for i in decided[0]['promoted']] + [(2, 0)])
+    jobs = {e['info']['job_id'] for e in events if e['event'] == 'trial_launched'}
+    assert len(jobs) == len([e for e in events if e['event'] == 'trial_launched'])
+    for e in legs:  # a new job resuming the checkpoint of the candidate's previous rung
+        assert e['executor'] == 'slurm'
+        assert e['resume_from'] == paused[(e['leg'] - 1, e['index'])]['checkpoint']
+    # the step's one full-length trial (the mean) and the re-evaluation of the mean
+    finished = [e for e in events if e['event'] == 'trial_finished']
+    assert len(finished) == 2
+    own = next(e['reward'] for e in finished if e['step'] == 0 and e['index'] == 0)
+    assert own == next(e['reward'] for e in journal(ref)
+                       if e['event'] == 'trial_finished' and e['step'] == 0
+                       and e['index'] == 0)
 
 
 def test_controller_killed_and_resumed_waits_for_its_running_jobs(slurm_cluster,

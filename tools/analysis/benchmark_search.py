@@ -44,6 +44,10 @@ Two modes::
     # PPO, with pre-screening, with pre-screening and early stopping, for several seeds
     python tools/analysis/benchmark_search.py --compare [--seeds 1 2 3] [--false-sample 6]
 
+    # successive halving against plain PPO at M=16 (runs tools/analysis/halving_compare.py;
+    # 150-iteration proxies, 3 steps, rungs at 20% and 40%, eta 2, re-trainings included)
+    python tools/analysis/benchmark_search.py --halving [--seeds 1 2 3] [--samples 16]
+
 Interrupting a run (Ctrl-C, SIGTERM) stops the search and still analyses the trials
 finished so far. The exit code is 0 whether or not the target is met (read the PASS/FAIL line); it is
 non-zero when the search run fails or the journal has no finished trial.
@@ -381,6 +385,12 @@ def main(argv=None) -> int:
                         'iterations spent, rewards, rewards at equal iterations, rejected and '
                         'stopped candidates and the false-rejection rate (resumable; in '
                         'RUN_DIR/compare)')
+    g.add_argument('--halving', action='store_true',
+                   help='run plain PPO and PPO with successive halving (search.halving) at '
+                        '--samples (default 16) candidates per step for every --seeds, '
+                        're-train each chosen loss and cross-entropy, print iterations spent, '
+                        'rewards, re-trained mIoU, rank correlations per rung and the '
+                        'projection for the paper\'s search (resumable; in RUN_DIR/halving)')
     g.add_argument('--seeds', type=int, nargs='+', default=[1, 2, 3])
     g.add_argument('--false-sample', type=int, default=6,
                    help='rejected candidates trained anyway to count false rejections')
@@ -393,6 +403,15 @@ def main(argv=None) -> int:
                str(args.samples or 4), '--false-sample', str(args.false_sample)]
         if args.iters:
             cmd += ['--iters', str(args.iters)]
+        print(f'machine: {_fmt_machine(machine_info())}', flush=True)
+        return subprocess.run(cmd, cwd=ROOT).returncode
+    if args.halving:  # tools/analysis/halving_compare.py does it
+        cmd = [sys.executable, os.path.join(HERE, 'halving_compare.py'), '--run-dir',
+               os.path.join(args.run_dir, 'halving'), '--seeds', *map(str, args.seeds),
+               '--steps', str(args.steps or 3), '--samples', str(args.samples or 16),
+               '--iters', str(args.iters or 150)]
+        if args.workers:
+            cmd += ['--workers', str(args.workers)]
         print(f'machine: {_fmt_machine(machine_info())}', flush=True)
         return subprocess.run(cmd, cwd=ROOT).returncode
     if args.work_dir:

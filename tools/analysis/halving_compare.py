@@ -3,7 +3,8 @@
 
     python tools/analysis/halving_compare.py [--seeds 1 2 3] [--steps 3] [--samples 16]
         [--iters 150] [--rungs 0.2 0.4] [--eta 2] [--workers 2] [--no-retrain]
-        [--run-dir work_dirs/benchmark_search/halving]
+        [--search-options KEY=VALUE ...] [--run-dir work_dirs/benchmark_search/halving]
+        [--name halving]
 
 (also ``python tools/analysis/benchmark_search.py --halving ...``, which runs this).
 
@@ -135,13 +136,13 @@ def render(res: Dict, seeds: List[int], args, rung_its: List[int]) -> str:
              '| variant | proxy iterations | vs ppo | best reward | mean full-length reward | '
              're-trained mIoU (sd) | cross-entropy | chosen - CE |',
              '|---|---:|---:|---:|---:|---:|---:|---:|']
-    for v in ('ppo', 'halving'):
+    for label, v in (('ppo', 'ppo'), (args.name, 'halving')):
         rs = [res[v][s] for s in seeds]
         it = _mean([r['iterations'] for r in rs])
         mi = [r.get('retrained') for r in rs]
         ce = [res['ce'].get(s) for s in seeds]
         diff = [a - b for a, b in zip(mi, ce) if a is not None and b is not None]
-        lines.append(f'| {v} | {it:.0f} | {it / ppo_it:.2f}x | {_f(_mean([r["best"] for r in rs]))}'
+        lines.append(f'| {label} | {it:.0f} | {it / ppo_it:.2f}x | {_f(_mean([r["best"] for r in rs]))}'
                      f' | {_f(_mean([r["mean"] for r in rs]))} | {_f(_mean(mi), ".2f")}'
                      + (f' ({_sd(mi):.2f})' if _sd(mi) is not None else '')
                      + f' | {_f(_mean(ce), ".2f")} | {_f(_mean(diff), "+.2f")} |')
@@ -192,6 +193,11 @@ def main(argv=None) -> int:
     p.add_argument('--eta', type=float, default=2.0)
     p.add_argument('--workers', type=int, default=2, help='trials at once (1 thread each)')
     p.add_argument('--no-retrain', dest='retrain', action='store_false')
+    p.add_argument('--name', default='halving',
+                   help='the halving runs\' folder in RUN_DIR (another name compares other '
+                        'rungs with the same plain runs, which are reused)')
+    p.add_argument('--search-options', nargs='+', default=[], metavar='KEY=VALUE',
+                   help='more --cfg-options for both searches (e.g. the proxy optimizer)')
     args = p.parse_args(argv)
     run_dir = os.path.abspath(args.run_dir)
     os.makedirs(run_dir, exist_ok=True)
@@ -199,11 +205,12 @@ def main(argv=None) -> int:
     rung_its = rung_iters(args.iters, args.rungs)
     base = [f'search.num_steps={args.steps}', f'search.num_samples={args.samples}',
             'search.reevaluate=None', 'search.prescreen=None',
-            f'train_cfg.max_iters={args.iters}', f'param_scheduler.0.end={args.iters}']
+            f'train_cfg.max_iters={args.iters}', f'param_scheduler.0.end={args.iters}',
+            *args.search_options]
     rungs = '[' + ','.join(f'{r:g}' for r in args.rungs) + ']'
     variants = {
         'ppo': [f'search.early_stop.at={rungs}', 'search.early_stop.min_trials=1000000000'],
-        'halving': [f'search.halving.rungs={rungs}', f'search.halving.eta={args.eta:g}'],
+        args.name: [f'search.halving.rungs={rungs}', f'search.halving.eta={args.eta:g}'],
     }
     res: Dict = {v: {} for v in variants}
     res['ce'] = {}
@@ -220,12 +227,15 @@ def main(argv=None) -> int:
                     run_dir, v, f'seed{seed}', 'retrain'), seed, log)
             res['ce'][seed] = retrain(demo_retrain_config('ce'),
                                       os.path.join(run_dir, 'ce', f'seed{seed}'), seed, log)
+    res['halving'] = res[args.name]
     text = render(res, args.seeds, args, rung_its)
-    with open(os.path.join(run_dir, 'halving.md'), 'w') as f:
+    with open(os.path.join(run_dir, f'{args.name}.md'), 'w') as f:
         f.write(text)
-    with open(os.path.join(run_dir, 'halving.json'), 'w') as f:
+    with open(os.path.join(run_dir, f'{args.name}.json'), 'w') as f:
         json.dump(dict(args=vars(args), results={k: {str(s): r for s, r in d.items()}
-                                                 for k, d in res.items()}), f, indent=1)
+                                                 for k, d in res.items()
+                                                 if k != 'halving' or args.name == k}),
+                  f, indent=1)
     print(text)
     return 0
 
