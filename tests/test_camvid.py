@@ -240,6 +240,31 @@ def test_camvid_search_config_and_its_holdout(converted, tmp_path):
     assert holdout['pipeline'] == cfg.test_pipeline
 
 
+def test_camvid_search_beside_cross_entropy_and_lovasz():
+    """The search config that adds the searched loss to cross-entropy + Lovasz: the same
+    proxy training on the re-training's schedule, both losses in every head of a trial
+    (the re-training config's terms: cross-entropy at 1, Lovasz as in ce+lovasz)."""
+    pytest.importorskip('mmseg')
+    from mmengine.config import Config
+
+    from asl.search.settings import parse_search_section
+    from asl.search.trial import check_extra_losses, set_trial_loss
+    path = CPU_SEARCH.replace('_search-miou_', '_search-miou+ce+lovasz_')
+    cfg = Config.fromfile(path)
+    s = parse_search_section(cfg.search.to_dict(), path)
+    check_extra_losses(s)
+    assert cfg.train_cfg.max_iters == 300 and cfg.param_scheduler[0]['end'] == 1200
+    assert s.ce_weight == 1.0 and s.num_samples == 4
+    ce_lovasz = Config.fromfile(os.path.join(
+        ROOT, 'configs', 'retrain', 'camvid',
+        'deeplabv3plus_r18tiny-d8_ce+lovasz_1xb8-1200_camvid-96x128.py'))
+    set_trial_loss(cfg.model, s, [0.5] * 12)
+    for head in ('decode_head', 'auxiliary_head'):
+        asl, *rest = cfg.model[head].loss_decode
+        assert asl['type'] == 'AutoSegLoss'
+        assert [dict(d) for d in rest] == [dict(d) for d in ce_lovasz.model[head].loss_decode]
+
+
 # ------------------------------------------------------------------------- the table
 def camvid_table():
     """The module of ``tools/analysis/camvid_table.py``."""

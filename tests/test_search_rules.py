@@ -148,6 +148,48 @@ def test_cross_entropy_beside_the_surrogate(tmp_path):
         sim_search(tmp_path / 'bad', options={'search.ce_weight': -1})
 
 
+def test_hand_designed_losses_beside_the_surrogate(tmp_path):
+    """search.extra_losses: a hand-designed combination (cross-entropy from ce_weight, then
+    Lovasz) trained beside the searched loss in every proxy training and in the
+    re-training config, auxiliary heads at aux_weight x their weights; part of the
+    search's identity; an unknown loss type or a bad weight is refused by name."""
+    from mmengine.config import Config
+    lovasz = dict(type='LovaszLoss', loss_type='multi_class', classes='present',
+                  per_image=False, reduction='none', loss_weight=0.5)
+    work = tmp_path / 's'
+    opts = {'search.ce_weight': 1.0, 'search.extra_losses': [lovasz], 'search.num_steps': 1,
+            'search.retrain_config': os.path.join(
+                ROOT, 'configs', 'retrain', 'demo',
+                'deeplabv3plus_r18tiny-d8_ce_1xb8-1200_asldemo-64x64.py')}
+    search = sim_search(work, options=opts)
+    best = search.run()
+    assert search.fingerprint()['settings']['extra_losses'] == [lovasz]
+    assert 'extra_losses' not in sim_search(tmp_path / 'plain').fingerprint()['settings']
+    trial = Config.fromfile(str(work / 'trials' / 'step00' / 'cand01' / 'attempt1' /
+                                'config.py'))
+    retrain = Config.fromfile(best['retrain_config'])
+    for cfg in (trial, retrain):
+        for head, weight in (('decode_head', 1.0), ('auxiliary_head', 0.4)):
+            asl, ce, lov = cfg.model[head].loss_decode
+            assert asl['type'] == 'AutoSegLoss' and asl['loss_weight'] == weight
+            assert ce['type'] == 'CrossEntropyLoss' and ce['loss_weight'] == pytest.approx(weight)
+            assert dict(lov, loss_weight=None) == dict(lovasz, loss_weight=None)
+            assert lov['loss_weight'] == pytest.approx(0.5 * weight)
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+    register_all_modules(init_default_scope=True)
+    model = MODELS.build(retrain.model)
+    names = [type(m).__name__ for m in model.decode_head.loss_decode]
+    assert names == ['AutoSegLoss', 'CrossEntropyLoss', 'LovaszLoss']
+    with pytest.raises(SearchConfigError, match='NoSuchLoss'):
+        sim_search(tmp_path / 'bad1', options={'search.extra_losses': [dict(type='NoSuchLoss')]})
+    with pytest.raises(SearchConfigError, match='loss_weight'):
+        sim_search(tmp_path / 'bad2', options={
+            'search.extra_losses': [dict(type='LovaszLoss', loss_weight=-1)]})
+    with pytest.raises(SearchConfigError, match='extra_losses'):
+        sim_search(tmp_path / 'bad3', options={'search.extra_losses': 'LovaszLoss'})
+
+
 # ------------------------------------------------------------------ failures, retries
 def test_failures_are_retried_then_excluded_from_the_update(tmp_path):
     """Candidate 1 of step 1 crashes once, then trains; candidate 2 fails on every attempt

@@ -33,8 +33,8 @@ from .progress import Progress, fmt_time
 from .settings import SearchConfigError, parse_search_section
 from .state import (REEVAL, SearchState, StepRecord, apply, own_reward, reeval_entries,
                     reeval_scores, replay, rollback_to, update_rewards)
-from .trial import (TrialOutcome, TrialSpec, check_surrogate, dump_config, head_classes,
-                    make_trial_config, read_probes, read_trial_outcome)
+from .trial import (TrialOutcome, TrialSpec, check_extra_losses, check_surrogate, dump_config,
+                    head_classes, make_trial_config, read_probes, read_trial_outcome)
 
 __all__ = ['Search', 'SearchInterrupted', 'load_search_config', 'SEARCHERS']
 
@@ -94,6 +94,7 @@ class Search:
         self.config_path = os.path.abspath(config_path)
         self.cfg, self.settings = loaded or load_search_config(config_path, cfg_options)
         self.surrogate, self.identity = check_surrogate(self.settings)
+        check_extra_losses(self.settings)
         self.dim = len(self.identity)
         self.reward_key = self.surrogate.name
         self.seed = int(seed)
@@ -137,7 +138,7 @@ class Search:
     def fingerprint(self) -> Dict:
         settings = self.settings.to_dict()
         settings.pop('trials_per_gpu')  # how trials are packed does not change the search
-        for key in ('ce_weight', 'halving'):  # (searches journaled before these existed)
+        for key in ('ce_weight', 'halving', 'extra_losses'):  # (journaled before these)
             if not settings[key]:
                 settings.pop(key)
         return dict(config=self.name, settings=settings, seed=self.seed,

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..utils import atomic_write_json, atomic_write_text
 from .settings import SearchSettings
-from .trial import cross_entropy_loss
+from .trial import extra_losses
 
 __all__ = ['SearchInfo', 'write_outputs', 'select_best', 'retrain_config_text']
 
@@ -107,7 +107,8 @@ def _surrogate(search: SearchInfo, raw: List[float]):
 
 def _loss_text(s, theta: List[float], num_pieces: int, weight: float) -> str:
     """A head's ``loss_decode`` (Python source): the searched loss at ``weight``, replacing
-    the base config's loss; with ``search.ce_weight``, the list of it and cross-entropy."""
+    the base config's loss; with ``search.ce_weight`` or ``search.extra_losses``, the list
+    of it and those."""
     nums = ',\n            '.join(', '.join(f'{v:.8g}' for v in theta[i:i + 4])
                                   for i in range(0, len(theta), 4))
     asl = (f"dict(\n        type='AutoSegLoss',\n        target_metric={s.target_metric!r},\n"
@@ -115,11 +116,13 @@ def _loss_text(s, theta: List[float], num_pieces: int, weight: float) -> str:
            f"        parameterization={s.parameterization!r},\n"
            f"        num_pieces={num_pieces},\n        tol={s.tol},\n"
            f"        drop_bg={s.drop_bg},\n        loss_weight={weight}")
-    if not s.ce_weight:
+    extra = extra_losses(s, weight)
+    if not extra:
         return asl + ',\n        _delete_=True)'
     # (a list replaces the base's loss_decode whole: no _delete_)
-    ce = ', '.join(f'{k}={v!r}' for k, v in cross_entropy_loss(s.ce_weight * weight).items())
-    return f"[\n    {asl}),\n    dict({ce})]"
+    return '[\n    ' + asl + ')' + ''.join(
+        ',\n    dict(' + ', '.join(f'{k}={v!r}' for k, v in d.items()) + ')'
+        for d in extra) + ']'
 
 
 def retrain_config_text(search: SearchInfo, base: str, theta: List[float], num_pieces: int,

@@ -114,6 +114,11 @@ class SearchSettings:
             in the proxy trainings and in the re-training config: the combination
             practitioners use, searched as it will be trained (the auxiliary head(s)
             get both at ``aux_weight`` times their weights). 0 = the surrogate alone.
+        extra_losses: more MMSeg losses trained beside the surrogate, a list of loss dicts
+            (``dict(type='LovaszLoss', ..., loss_weight=1.0)``), after the cross-entropy
+            of ``ce_weight``, in the proxy trainings and in the re-training config (the
+            auxiliary head(s) at ``aux_weight`` times their ``loss_weight``): the searched
+            loss added to a hand-designed combination. None = none.
         retrain_config: config that the final re-training config inherits (a relative
             path is looked up next to the search config, then from the current
             directory); None = the search config itself.
@@ -148,6 +153,7 @@ class SearchSettings:
     halving: Optional[Dict[str, Any]] = None
     aux_weight: float = 0.4
     ce_weight: float = 0.0
+    extra_losses: Optional[List[Dict[str, Any]]] = None
     retrain_config: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
@@ -303,6 +309,20 @@ def parse_search_section(section: Any, config_path: str = '<config>') -> SearchS
            and math.isfinite(s.ce_weight) and s.ce_weight >= 0,
            f'search.ce_weight must be a non-negative number, got {s.ce_weight!r}')
     s.ce_weight = float(s.ce_weight)
+    if s.extra_losses is not None:
+        x = s.extra_losses
+        _check(isinstance(x, (list, tuple)) and len(x) >= 1
+               and all(isinstance(d, dict) and isinstance(d.get('type'), str) and d['type']
+                       and d['type'] != 'AutoSegLoss' for d in x),
+               f'search.extra_losses must be None or a list of MMSeg loss dicts with a '
+               f"'type' (not AutoSegLoss: that is the searched loss), got {x!r}")
+        for d in x:
+            w = d.get('loss_weight', 1.0)
+            _check(isinstance(w, (int, float)) and not isinstance(w, bool)
+                   and math.isfinite(w) and w >= 0,
+                   f'search.extra_losses: loss_weight must be a non-negative number, got '
+                   f'{w!r} in {d!r}')
+        s.extra_losses = [dict(d) for d in x]
     _check(s.retrain_config is None or (isinstance(s.retrain_config, str) and s.retrain_config),
            f'search.retrain_config must be a config path, got {s.retrain_config!r}')
     return s

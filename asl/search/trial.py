@@ -19,8 +19,9 @@ from ..protocol import (FAILURE_FILE, PAUSED_FILE, PROBES_FILE, RESULT_FILE, STD
                         STOPPED_FILE)
 from .settings import SearchConfigError, SearchSettings, amp_dtype
 
-__all__ = ['TrialSpec', 'TrialOutcome', 'check_surrogate', 'make_trial_config', 'dump_config',
-           'read_trial_outcome', 'train_command', 'trial_args']
+__all__ = ['TrialSpec', 'TrialOutcome', 'check_surrogate', 'check_extra_losses', 'extra_losses',
+           'make_trial_config', 'dump_config', 'read_trial_outcome', 'train_command',
+           'trial_args']
 
 
 @dataclass
@@ -135,13 +136,39 @@ def cross_entropy_loss(weight: float) -> Dict:
     return dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=float(weight))
 
 
+def check_extra_losses(settings: SearchSettings) -> None:
+    """Every ``search.extra_losses`` type is a loss MMSeg can build.
+
+    Raises:
+        SearchConfigError: naming the unknown type.
+    """
+    if not settings.extra_losses:
+        return
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    for d in settings.extra_losses:
+        if MODELS.get(d['type']) is None:
+            raise SearchConfigError(f'search.extra_losses: {d["type"]!r} is not a registered '
+                                    f'MMSeg loss (in {d!r})')
+
+
+def extra_losses(settings: SearchSettings, weight: float) -> List[Dict]:
+    """The losses trained beside the surrogate in a head of ``weight``: cross-entropy at
+    ``ce_weight * weight`` (if set), then ``search.extra_losses`` with their
+    ``loss_weight`` (default 1) times ``weight``."""
+    out = [cross_entropy_loss(settings.ce_weight * weight)] if settings.ce_weight else []
+    for d in settings.extra_losses or ():
+        out.append(dict(d, loss_weight=float(d.get('loss_weight', 1.0)) * weight))
+    return out
+
+
 def head_losses(settings: SearchSettings, raw_theta: List[float], weight: float):
-    """A head's ``loss_decode``: the surrogate at ``weight``, with ``search.ce_weight``
-    the list of it and cross-entropy at ``ce_weight * weight``."""
+    """A head's ``loss_decode``: the surrogate at ``weight``; with ``search.ce_weight`` or
+    ``search.extra_losses``, the list of it and those (:func:`extra_losses`)."""
     loss = trial_loss(settings, raw_theta, weight)
-    if not settings.ce_weight:
-        return loss
-    return [loss, cross_entropy_loss(settings.ce_weight * weight)]
+    extra = extra_losses(settings, weight)
+    return [loss, *extra] if extra else loss
 
 
 def _set_loss(head, loss) -> None:

@@ -131,23 +131,26 @@ def finished_search(search_dir: str) -> Optional[Dict]:
 
 
 def run_search(scale: str, seed: int, search_dir: str, options: Sequence[str],
-               workers: int, gpus: Optional[int]) -> Dict:
+               workers: int, gpus: Optional[int], config: Optional[str] = None) -> Dict:
     """The search of one seed; its best.json. Skipped when its ``best.json`` exists and
     it ran with the same options (else ``tools/search.py`` resumes it, or refuses a work
-    directory that holds another search)."""
+    directory that holds another search). ``config``: the search config (default: the
+    scale's)."""
     best_file = os.path.join(search_dir, 'best.json')
     options_file = search_dir + '.options.json'
     best = finished_search(search_dir)
-    if isinstance(best, dict) and read_json_or_none(options_file) == list(options):
+    key = list(options) + ([f'search_config={config}'] if config else [])
+    if isinstance(best, dict) and read_json_or_none(options_file) == key:
         print(f'[camvid] seed {seed}: search done ({best_file})', flush=True)
         return best
     print(f'[camvid] seed {seed}: search (log: {search_dir}.log)', flush=True)
-    cmd = [sys.executable, os.path.join(ROOT, 'tools', 'search.py'), search_config(scale),
+    cmd = [sys.executable, os.path.join(ROOT, 'tools', 'search.py'),
+           config or search_config(scale),
            '--work-dir', search_dir, '--seed', str(seed), '--workers', str(workers)]
     if gpus is not None:
         cmd += ['--gpus', str(gpus)]
     cmd += ['--cfg-options', *options]
-    atomic_write_json(options_file, list(options))
+    atomic_write_json(options_file, key)
     code, wall = run_logged(cmd, search_dir + '.log')
     best = finished_search(search_dir)
     if code != 0 or not isinstance(best, dict):
@@ -246,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='GPUs of the search (default: all visible) and processes of each '
                         're-training, 8 images each (default: 1; the GPU-scale configs '
                         'assume 4)')
+    p.add_argument('--search-config',
+                   help='the search config (default: the scale\'s mIoU search; e.g. '
+                        'configs/search/camvid/*_search-miou+ce+lovasz_* for the searched '
+                        'loss beside cross-entropy and Lovasz)')
     p.add_argument('--search-options', nargs='+', default=[], metavar='KEY=VALUE')
     p.add_argument('--train-options', nargs='+', default=[], metavar='KEY=VALUE')
     return p
@@ -277,6 +284,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f'Seeds {", ".join(map(str, args.seeds))}; data {data}; re-training configs '
               f'configs/retrain/camvid/{SCALES[args.scale]["model"]}_<loss>_'
               f'{SCALES[args.scale]["schedule"]}.py; metrics on the val split.'
+              + (f' Search config: {args.search_config}.' if args.search_config else '')
               + (f' Search options: {" ".join(args.search_options)}.'
                  if args.search_options else '')
               + (f' Training options: {" ".join(args.train_options)}.'
@@ -300,7 +308,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if 'chosen' in losses:
             searches[seed] = run_search(args.scale, seed, os.path.join(d, 'search'),
                                         opts + list(args.search_options), args.workers,
-                                        args.gpus)
+                                        args.gpus, args.search_config)
             write()
         for loss in losses:
             config = (searches[seed]['retrain_config'] if loss == 'chosen'
