@@ -144,14 +144,16 @@ def _crash_a_continuation(spec, raw):
     return 'crash' if spec.trial_id == 's00-c00-r1-a1' else peak_reward(raw)
 
 
-#: a crash of a continuation (retried from the same checkpoint) and a re-evaluation
-FULL_H = dict(HALF, **{'search.max_retries': 1, 'search.reevaluate': dict(top=1, seeds=1)})
+#: 4 candidates (4 -> 2 -> 1), a crash of a continuation (retried from the same
+#: checkpoint) and a re-evaluation
+FULL_H = dict(HALF, **{'search.num_samples': 4, 'search.max_retries': 1,
+                       'search.reevaluate': dict(top=1, seeds=1)})
 
 #: the new journal points (and the continuation in flight): (when, kind, n)
-POINTS = [('before', 'trial_paused', 1), ('torn', 'trial_paused', 4),
-          ('after', 'trial_paused', 6),  # every candidate at rung 1, not yet decided
+POINTS = [('before', 'trial_paused', 1), ('torn', 'trial_paused', 3),
+          ('after', 'trial_paused', 4),  # every candidate at rung 1, not yet decided
           ('before', 'rung_decided', 1), ('torn', 'rung_decided', 2),
-          ('after', 'rung_decided', 1), ('after', 'trial_launched', 8),  # leg 1 in flight
+          ('after', 'rung_decided', 1), ('after', 'trial_launched', 5),  # leg 1 in flight
           ('after', 'trial_failed', 1), ('before', 'trial_finished', 2),
           ('after', 'rung_decided', 3), ('before', 'policy_updated', 2)]
 
@@ -169,7 +171,7 @@ def halving_reference(tmp_path_factory):
     for when, kind, n in POINTS:
         assert kinds.count(kind) >= n, (kind, n)
     launched = events(work, 'trial_launched')
-    assert launched[7].get('leg') == 1  # the 8th launch is a continuation
+    assert launched[4].get('leg') == 1  # the 5th launch is a continuation
     assert [e['trial_id'] for e in events(work, 'trial_failed')] == ['s00-c00-r1-a1']
     retry = next(e for e in launched if e['trial_id'] == 's00-c00-r1-a2')
     first = next(e for e in launched if e['trial_id'] == 's00-c00-r1-a1')
@@ -221,7 +223,8 @@ def test_halving_compare_runs_both_searches_and_the_promoted_end_as_uninterrupte
 
     from search_fixtures import ROOT, env, run
     run_dir = tmp_path / 'h'
-    out = run([sys.executable, os.path.join(ROOT, 'tools', 'analysis', 'halving_compare.py'), '--run-dir', str(run_dir), '--seeds', '1',
+    out = run([sys.executable, os.path.join(ROOT, 'tools', 'analysis', 'halving_compare.py'),
+               '--run-dir', str(run_dir), '--seeds', '1',
                '--steps', '1', '--samples', '4', '--iters', '30', '--rungs', '0.2', '0.4',
                '--workers', '1', '--no-retrain', '--search-options', 'search.holdout.num=16',
                'optim_wrapper.optimizer.type=RMSprop', 'optim_wrapper.optimizer.lr=0.001',

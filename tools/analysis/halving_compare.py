@@ -142,8 +142,9 @@ def render(res: Dict, seeds: List[int], args, rung_its: List[int]) -> str:
         mi = [r.get('retrained') for r in rs]
         ce = [res['ce'].get(s) for s in seeds]
         diff = [a - b for a, b in zip(mi, ce) if a is not None and b is not None]
-        lines.append(f'| {label} | {it:.0f} | {it / ppo_it:.2f}x | {_f(_mean([r["best"] for r in rs]))}'
-                     f' | {_f(_mean([r["mean"] for r in rs]))} | {_f(_mean(mi), ".2f")}'
+        lines.append(f'| {label} | {it:.0f} | {it / ppo_it:.2f}x | '
+                     f'{_f(_mean([r["best"] for r in rs]))} | '
+                     f'{_f(_mean([r["mean"] for r in rs]))} | {_f(_mean(mi), ".2f")}'
                      + (f' ({_sd(mi):.2f})' if _sd(mi) is not None else '')
                      + f' | {_f(_mean(ce), ".2f")} | {_f(_mean(diff), "+.2f")} |')
     lines += ['', 'Per seed (re-trained mIoU: ppo / halving / cross-entropy; proxy iterations: '
