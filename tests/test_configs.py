@@ -241,14 +241,20 @@ def test_model_builds_with_the_named_losses(rel):
         names = [loss.loss_name for loss in losses]
         assert len(set(names)) == len(names) and all(n.startswith('loss_') for n in names)
         assert all(loss.loss_weight == pytest.approx(weight) for loss in losses), rel
+        expected = {'ce': 'CrossEntropyLoss', 'dice': 'DiceLoss', 'lovasz': 'LovaszLoss',
+                    'jml': 'JaccardMetricLoss'}  # 'ce+jml': both, in this order
         if token.startswith(('asl-', 'search-')):
-            metrics = [SHORT[m] for m in token.split('-', 1)[1].split('+')]
-            assert len(losses) == len(metrics), rel
+            # the searched metric(s), then hand-designed losses trained beside them
+            # ('search-miou+ce+lovasz': search.ce_weight and search.extra_losses)
+            parts = token.split('-', 1)[1].split('+')
+            metrics = [SHORT[m] for m in parts if m in SHORT]
+            extras = [expected[m] for m in parts if m not in SHORT]
+            assert parts == [m.lower() for m in metrics] + [m for m in parts if m not in SHORT]
+            assert len(losses) == len(metrics) + len(extras), rel
             for loss, metric in zip(losses, metrics):
                 _check_asl_loss(loss, metric, cfg, search, rel)
+            assert [type(loss).__name__ for loss in losses[len(metrics):]] == extras, rel
         else:
-            expected = {'ce': 'CrossEntropyLoss', 'dice': 'DiceLoss', 'lovasz': 'LovaszLoss',
-                        'jml': 'JaccardMetricLoss'}  # 'ce+jml': both, in this order
             assert [type(loss).__name__ for loss in losses] == \
                 [expected[t] for t in token.split('+')], rel
 
@@ -288,7 +294,7 @@ def test_retrain_schedule(rel):
 @pytest.mark.parametrize('rel', SEARCH)
 def test_search_section(rel):
     spec, cfg = name_spec(rel), load(rel)
-    metric = SHORT[spec['loss'].split('-', 1)[1]]
+    metric = SHORT[spec['loss'].split('-', 1)[1].split('+')[0]]  # (then losses beside it)
     search = cfg.search
     assert isinstance(search, dict) and SEARCH_KEYS <= set(search), rel
     assert search['target_metric'] == metric
