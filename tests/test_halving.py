@@ -9,7 +9,8 @@ import pytest
 
 pytest.importorskip('mmseg')
 
-from search_sim import Killed, SimExecutor, decisions, events, kill_at, sim_search  # noqa: E402
+from search_sim import (Killed, SimExecutor, decisions, events, kill_at,  # noqa: E402
+                        probe_score, sim_search)
 
 from asl.search.halving import (decide, halted_rewards, iterations_fraction,  # noqa: E402
                                 planned_counts, rung_iters)
@@ -129,6 +130,21 @@ def test_each_rung_keeps_the_best_and_the_promoted_resume_their_checkpoints(tmp_
     best = json.load(open(work / 'best.json'))
     assert [r['promoted'] for r in best['steps'][0]['rungs']] == \
         [e['promoted'] for e in events(work, 'rung_decided') if e['step'] == 0]
+
+
+def test_a_rung_on_a_plateau_is_decided_by_index_and_says_so(tmp_path, caplog):
+    # at the first rung every candidate scores the same (a plateau: they all predict the
+    # dominant class), at the second they differ: the first promotes by index and warns
+    plateau = lambda spec, reward, it, n: 0.163 if it == 6 else probe_score(reward, it, n)
+    work = tmp_path / 's'
+    with caplog.at_level('WARNING'):
+        sim_search(work, HALF, executor=SimExecutor(capacity=3, rung_score=plateau)).run()
+    first = [e for e in events(work, 'rung_decided') if e['rung'] == 0]
+    assert [d['promoted'] for d in first] == [[0, 1, 2]] * 2  # the mean, then by index
+    warned = [r.getMessage() for r in caplog.records if 'tie rule' in r.getMessage()]
+    assert len(warned) == 2 and all('rung 1 (iteration 6)' in m and '[3, 4, 5]' in m
+                                    for m in warned)
+    assert not any('rung 2' in m for m in warned)  # the second rung ranked
 
 
 def test_halving_is_off_by_default_and_out_of_an_old_search_identity(tmp_path):

@@ -369,6 +369,15 @@ class Search:
             f'step {step + 1}: rung {rung + 1} (iteration {it}): promoted '
             f'{d["promoted"]}, stopped {d["stopped"]}'
             + (f' (cut {d["cut"]:.4f})' if d['cut'] is not None else ''))
+        tied = [i for i in d['stopped'] if scores[i] == d['cut']]
+        if tied:
+            # the scores could not rank these against the promoted ones: the lower index won
+            self.logger.warning(
+                f'step {step + 1}: rung {rung + 1} (iteration {it}): {len(tied)} stopped '
+                f'candidate(s) {tied} scored the same as the lowest promoted one '
+                f'({d["cut"]:.4f}), so the tie rule (the lower index) decided; when this is '
+                f'common the rung comes before the proxies can be told apart (a plateau): '
+                f'move search.halving.rungs later')
 
     def _leg_files(self, rec: StepRecord, index: int, leg: int) -> Optional[Dict]:
         """Where a leg of successive halving pauses and what it resumes."""
