@@ -8,6 +8,7 @@ import tempfile
 from typing import Any, Optional
 
 __all__ = ['atomic_write_text', 'atomic_write_json', 'read_json', 'read_json_or_none',
+           'sha256_file',
            'cpu_model']
 
 
@@ -54,6 +55,16 @@ def read_json(path: str) -> Any:
     """Read a JSON file."""
     with open(path) as f:
         return json.load(f)
+
+
+def sha256_file(path: str) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_json_or_none(path: str) -> Any:

@@ -65,6 +65,8 @@ _MARKS = {
         'test_training.py::test_kill_after_first_checkpoint_then_resume',
         'test_training.py::test_tools_test_writes_all_metrics',
         'test_training.py::test_torchrun_two_processes_train_one_model',
+        'test_warm_start.py::test_a_real_search_trains_the_warm_start_once_and_its_proxies_'
+        'load_it',
     ),
 }
 #: fixtures that run real trainings or searches: their tests are slow

@@ -81,7 +81,10 @@ class SimExecutor(Executor):
     Args:
         capacity: trials at once.
         delay: polls a trial takes to end (>= 1).
-        outcome: ``(spec, raw) -> float or str`` (``spec``: the trial's TrialSpec).
+        outcome: ``(spec, raw) -> float or str`` (``spec``: the trial's TrialSpec). The
+            warm start's cross-entropy training (``search.warm_start``: no surrogate in its
+            config) gets ``raw=None`` and, with a reward, writes its ``iter_<N>.pth`` (a
+            small JSON file); default 0.3.
         rung_score: successive halving's score at a rung, ``(spec, reward, it, max_iters)``
             (default: :func:`probe_score`).
     """
@@ -91,7 +94,7 @@ class SimExecutor(Executor):
     def __init__(self, capacity=2, delay=1, outcome=None, rung_score=None):
         self._capacity = capacity
         self.delay = delay
-        self.outcome = outcome or (lambda spec, raw: peak_reward(raw))
+        self.outcome = outcome or (lambda spec, raw: 0.3 if raw is None else peak_reward(raw))
         self.rung_score = rung_score or (lambda spec, reward, it, n: probe_score(reward, it, n))
         self.resumed = []  # (trial id, the iteration it resumed from)
         self._running = {}  # trial_id -> [spec, polls left]
@@ -133,7 +136,8 @@ class SimExecutor(Executor):
         cfg = Config.fromfile(spec.config_path)
         losses = cfg.model.decode_head.loss_decode  # (a list with search.ce_weight)
         losses = losses if isinstance(losses, (list, tuple)) else [losses]
-        raw = list(next(x for x in losses if x['type'] == 'AutoSegLoss')['raw_theta'])
+        sur = [x for x in losses if x['type'] == 'AutoSegLoss']
+        raw = list(sur[0]['raw_theta']) if sur else None  # (None: the warm start)
         max_iters = int(cfg.train_cfg.max_iters)
         hook = next(h for h in cfg.custom_hooks if h['type'] == 'ASLTrialHook')
         result = self.outcome(spec, raw)
@@ -150,6 +154,9 @@ class SimExecutor(Executor):
                 key='loss', value=None))
             return Completion(exit_code=EXIT_NONFINITE, wall_s=1.0)
         reward = float(result)
+        if raw is None:
+            atomic_write_json(os.path.join(wd, f'iter_{max_iters}.pth'),
+                              dict(iter=max_iters, trial=spec.trial_id))
         start = 0
         if cfg.get('resume'):  # successive halving's next leg: resumes its rung checkpoint
             try:

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ..utils import sha256_file
 from .early_stop import step_plan, trial_plan
 from .halving import decide, leg_candidates, rung_iters
 from .executors import Completion, Executor, LocalExecutor
@@ -31,12 +32,13 @@ from .journal import Journal
 from .policy import PolicyState, ppo_update, sample_truncnorm
 from .progress import Progress, fmt_time
 from .settings import SearchConfigError, parse_search_section
-from .state import (REEVAL, SearchState, StepRecord, apply, own_reward, reeval_entries,
+from .state import (REEVAL, WARM, SearchState, StepRecord, apply, own_reward, reeval_entries,
                     reeval_scores, replay, rollback_to, update_rewards)
 from .trial import (TrialOutcome, TrialSpec, check_extra_losses, check_surrogate, dump_config,
-                    head_classes, make_trial_config, read_probes, read_trial_outcome)
+                    head_classes, make_trial_config, make_warm_start_config, read_probes,
+                    read_trial_outcome, warm_start_iters)
 
-__all__ = ['Search', 'SearchInterrupted', 'load_search_config', 'SEARCHERS']
+__all__ = ['Search', 'SearchInterrupted', 'WarmStartError', 'load_search_config', 'SEARCHERS']
 
 SEARCHERS = ('ppo', 'random')
 
@@ -58,6 +60,11 @@ def load_search_config(config_path: str, cfg_options: Optional[Dict] = None):
     settings = parse_search_section(
         section.to_dict() if hasattr(section, 'to_dict') else section, config_path)
     return cfg, settings
+
+
+class WarmStartError(RuntimeError):
+    """``search.warm_start``'s training failed for good, or its journaled checkpoint is
+    gone or changed: the proxies cannot start from it."""
 
 
 class SearchInterrupted(RuntimeError):
@@ -95,6 +102,10 @@ class Search:
         self.cfg, self.settings = loaded or load_search_config(config_path, cfg_options)
         self.surrogate, self.identity = check_surrogate(self.settings)
         check_extra_losses(self.settings)
+        if self.settings.warm_start is not None and self.cfg.get('load_from'):
+            raise SearchConfigError(
+                f'search.warm_start and load_from={self.cfg.load_from!r} both set the weights '
+                f'the proxy trainings start from; set one of them to None')
         self.dim = len(self.identity)
         self.reward_key = self.surrogate.name
         self.seed = int(seed)
@@ -138,7 +149,8 @@ class Search:
     def fingerprint(self) -> Dict:
         settings = self.settings.to_dict()
         settings.pop('trials_per_gpu')  # how trials are packed does not change the search
-        for key in ('ce_weight', 'halving', 'extra_losses'):  # (journaled before these)
+        for key in ('ce_weight', 'halving', 'extra_losses', 'warm_start'):  # (journaled
+            # before these existed: an old search keeps its identity)
             if not settings[key]:
                 settings.pop(key)
         return dict(config=self.name, settings=settings, seed=self.seed,
@@ -226,6 +238,11 @@ class Search:
         handlers = {sig: signal.signal(sig, self._request_stop)
                     for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
+            if s.warm_start is not None:
+                if state.warm_start is None:
+                    self._warm_start()
+                else:
+                    self._check_warm_checkpoint()
             for step in range(s.num_steps):
                 rec = state.steps.get(step)
                 if rec is not None and rec.update is not None:
@@ -305,10 +322,77 @@ class Search:
         if os.path.isdir(spec.work_dir):  # a relaunch starts from a clean directory
             shutil.rmtree(spec.work_dir)
         os.makedirs(spec.work_dir)
+        warm = self.state.warm_start
         cfg = make_trial_config(self.cfg, self.settings, cand, self._train_ds,
                                 self._holdout_ds, self.reward_key, probes=probes,
-                                **(leg or {}))
+                                warm_from=warm['checkpoint'] if warm else None, **(leg or {}))
         dump_config(cfg, spec.config_path)
+
+    # ------------------------------------------------------------ warm start
+    def _warm_start(self) -> None:
+        """``search.warm_start``: train the proxy model once with cross-entropy (through the
+        executor, like a trial; a failed attempt is retried up to ``max_retries`` times) and
+        journal its checkpoint, which every proxy training then starts from."""
+        s, state = self.settings, self.state
+        iters = warm_start_iters(self.cfg, s)
+        while True:
+            attempt = len(state.warm_start_failures) + 1
+            if attempt > s.max_retries + 1:
+                raise WarmStartError(
+                    f'the warm start\'s cross-entropy training failed {attempt - 1} times: '
+                    + '; '.join(state.warm_start_failures))
+            wd = os.path.join(self.work_dir, 'warm_start', f'attempt{attempt}')
+            spec = TrialSpec(trial_id=f'warm-a{attempt}', step=WARM, index=0, attempt=attempt,
+                             work_dir=wd, config_path=os.path.join(wd, 'config.py'),
+                             seed=self.seed, time_limit=float(s.trial_time_limit),
+                             gpus=s.gpus_per_trial, name=f'asl-{self.name}-warm-a{attempt}')
+            self.executor.release([spec])
+            if os.path.isdir(wd):  # a relaunch starts from a clean directory
+                shutil.rmtree(wd)
+            os.makedirs(wd)
+            dump_config(make_warm_start_config(self.cfg, s, self._train_ds, self._holdout_ds,
+                                               self.reward_key), spec.config_path)
+            info = self.executor.launch_many([spec])[0]
+            self.logger.info(f'warm start: training the proxy model with cross-entropy for '
+                             f'{iters} iterations ({spec.trial_id}, {self.executor.name} '
+                             f'{info_str(info)}); every proxy training starts from it')
+            comp = None
+            while comp is None:
+                self._check_stop()
+                comp = next((c for sp, c in self.executor.poll()
+                             if sp.trial_id == spec.trial_id), None)
+                if comp is None:
+                    time.sleep(self.poll_interval)
+            out = read_trial_outcome(wd, self.reward_key, comp.exit_code, comp.timed_out,
+                                     comp.wall_s, comp.reason)
+            ckpt = os.path.join(wd, f'iter_{iters}.pth')
+            if out.ok and not os.path.isfile(ckpt):
+                out = TrialOutcome(False, kind='noresult', reason=f'no checkpoint {ckpt}')
+            if out.ok:
+                self._log('warm_start_finished', attempt=attempt, checkpoint=ckpt,
+                          sha256=sha256_file(ckpt), iters=iters, reward=out.reward,
+                          metrics=out.result.get('metrics', {}), wall_s=comp.wall_s)
+                self.logger.info(f'warm start: done in {fmt_time(comp.wall_s)}, hold-out '
+                                 f'{self.reward_key} {out.reward:.4f} with cross-entropy; '
+                                 f'checkpoint {ckpt}')
+                return
+            self._log('warm_start_failed', attempt=attempt, kind=out.kind, reason=out.reason)
+            self.logger.warning(f'warm start: {spec.trial_id} failed [{out.kind}] {out.reason}')
+
+    def _check_warm_checkpoint(self) -> None:
+        """On resume: the journaled warm-start checkpoint is still the one the earlier
+        proxies started from."""
+        w = self.state.warm_start
+        if self.state.reeval_done is not None:
+            return  # no proxy training is left to start from it
+        path = w['checkpoint']
+        if not os.path.isfile(path):
+            raise WarmStartError(f'the warm start\'s checkpoint {path} is gone; the proxies of '
+                                 f'this search started from it (restore it, or search again '
+                                 f'in a new work directory)')
+        if sha256_file(path) != w['sha256']:
+            raise WarmStartError(f'the warm start\'s checkpoint {path} changed since the '
+                                 f'search journaled it (SHA-256 {w["sha256"]})')
 
     @property
     def _mean_is_candidate_0(self) -> bool:

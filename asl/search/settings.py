@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 __all__ = ['SearchSettings', 'SearchConfigError', 'parse_search_section', 'amp_dtype',
-           'EARLY_STOP_DEFAULTS', 'PRESCREEN_DEFAULTS', 'HALVING_DEFAULTS']
+           'EARLY_STOP_DEFAULTS', 'PRESCREEN_DEFAULTS', 'HALVING_DEFAULTS',
+           'WARM_START_DEFAULTS']
 
 
 #: ``search.prescreen`` entries left out take these values.
@@ -16,6 +17,8 @@ PRESCREEN_DEFAULTS = dict(images=4, steps=10, lr=0.5, threshold=0.5, seed=0)
 EARLY_STOP_DEFAULTS = dict(at=[1 / 3, 2 / 3], quantile=0.5, min_trials=3)
 #: ``search.halving`` entries left out take these values.
 HALVING_DEFAULTS = dict(rungs=[0.2, 0.4], eta=2)
+#: ``search.warm_start`` entries left out take these values (iters None: the proxy's length).
+WARM_START_DEFAULTS = dict(iters=None)
 
 
 def amp_dtype(amp: Any) -> Optional[str]:
@@ -119,6 +122,16 @@ class SearchSettings:
             of ``ce_weight``, in the proxy trainings and in the re-training config (the
             auxiliary head(s) at ``aux_weight`` times their ``loss_weight``): the searched
             loss added to a hand-designed combination. None = none.
+        warm_start: ``dict(iters=N)``: before the first step the search trains the proxy
+            model once with cross-entropy (weight 1, the auxiliary head(s) at
+            ``aux_weight``) for ``N`` iterations (None: the proxy's length) on the proxy
+            split, with the proxy's optimizer and schedule, and every proxy training starts
+            from that checkpoint (its weights: ``load_from``) instead of from the config's
+            initialization, so the reward measures the surrogate where it acts, on a model
+            that already segments (the paper's proxies start from pretrained backbones).
+            Run by the search's executor, journaled (``warm_start_finished``, with the
+            checkpoint's SHA-256, checked on resume). The re-training config starts as its
+            own config says. None = off.
         retrain_config: config that the final re-training config inherits (a relative
             path is looked up next to the search config, then from the current
             directory); None = the search config itself.
@@ -154,6 +167,7 @@ class SearchSettings:
     aux_weight: float = 0.4
     ce_weight: float = 0.0
     extra_losses: Optional[List[Dict[str, Any]]] = None
+    warm_start: Optional[Dict[str, Any]] = None
     retrain_config: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
@@ -323,6 +337,10 @@ def parse_search_section(section: Any, config_path: str = '<config>') -> SearchS
                    f'search.extra_losses: loss_weight must be a non-negative number, got '
                    f'{w!r} in {d!r}')
         s.extra_losses = [dict(d) for d in x]
+    if s.warm_start is not None:
+        w = s.warm_start = _options('warm_start', s.warm_start, WARM_START_DEFAULTS)
+        if w['iters'] is not None:
+            _positive_int('warm_start.iters', w['iters'])
     _check(s.retrain_config is None or (isinstance(s.retrain_config, str) and s.retrain_config),
            f'search.retrain_config must be a config path, got {s.retrain_config!r}')
     return s

@@ -12,6 +12,11 @@ Journal events and their fields:
 
 * ``search_started``: ``fingerprint`` (settings, seed, searcher, dimension, reward
   key), ``policy``, ``rng``: the initial state.
+* ``warm_start_failed``: ``attempt``, ``kind``, ``reason`` (``search.warm_start``'s
+  cross-entropy training failed; retried up to ``max_retries`` times).
+* ``warm_start_finished``: ``attempt``, ``checkpoint`` (absolute path), ``sha256``,
+  ``iters``, ``reward`` and ``metrics`` (the hold-out score of that training),
+  ``wall_s``: every proxy training starts from that checkpoint's weights.
 * ``step_started``: ``step``, ``mu``, ``candidates`` (M raw vectors), ``rng`` (the
   generator state after sampling), ``policy`` (the policy that sampled them).
 * ``step_screened``: ``step``, ``scores``, ``reference``, ``threshold``, ``rejected``
@@ -51,11 +56,13 @@ import numpy as np
 
 from .policy import PolicyState
 
-__all__ = ['TrialRecord', 'StepRecord', 'SearchState', 'apply', 'replay', 'REEVAL',
+__all__ = ['TrialRecord', 'StepRecord', 'SearchState', 'apply', 'replay', 'REEVAL', 'WARM',
            'mean_reward', 'own_reward', 'settled_reward', 'rollback_to', 'reeval_entries']
 
 #: The ``step`` of the re-evaluation's trials.
 REEVAL = -1
+#: The ``step`` of ``search.warm_start``'s training (never journaled as a trial).
+WARM = -2
 
 
 @dataclass
@@ -128,6 +135,8 @@ class SearchState:
     reeval_entries: Optional[List[Dict]] = None
     reeval_done: Optional[Dict] = None
     finished: Optional[Dict] = None
+    warm_start: Optional[Dict] = None  # search.warm_start's training, once it finished
+    warm_start_failures: List[str] = field(default_factory=list)
     num_events: int = 0
 
     def owner(self, step: int) -> StepRecord:
@@ -198,6 +207,11 @@ def apply(state: SearchState, ev: Dict) -> SearchState:
         state.reeval_done = ev
     elif kind == 'search_finished':
         state.finished = ev
+    elif kind == 'warm_start_finished':
+        state.warm_start = ev
+    elif kind == 'warm_start_failed':
+        state.warm_start_failures.append(f'attempt {ev["attempt"]}: [{ev["kind"]}] '
+                                         f'{ev["reason"]}')
     else:
         raise ValueError(f'unknown journal event {kind!r}')
     return state

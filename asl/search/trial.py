@@ -20,6 +20,7 @@ from ..protocol import (FAILURE_FILE, PAUSED_FILE, PROBES_FILE, RESULT_FILE, STD
 from .settings import SearchConfigError, SearchSettings, amp_dtype
 
 __all__ = ['TrialSpec', 'TrialOutcome', 'check_surrogate', 'check_extra_losses', 'extra_losses',
+           'make_warm_start_config', 'warm_start_iters',
            'make_trial_config', 'dump_config', 'read_trial_outcome', 'train_command',
            'trial_args']
 
@@ -193,7 +194,8 @@ def set_trial_loss(model, settings: SearchSettings, raw_theta: List[float]) -> N
 
 def make_trial_config(cfg, settings: SearchSettings, raw_theta: List[float], train_ds: Dict,
                       holdout_ds: Dict, reward_key: str, probes: Optional[Dict] = None,
-                      pause_iter: Optional[int] = None, resume_from: Optional[str] = None):
+                      pause_iter: Optional[int] = None, resume_from: Optional[str] = None,
+                      warm_from: Optional[str] = None):
     """The resolved config of one trial (a copy of the search config ``cfg``).
 
     * decode head(s): ``AutoSegLoss`` with ``raw_theta`` at weight 1 (and cross-entropy
@@ -204,7 +206,9 @@ def make_trial_config(cfg, settings: SearchSettings, raw_theta: List[float], tra
     * with ``settings.amp``, MMEngine's ``AmpOptimWrapper`` (the surrogate stays float32);
     * ``probes`` (early stopping): ``dict(iters=[...], thresholds=[...])`` for the hook;
     * successive halving: ``pause_iter`` (the leg ends there: score, checkpoint, pause) and
-      ``resume_from`` (the checkpoint of the previous rung the leg resumes).
+      ``resume_from`` (the checkpoint of the previous rung the leg resumes);
+    * ``warm_from`` (``search.warm_start``): the checkpoint whose weights a training that
+      starts from scratch loads (``load_from``, not resumed).
     """
     cfg = copy.deepcopy(cfg)
     if 'search' in cfg:
@@ -235,6 +239,8 @@ def make_trial_config(cfg, settings: SearchSettings, raw_theta: List[float], tra
     custom.append(hook)
     if resume_from is not None:  # (else a config's own load_from, a warm start, stays)
         cfg.resume, cfg.load_from = True, resume_from
+    elif warm_from is not None:
+        cfg.resume, cfg.load_from = False, warm_from
     cfg.custom_hooks = custom
     cfg.pop('demo_data', None)  # the search prepared the data already
     dtype = amp_dtype(settings.amp)
@@ -242,6 +248,34 @@ def make_trial_config(cfg, settings: SearchSettings, raw_theta: List[float], tra
         wrapper = dict(cfg.optim_wrapper)
         wrapper.update(type='AmpOptimWrapper', dtype=dtype)
         cfg.optim_wrapper = wrapper
+    return cfg
+
+
+def warm_start_iters(cfg, settings: SearchSettings) -> int:
+    """The iterations of ``search.warm_start``'s training (None: the proxy's length)."""
+    iters = (settings.warm_start or {}).get('iters')
+    return int(iters) if iters is not None else int(cfg.train_cfg.max_iters)
+
+
+def make_warm_start_config(cfg, settings: SearchSettings, train_ds: Dict, holdout_ds: Dict,
+                           reward_key: str):
+    """The config of ``search.warm_start``'s training: a trial's (:func:`make_trial_config`)
+    with cross-entropy instead of the surrogate (weight 1 in the decode head(s),
+    ``aux_weight`` in the auxiliary head(s)), :func:`warm_start_iters` iterations on the
+    proxy's optimizer and schedule, validated on the hold-out at the end (its score is
+    the cross-entropy proxy's) and saving ``iter_<N>.pth`` (weights only) there."""
+    iters = warm_start_iters(cfg, settings)
+    cfg = make_trial_config(cfg, settings, [], train_ds, holdout_ds, reward_key)
+    _set_loss(cfg.model['decode_head'], cross_entropy_loss(1.0))
+    if cfg.model.get('auxiliary_head'):
+        _set_loss(cfg.model['auxiliary_head'], cross_entropy_loss(settings.aux_weight))
+    cfg.train_cfg.max_iters = iters
+    cfg.train_cfg.val_interval = iters
+    hooks = dict(cfg.default_hooks)
+    hooks['checkpoint'] = dict(type='CheckpointHook', by_epoch=False, interval=iters,
+                               max_keep_ckpts=1, save_optimizer=False,
+                               save_param_scheduler=False)
+    cfg.default_hooks = hooks
     return cfg
 
 
