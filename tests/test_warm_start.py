@@ -95,12 +95,13 @@ def test_the_warm_start_runs_once_first_and_every_proxy_starts_from_it(tmp_path)
     warm_cfg = _config(str(work / 'warm_start' / 'attempt1' / 'config.py'))
     assert warm_cfg.model.decode_head.loss_decode['type'] == 'CrossEntropyLoss'
     assert 'warm_start' in search.fingerprint()['settings']
-    assert best['raw_theta']
+    assert best['warm_start'] == {k: w[k] for k in ('checkpoint', 'sha256', 'iters', 'reward')}
     # off: nothing of it, and an old search keeps its identity
     plain = sim_search(tmp_path / 'p', {'search.num_steps': 1})
     plain.run()
     assert 'warm_start' not in plain.fingerprint()['settings']
     assert events(tmp_path / 'p', 'warm_start_finished') == []
+    assert json.load(open(tmp_path / 'p' / 'best.json'))['warm_start'] is None
     assert all(not c.get('load_from') for c in _trial_configs(tmp_path / 'p').values())
 
 

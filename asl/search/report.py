@@ -169,6 +169,8 @@ def write_outputs(search: SearchInfo, state, logger=None) -> Dict:
         parameterization=sur.parameterization, num_pieces=sur.num_pieces, tol=s.tol,
         drop_bg=s.drop_bg, layout=sur.layout(), curves=sur.describe_curves(),
         steps=best['steps'], reevaluation=best.get('reevaluation'),
+        warm_start=None if state.warm_start is None else {
+            k: state.warm_start[k] for k in ('checkpoint', 'sha256', 'iters', 'reward')},
         retrain_config=os.path.join(search.work_dir, 'retrain_config.py'),
         retrain_base=os.path.abspath(search.retrain_base))
     atomic_write_json(os.path.join(search.work_dir, 'best.json'), out)
