@@ -111,7 +111,7 @@ def _cluster_has_gpus() -> bool:
 
 def search_main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    from .controller import Search, SearchInterrupted, load_search_config
+    from .controller import Search, SearchInterrupted, WarmStartError, load_search_config
     from .settings import SearchConfigError
     work_dir = args.work_dir or os.path.join(
         'work_dirs', 'search', os.path.splitext(os.path.basename(args.config))[0])
@@ -129,6 +129,9 @@ def search_main(argv: Optional[Sequence[str]] = None) -> int:
     except SearchInterrupted as e:
         print(f'{e}; run the same command again to resume', file=sys.stderr)
         return 130
+    except WarmStartError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
     print(f'best {best["reward_key"]} parameters (step {best["best_step"]}): '
           f'{os.path.join(work_dir, "best.json")}')
     print(f're-training config: {best["retrain_config"]}')

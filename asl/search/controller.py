@@ -149,8 +149,8 @@ class Search:
     def fingerprint(self) -> Dict:
         settings = self.settings.to_dict()
         settings.pop('trials_per_gpu')  # how trials are packed does not change the search
-        for key in ('ce_weight', 'halving', 'extra_losses', 'warm_start'):  # (journaled
-            # before these existed: an old search keeps its identity)
+        # settings added later leave the identity when off: an old search keeps its own
+        for key in ('ce_weight', 'halving', 'extra_losses', 'warm_start'):
             if not settings[key]:
                 settings.pop(key)
         return dict(config=self.name, settings=settings, seed=self.seed,
@@ -319,9 +319,7 @@ class Search:
 
     def _write_trial_config(self, spec: TrialSpec, cand: List[float],
                             probes: Optional[Dict] = None, leg: Optional[Dict] = None) -> None:
-        if os.path.isdir(spec.work_dir):  # a relaunch starts from a clean directory
-            shutil.rmtree(spec.work_dir)
-        os.makedirs(spec.work_dir)
+        _fresh_dir(spec.work_dir)
         warm = self.state.warm_start
         cfg = make_trial_config(self.cfg, self.settings, cand, self._train_ds,
                                 self._holdout_ds, self.reward_key, probes=probes,
@@ -347,9 +345,7 @@ class Search:
                              seed=self.seed, time_limit=float(s.trial_time_limit),
                              gpus=s.gpus_per_trial, name=f'asl-{self.name}-warm-a{attempt}')
             self.executor.release([spec])
-            if os.path.isdir(wd):  # a relaunch starts from a clean directory
-                shutil.rmtree(wd)
-            os.makedirs(wd)
+            _fresh_dir(wd)
             dump_config(make_warm_start_config(self.cfg, s, self._train_ds, self._holdout_ds,
                                                self.reward_key), spec.config_path)
             info = self.executor.launch_many([spec])[0]
@@ -715,6 +711,13 @@ class Search:
                          f'{best["selection"]}; results in {self.work_dir} (best.json, '
                          f'retrain_config.py, plots)')
         return best
+
+
+def _fresh_dir(path: str) -> None:
+    """An empty directory at ``path``: a relaunch starts from a clean one."""
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    os.makedirs(path)
 
 
 def info_str(info: Dict) -> str:

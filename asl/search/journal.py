@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 __all__ = ['Journal', 'JournalError', 'EVENT_KINDS']
 
-EVENT_KINDS = ('search_started', 'warm_start_failed', 'warm_start_finished', 'step_started', 'step_screened', 'trial_launched',
+EVENT_KINDS = ('search_started', 'warm_start_failed', 'warm_start_finished', 'step_started',
+               'step_screened', 'trial_launched',
                'trial_paused', 'rung_decided',
                'trial_finished', 'trial_failed', 'trial_stopped', 'policy_updated',
                'reeval_started',
