@@ -265,6 +265,35 @@ def test_camvid_search_beside_cross_entropy_and_lovasz():
         assert [dict(d) for d in rest] == [dict(d) for d in ce_lovasz.model[head].loss_decode]
 
 
+def test_camvid_boundary_search_beside_cross_entropy():
+    """The boundary search config: the BF1 surrogate with one Bezier piece per curve and
+    the val evaluator's 2-pixel tolerance, cross-entropy beside it in every head, proxies
+    on the re-training's schedule started from the warm start."""
+    pytest.importorskip('mmseg')
+    from mmengine.config import Config
+
+    from asl.search.settings import parse_search_section
+    from asl.search.trial import set_trial_loss
+    path = CPU_SEARCH.replace('_search-miou_', '_search-bf1+ce_')
+    cfg = Config.fromfile(path)
+    s = parse_search_section(cfg.search.to_dict(), path)
+    assert (s.target_metric, s.num_pieces, s.ce_weight) == ('BF1', 1, 1.0)
+    assert s.tol == cfg.val_evaluator.tol == 2
+    assert s.warm_start == dict(iters=300)
+    assert cfg.train_cfg.max_iters == 300 and cfg.param_scheduler[0]['end'] == 1200
+    set_trial_loss(cfg.model, s, [0.5] * 8)
+    for head in ('decode_head', 'auxiliary_head'):
+        asl, ce = cfg.model[head].loss_decode
+        assert asl['type'] == 'AutoSegLoss' and asl['target_metric'] == 'BF1'
+        assert ce['type'] == 'CrossEntropyLoss'
+    tool = camvid_table()
+    assert tool.chosen_label(path) == 'Auto Seg-Loss BF1 (searched) + CE'
+    assert tool.chosen_label(path.replace('_search-bf1+ce_', '_search-miou+ce+lovasz_')) == \
+        'Auto Seg-Loss mIoU (searched) + CE + Lovász-softmax'
+    assert tool.chosen_label(CPU_SEARCH, ['search.ce_weight=1.0', 'train_cfg.max_iters=3']) \
+        == 'Auto Seg-Loss mIoU (searched) + CE'
+
+
 # ------------------------------------------------------------------------- the table
 def camvid_table():
     """The module of ``tools/analysis/camvid_table.py``."""
@@ -299,6 +328,9 @@ def test_table_means_spreads_and_differences():
     assert '| Jaccard metric loss | failed | - |' in text
     assert '| Auto Seg-Loss mIoU (searched) | 2 | +6.00 ± 1.41 |' in text
     assert '| 1 | policy mean of step 2 |' in text
+    named = tool.render(rows, searches, [1, 2], ['chosen', 'ce'], '# T', 'Auto Seg-Loss BF1 '
+                        '(searched) + CE')
+    assert '| Auto Seg-Loss BF1 (searched) + CE | 2 | +6.00 ± 1.41 |' in named
     with pytest.raises(ValueError, match="unknown loss 'focal'"):
         tool.parse_losses('ce,focal')
     assert tool.parse_losses('') == list(tool.LOSSES)

@@ -161,13 +161,35 @@ def run_search(scale: str, seed: int, search_dir: str, options: Sequence[str],
     return best
 
 
+#: MMSeg loss type -> its short name in the searched row's label
+EXTRA_NAMES = {'CrossEntropyLoss': 'CE', 'LovaszLoss': 'Lovász-softmax', 'DiceLoss': 'Dice',
+               'JaccardMetricLoss': 'Jaccard metric loss'}
+
+
+def chosen_label(config: str, options: Sequence[str] = ()) -> str:
+    """The searched row's label, from the search config (``--search-options`` applied):
+    its target metric and the losses trained beside the searched one, e.g. ``'Auto
+    Seg-Loss mIoU (searched) + CE + Lovász-softmax'``."""
+    from mmengine.config import Config, DictAction
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict({k: DictAction._parse_iterable(v) for k, v in
+                         (o.split('=', 1) for o in options if o.startswith('search.'))})
+    search = cfg.get('search', {})
+    label = f'Auto Seg-Loss {search.get("target_metric", "mIoU")} (searched)'
+    if search.get('ce_weight'):
+        label += ' + CE'
+    for extra in search.get('extra_losses') or []:
+        label += ' + ' + EXTRA_NAMES.get(extra.get('type'), str(extra.get('type')))
+    return label
+
+
 def _cell(values: List[float]) -> str:
     mean, sd = mean_sd(values)
     return f'{mean:.2f}' if sd is None else f'{mean:.2f} ± {sd:.2f}'
 
 
 def render(rows: Dict[str, Dict[int, Dict]], searches: Dict[int, Dict], seeds: Sequence[int],
-           losses: Sequence[str], header: str) -> str:
+           losses: Sequence[str], header: str, chosen: Optional[str] = None) -> str:
     """``results.md``: means ± sample standard deviations over the seeds.
 
     Args:
@@ -175,7 +197,9 @@ def render(rows: Dict[str, Dict[int, Dict]], searches: Dict[int, Dict], seeds: S
         searches: seed -> the search's best.json.
         seeds, losses: the table's order.
         header: the text above the tables.
+        chosen: the searched row's label (default: ``LOSSES['chosen']``).
     """
+    labels = dict(LOSSES, chosen=chosen or LOSSES['chosen'])
     def done(loss):
         return {s: r['metrics'] for s, r in rows.get(loss, {}).items() if r['status'] == 'ok'}
 
@@ -192,13 +216,13 @@ def render(rows: Dict[str, Dict[int, Dict]], searches: Dict[int, Dict], seeds: S
             failed = [r['reason'] for r in rows.get(loss, {}).values() if r['status'] != 'ok']
             if failed:
                 state = 'failed: ' + failed[0].replace('|', '/')
-            lines.append(f'| {LOSSES[loss]} | 0 | {state} |' + ' |' * (len(METRICS) - 1))
+            lines.append(f'| {labels[loss]} | 0 | {state} |' + ' |' * (len(METRICS) - 1))
             continue
         cells = []
         for m in METRICS:
             c = _cell([v[m] for v in d.values()])
             cells.append(f'**{c}**' if round(means[loss][m], 2) == best[m] else c)
-        lines.append(f'| {LOSSES[loss]} | {len(d)} | ' + ' | '.join(cells) + ' |')
+        lines.append(f'| {labels[loss]} | {len(d)} | ' + ' | '.join(cells) + ' |')
     lines += ['', 'mean ± sample standard deviation over the seeds, percent; best mean per '
               'column in bold.', '', '## mIoU per seed', '',
               '| loss | ' + ' | '.join(f'seed {s}' for s in seeds) + ' |',
@@ -209,7 +233,7 @@ def render(rows: Dict[str, Dict[int, Dict]], searches: Dict[int, Dict], seeds: S
             r = rows.get(loss, {}).get(s)
             cells.append('-' if r is None else
                          (f'{r["metrics"]["mIoU"]:.2f}' if r['status'] == 'ok' else 'failed'))
-        lines.append(f'| {LOSSES[loss]} | ' + ' | '.join(cells) + ' |')
+        lines.append(f'| {labels[loss]} | ' + ' | '.join(cells) + ' |')
     ce = done('ce')
     diffs = []
     for loss in losses:
@@ -219,7 +243,7 @@ def render(rows: Dict[str, Dict[int, Dict]], searches: Dict[int, Dict], seeds: S
         paired = [d[s]['mIoU'] - ce[s]['mIoU'] for s in seeds if s in d and s in ce]
         if paired:
             mean, sd = mean_sd(paired)
-            diffs.append(f'| {LOSSES[loss]} | {len(paired)} | {mean:+.2f}'
+            diffs.append(f'| {labels[loss]} | {len(paired)} | {mean:+.2f}'
                          + ('' if sd is None else f' ± {sd:.2f}') + ' |')
     if diffs:
         lines += ['', '## mIoU minus cross-entropy, same seed', '',
@@ -269,6 +293,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error(f'--seeds must be distinct, got {args.seeds}')
     if args.workers < 1 or (args.gpus is not None and args.gpus < 0):
         p.error('--workers must be at least 1 and --gpus not negative')
+    labels = dict(LOSSES)
+    if 'chosen' in losses:
+        config = args.search_config or search_config(args.scale)
+        try:
+            labels['chosen'] = chosen_label(config, args.search_options)
+        except Exception as e:  # noqa: BLE001 (any error of reading the config)
+            p.error(f'--search-config {config!r} (with --search-options) cannot be read: '
+                    f'{type(e).__name__}: {e}')
     work = os.path.abspath(args.work_dir or os.path.join('work_dirs',
                                                          f'camvid_table_{args.scale}'))
     try:
@@ -279,7 +311,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.makedirs(work, exist_ok=True)
     opts = data_options(data)
     nproc = max(1, args.gpus or 1)
-    header = (f'# CamVid: the searched mIoU loss against hand-designed losses '
+    header = (f'# CamVid: the searched loss against hand-designed losses '
               f'({args.scale} scale)\n\n'
               f'Seeds {", ".join(map(str, args.seeds))}; data {data}; re-training configs '
               f'configs/retrain/camvid/{SCALES[args.scale]["model"]}_<loss>_'
@@ -295,7 +327,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     def write():
         atomic_write_text(os.path.join(work, 'results.md'),
-                          render(rows, searches, args.seeds, losses, header))
+                          render(rows, searches, args.seeds, losses, header,
+                                 labels['chosen']))
         atomic_write_json(os.path.join(work, 'results.json'), dict(
             scale=args.scale, seeds=args.seeds, losses=losses, data=data,
             runs={loss: {str(s): r for s, r in by_seed.items()} for loss, by_seed in rows.items()},
@@ -314,14 +347,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             config = (searches[seed]['retrain_config'] if loss == 'chosen'
                       else baseline_config(args.scale, loss))
             run_dir = os.path.join(d, loss)
-            print(f'[camvid] seed {seed}: {LOSSES[loss]} (log: {run_dir}/train.log)',
+            print(f'[camvid] seed {seed}: {labels[loss]} (log: {run_dir}/train.log)',
                   flush=True)
             r = run_training(config, run_dir, seed, opts + list(args.train_options),
                              nproc=nproc)
             rows.setdefault(loss, {})[seed] = dict(status=r.status, metrics=r.metrics,
                                                    reason=r.reason, wall_s=r.wall_s)
             state = (f'mIoU {r.metrics["mIoU"]:.2f}' if r.ok else f'FAILED ({r.reason})')
-            print(f'[camvid] seed {seed}: {LOSSES[loss]}: '
+            print(f'[camvid] seed {seed}: {labels[loss]}: '
                   + ('done already, ' if r.reused else '') + state, flush=True)
             write()
     write()
