@@ -3,7 +3,9 @@ configs and class, the search-settings base composed with a user's dataset confi
 the one-command table (``tools/analysis/camvid_table.py``) end to end, then resumed."""
 import json
 import os
+import re
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -392,22 +394,32 @@ SEARCH = ['search.num_steps=1', 'search.num_samples=2', 'search.holdout.num=2',
 TRAIN = ['train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=2', *TINY]
 
 
-def _table(segnet_root, work, losses, capsys):
+def _table(segnet_root, work, losses, capsys, search=SEARCH, extra=()):
     """The command line, in this process (its search and trainings are subprocesses)."""
     code = camvid_table().main([
         '--data', segnet_root, '--seeds', '1', '--work-dir', str(work), '--losses', losses,
-        '--workers', '2', '--search-options', *SEARCH, '--train-options', *TRAIN])
+        '--workers', '2', *extra, '--search-options', *search, '--train-options', *TRAIN])
     return code, capsys.readouterr().out
 
 
 def test_table_end_to_end_then_resumed(segnet, tmp_path, capsys, monkeypatch):
-    """From SegNet-layout data: converted, searched, the chosen loss re-trained, the table
-    written; the same command again does nothing but write the table."""
+    """From SegNet-layout data: converted, searched (2 steps, both policy means
+    re-evaluated), the chosen loss and the other re-evaluated result re-trained, the table
+    written with their proxy rewards; the same command again does nothing but write the
+    table."""
     pytest.importorskip('mmseg')
     for k, v in env().items():  # one thread per training, as the search tests
         monkeypatch.setenv(k, v)
     work = tmp_path / 'table'
-    code, out = _table(segnet[0], work, 'chosen', capsys)
+    search = [o for o in SEARCH if not o.startswith(('search.num_steps', 'search.reevaluate'))]
+    search += ['search.num_steps=2', 'search.reevaluate.top=2', 'search.reevaluate.seeds=1']
+    args = (segnet[0], work, 'chosen', capsys, search, ['--retrain-reevaluated', '--jobs', '2'])
+    code, out = _table(*args)
+    # --jobs 2: the chosen loss and the other re-evaluated result trained at once
+    lines = [line for line in out.splitlines() if line.startswith('[camvid] seed 1: ')]
+    started = [i for i, line in enumerate(lines) if '/train.log)' in line]
+    ended = [i for i, line in enumerate(lines) if re.search(r': (mIoU [\d.]+|FAILED .*)$', line)]
+    assert len(started) == len(ended) == 2 and max(started) < min(ended), lines
     assert code == 0, out[-3000:]
     assert 'converted train: 6 images' in out
     assert (work / 'data_96x128' / 'meta.json').is_file()
@@ -419,14 +431,120 @@ def test_table_end_to_end_then_resumed(segnet, tmp_path, capsys, monkeypatch):
     results = json.loads((work / 'results.json').read_text())
     assert results['runs']['chosen']['1']['status'] == 'ok'
     assert results['searches']['1']['raw_theta'] == best['raw_theta']
-    assert '| Auto Seg-Loss mIoU (searched) | 1 |' in (work / 'results.md').read_text()
+    text = (work / 'results.md').read_text()
+    assert '| Auto Seg-Loss mIoU (searched) | 1 |' in text
+    # the re-evaluated results: the chosen one (its re-training above) and the other one
+    events = [json.loads(line) for line in
+              (work / 'seed1' / 'search' / 'journal.jsonl').read_text().splitlines()]
+    (done, ) = [e for e in events if e['event'] == 'reeval_finished']
+    entries = results['reevaluated']['1']
+    assert [(e['source'], e['proxy'], e['raw']) for e in entries] == \
+        [(sc['source'], sc['mean'], sc['raw']) for sc in done['scores']]
+    assert [e['chosen'] for e in entries] == [n == done['chosen'] for n in range(2)]
+    assert all(e['status'] == 'ok' for e in entries)
+    (other, ) = [n for n in range(2) if n != done['chosen']]
+    other_run = json.loads((work / 'seed1' / f'reeval{other}' / 'run.json').read_text())
+    assert other_run['seed'] == 1 and other_run['config'].endswith(f'reeval{other}.py')
+    from mmengine.config import Config
+
+    from asl.search.analysis import load_search
+    from asl.search.trial import settings_surrogate
+    loss = Config.fromfile(other_run['config']).model.decode_head.loss_decode
+    settings = load_search(str(work / 'seed1' / 'search')).settings
+    assert list(loss.theta) == pytest.approx(
+        settings_surrogate(settings, entries[other]['raw']).coordinates(), abs=1e-7)
+    assert entries[done['chosen']]['mIoU'] == results['runs']['chosen']['1']['metrics']['mIoU']
+    assert 'Proxy reward against re-trained mIoU' in text
+    assert f'| 1 | {entries[other]["source"]} | {entries[other]["proxy"]:.4f} | ' \
+           f'{entries[other]["mIoU"]:.2f} |' in text
     stamps = {p: os.path.getmtime(p) for p in (work / 'seed1' / 'chosen' / 'result.json',
+                                               work / 'seed1' / f'reeval{other}' / 'result.json',
                                                work / 'seed1' / 'search' / 'best.json',
                                                work / 'data_96x128' / 'meta.json')}
 
-    code, out = _table(segnet[0], work, 'chosen', capsys)
+    code, out = _table(*args)
     assert code == 0, out[-3000:]
     assert 'seed 1: search done' in out and 'converted' not in out
     assert 'done already' in out
     assert {p: os.path.getmtime(p) for p in stamps} == stamps
     assert json.loads((work / 'results.json').read_text()) == results
+
+
+def _fake_runs(tool, monkeypatch, fail=None, search_fails=()):
+    """Stand-ins for the slow parts of the table (the real ones run in the end-to-end test
+    above): a training that takes about a second, checking its heartbeat as run_logged does
+    (``fail``: the label of one that raises OSError), and a search that fails for the seeds
+    in ``search_fails``."""
+    from asl.search.retrain import RunResult
+    log = []
+
+    def run_training(config, run_dir, seed, options=(), nproc=1, heartbeat=None,
+                     heartbeat_s=30.0):
+        name = f'{os.path.basename(run_dir)}/{seed}'
+        log.append(('start', name))
+        if name == fail:
+            raise OSError(f'{name}: disk full')
+        for _ in range(20):
+            time.sleep(0.05)
+            if heartbeat is not None:
+                try:
+                    heartbeat(0.0, os.path.join(run_dir, 'train.log'))
+                except BaseException:
+                    log.append(('stopped', name))
+                    raise
+        log.append(('end', name))
+        return RunResult('ok', {m: 40.0 + seed for m in ('mIoU', 'FWIoU', 'mAcc', 'gAcc',
+                                                         'BIoU', 'BF1')}, wall_s=1.0)
+
+    def run_search(scale, seed, search_dir, options, workers, gpus, config=None):
+        if seed in search_fails:
+            raise tool.SearchFailed(f'the search of seed {seed} failed with exit status 1')
+        return dict(selection='policy mean of step 1', retrain_config='chosen.py')
+
+    monkeypatch.setattr(tool, 'run_training', run_training)
+    monkeypatch.setattr(tool, 'run_search', run_search)
+    return log
+
+
+def _converted_stub(tmp_path):
+    data = tmp_path / 'data'
+    for sub in ('img_dir', 'splits'):
+        (data / sub).mkdir(parents=True)
+    return str(data)
+
+
+def test_jobs_a_failing_search_lets_the_started_trainings_finish(tmp_path, capsys,
+                                                                monkeypatch):
+    """--jobs 2: seed 1's re-trainings run while seed 2 searches; seed 2's search fails,
+    seed 1's trainings still end and are written; the command exits 1 naming the search."""
+    tool = camvid_table()
+    log = _fake_runs(tool, monkeypatch, search_fails=(2,))
+    work = tmp_path / 'w'
+    code = tool.main(['--data', _converted_stub(tmp_path), '--seeds', '1', '2', '--losses',
+                      'chosen,ce', '--work-dir', str(work), '--jobs', '2',
+                      '--search-options', 'search.num_steps=1'])
+    err = capsys.readouterr().err
+    assert code == 1 and 'error: the search of seed 2 failed' in err, err
+    assert sorted(log) == [('end', 'ce/1'), ('end', 'chosen/1'),
+                           ('start', 'ce/1'), ('start', 'chosen/1')]
+    results = json.loads((work / 'results.json').read_text())
+    assert {k: list(v) for k, v in results['runs'].items()} == {'chosen': ['1'], 'ce': ['1']}
+    assert all(r['1']['status'] == 'ok' for r in results['runs'].values())
+
+
+def test_jobs_an_error_in_one_training_stops_the_others(tmp_path, capsys, monkeypatch):
+    """--jobs 2: a training that raises stops the one running beside it (through its
+    heartbeat, as Ctrl-C does) and the error reaches the caller; what ended is written."""
+    tool = camvid_table()
+    log = _fake_runs(tool, monkeypatch, fail='lovasz/1')
+    work = tmp_path / 'w'
+    with pytest.raises(OSError, match='lovasz/1: disk full'):
+        tool.main(['--data', _converted_stub(tmp_path), '--seeds', '1', '--losses',
+                   'ce,lovasz,dice', '--work-dir', str(work), '--jobs', '2'])
+    assert ('start', 'ce/1') in log and ('stopped', 'ce/1') in log
+    assert ('end', 'ce/1') not in log
+    assert not any(name == 'dice/1' and what == 'end' for what, name in log)
+    with pytest.raises(SystemExit):
+        tool.main(['--data', _converted_stub(tmp_path / 'x'), '--jobs', '2', '--gpus', '4'])
+    assert "--jobs must be at least 1, and 1 when a re-training takes several GPUs" in \
+        capsys.readouterr().err

@@ -81,7 +81,8 @@ def test_loss_config_of_other_parameters(tmp_path):
     info = run.info()
     assert (info.name, info.seed, info.searcher, info.retrain_base) == \
         ('hand-made', 3, 'ppo', base)
-    out = ss.loss_config(run, raw, str(tmp_path / 'retrain_config.py'))
+    from asl.search.analysis import write_retrain_config
+    out = write_retrain_config(run, raw, str(tmp_path / 'retrain_config.py'))
     text = open(out).read()
     assert f'_base_ = {base!r}' in text and "type='AutoSegLoss'" in text
     assert 'search hand-made (seed 3, ppo)' in text

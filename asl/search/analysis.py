@@ -161,6 +161,22 @@ class SearchRun:
                           retrain_base=best.get('retrain_base'))
 
 
+def write_retrain_config(run: SearchRun, raw: List[float], path: str) -> str:
+    """Write to ``path`` (and return it) a re-training config of the search ``run`` with
+    its loss at the raw parameters ``raw``, as the search writes its own
+    ``retrain_config.py`` (the same base, settings and terms beside the searched loss):
+    for re-training results other than the chosen one, e.g. the re-evaluated ones."""
+    from .report import retrain_config_text
+    from .trial import settings_surrogate
+    info = run.info()
+    sur = settings_surrogate(run.settings, raw)
+    text = retrain_config_text(info, info.retrain_base, sur.coordinates(), sur.num_pieces,
+                               dict(selection=f'raw parameters {list(raw)}'))
+    with open(path, 'w') as f:
+        f.write(text)
+    return path
+
+
 def spearman(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
     """Spearman's rank correlation of ``x`` and ``y`` (average ranks for ties); None for
     fewer than 3 pairs or when either has no variation."""

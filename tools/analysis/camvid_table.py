@@ -1,18 +1,24 @@
 #!/usr/bin/env python
-"""The CamVid table: the searched mIoU loss against the hand-designed losses, over seeds.
+"""The CamVid table: the searched loss against the hand-designed losses, over seeds.
 
     python tools/analysis/camvid_table.py --data DIR [--scale cpu|gpu] [--seeds 1 2 3]
         [--work-dir D] [--losses chosen,ce,jml,...] [--workers N] [--gpus N]
+        [--search-config C] [--retrain-reevaluated]
         [--search-options K=V ...] [--train-options K=V ...]
 
 For each seed:
 
-1. searches the mIoU surrogate (``tools/search.py`` on the scale's CamVid search
-   config, that seed) in ``D/seed<S>/search``;
+1. searches the loss (``tools/search.py`` on ``--search-config``, default the scale's
+   CamVid mIoU search config, with that seed) in ``D/seed<S>/search``;
 2. re-trains the scale's CamVid model with the chosen loss and with every baseline --
    cross-entropy, the Jaccard metric loss, Lovasz-softmax, Dice and cross-entropy plus
    each of the three -- with that seed, in ``D/seed<S>/<loss>``, each evaluated once at
    its end on the val split with the six metrics.
+
+With ``--retrain-reevaluated`` it also re-trains, in ``D/seed<S>/reeval<N>``, every
+other result the search re-evaluated (``search.reevaluate``) and reports their proxy
+rewards against their re-trained mIoU, with the rank correlation (Spearman) within each
+seed and pooled: does the proxy reward order losses as the re-training does?
 
 Then writes ``D/results.md`` (per loss, mean and sample standard deviation over the
 seeds of each metric, the mIoU of every seed, the differences to cross-entropy, the
@@ -31,14 +37,16 @@ import argparse
 import os
 import signal
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Dict, List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 from asl.data.camvid import CamVidError, ensure_camvid, is_segnet_layout  # noqa: E402
-from asl.search.analysis import load_search  # noqa: E402
+from asl.search.analysis import load_search, spearman, write_retrain_config  # noqa: E402
 from asl.search.retrain import METRICS, mean_sd, run_logged, run_training  # noqa: E402
 from asl.utils import atomic_write_json, atomic_write_text, read_json_or_none  # noqa: E402
 
@@ -154,11 +162,29 @@ def run_search(scale: str, seed: int, search_dir: str, options: Sequence[str],
     code, wall = run_logged(cmd, search_dir + '.log')
     best = finished_search(search_dir)
     if code != 0 or not isinstance(best, dict):
-        raise SystemExit(f'error: the search of seed {seed} failed with exit status {code} '
-                         f'(log: {search_dir}.log); run the command again to resume it')
+        raise SearchFailed(f'the search of seed {seed} failed with exit status {code} '
+                           f'(log: {search_dir}.log); run the command again to resume it')
     print(f'[camvid] seed {seed}: search done in {wall / 60:.1f} min: {best["selection"]}',
           flush=True)
     return best
+
+
+class SearchFailed(RuntimeError):
+    """A search ended without a result."""
+
+
+class Stopped(Exception):
+    """This command stops (Ctrl-C, SIGTERM, an error): a training of another thread too."""
+
+
+def reevaluated(run) -> List[Dict]:
+    """The re-evaluated results of the search ``run`` (:class:`asl.search.analysis.SearchRun`):
+    ``dict(n=, source=, proxy=, raw=, chosen=)`` each, ``proxy`` the mean hold-out reward
+    over its proxy trainings (results whose proxy trainings all failed are left out)."""
+    done = run.state.reeval_done or {}
+    return [dict(n=n, source=sc.get('source', f'result {n}'), proxy=sc['mean'], raw=sc['raw'],
+                 chosen=n == done.get('chosen'))
+            for n, sc in enumerate(done.get('scores') or []) if sc.get('mean') is not None]
 
 
 #: MMSeg loss type -> its short name in the searched row's label
@@ -189,7 +215,8 @@ def _cell(values: List[float]) -> str:
 
 
 def render(rows: Dict[str, Dict[int, Dict]], searches: Dict[int, Dict], seeds: Sequence[int],
-           losses: Sequence[str], header: str, chosen: Optional[str] = None) -> str:
+           losses: Sequence[str], header: str, chosen: Optional[str] = None,
+           reevals: Optional[Dict[int, List[Dict]]] = None) -> str:
     """``results.md``: means ± sample standard deviations over the seeds.
 
     Args:
@@ -198,6 +225,9 @@ def render(rows: Dict[str, Dict[int, Dict]], searches: Dict[int, Dict], seeds: S
         seeds, losses: the table's order.
         header: the text above the tables.
         chosen: the searched row's label (default: ``LOSSES['chosen']``).
+        reevals: seed -> the search's re-evaluated results re-trained
+            (``dict(source=, proxy=, status=, mIoU=, reason=)`` each), for the rank
+            correlation of proxy reward and re-trained mIoU.
     """
     labels = dict(LOSSES, chosen=chosen or LOSSES['chosen'])
     def done(loss):
@@ -253,7 +283,37 @@ def render(rows: Dict[str, Dict[int, Dict]], searches: Dict[int, Dict], seeds: S
                   '| seed | chosen |', '|--:|:--|']
         lines += [f'| {s} | {searches[s].get("selection", "?")} |' for s in seeds
                   if s in searches]
+    if reevals:
+        lines += _render_reevals(reevals, seeds)
     return '\n'.join(lines) + '\n'
+
+
+def _render_reevals(reevals: Dict[int, List[Dict]], seeds: Sequence[int]) -> List[str]:
+    """The re-evaluated results' proxy rewards against their re-trained mIoU, and the rank
+    correlations (Spearman) within each seed (where the search chooses) and pooled."""
+    lines = ['', '## Proxy reward against re-trained mIoU (the re-evaluated results)', '',
+             '| seed | result | proxy reward (mean) | re-trained mIoU |', '|--:|:--|--:|--:|']
+    pooled, within = [], []
+    for s in seeds:
+        pairs = []
+        for e in reevals.get(s, []):
+            ok = e.get('status') == 'ok'
+            cell = (f'{e["mIoU"]:.2f}' if ok else
+                    'pending' if e.get('status') is None else 'failed')
+            lines.append(f'| {s} | {e["source"]}{" (chosen)" if e.get("chosen") else ""} | '
+                         f'{e["proxy"]:.4f} | {cell} |')
+            if ok:
+                pairs.append((e['proxy'], e['mIoU']))
+        pooled += pairs
+        rho = spearman([a for a, _ in pairs], [b for _, b in pairs])
+        if rho is not None:
+            within.append(f'seed {s} {rho:.2f}')
+    rho = spearman([a for a, _ in pooled], [b for _, b in pooled])
+    lines += ['', 'Spearman rank correlation of proxy reward and re-trained mIoU: within '
+              'each seed (the search chooses among these) '
+              + (', '.join(within) if within else 'n/a') + f'; pooled over '
+              f'{len(pooled)} results ' + ('n/a' if rho is None else f'{rho:.2f}') + '.']
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,6 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--losses', default='',
                    help='comma-separated subset of: ' + ','.join(LOSSES) + ' (default: all)')
     p.add_argument('--workers', type=int, default=1, help='proxy trainings at once (search)')
+    p.add_argument('--jobs', type=int, default=1,
+                   help='re-trainings at once, on CPU (default 1: one after the other, after '
+                        'each seed\'s search; more: they also run while the next seed '
+                        'searches)')
+    p.add_argument('--retrain-reevaluated', action='store_true',
+                   help='also re-train every other result the search re-evaluated (with '
+                        '"chosen"), for the rank correlation of proxy reward and re-trained '
+                        'mIoU')
     p.add_argument('--gpus', type=int, default=None,
                    help='GPUs of the search (default: all visible) and processes of each '
                         're-training, 8 images each (default: 1; the GPU-scale configs '
@@ -293,6 +361,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error(f'--seeds must be distinct, got {args.seeds}')
     if args.workers < 1 or (args.gpus is not None and args.gpus < 0):
         p.error('--workers must be at least 1 and --gpus not negative')
+    if args.jobs < 1 or (args.jobs > 1 and (args.gpus or 1) > 1):
+        p.error(f'--jobs must be at least 1, and 1 when a re-training takes several GPUs '
+                f'(--gpus {args.gpus}); got {args.jobs}')
     labels = dict(LOSSES)
     if 'chosen' in losses:
         config = args.search_config or search_config(args.scale)
@@ -323,50 +394,130 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  if args.train_options else ''))
     rows: Dict[str, Dict[int, Dict]] = {}
     searches: Dict[int, Dict] = {}
+    reevals: Dict[int, List[Dict]] = {}
     t0 = time.time()
 
     def write():
+        with lock:
+            _write()
+
+    def _write():
+        for seed, entries in reevals.items():  # the chosen result: its re-training's
+            r = rows.get('chosen', {}).get(seed)
+            for e in entries:
+                if e['chosen'] and r is not None:
+                    e.update(status=r['status'], mIoU=r['metrics'].get('mIoU'),
+                             reason=r['reason'])
         atomic_write_text(os.path.join(work, 'results.md'),
                           render(rows, searches, args.seeds, losses, header,
-                                 labels['chosen']))
+                                 labels['chosen'], reevals))
         atomic_write_json(os.path.join(work, 'results.json'), dict(
             scale=args.scale, seeds=args.seeds, losses=losses, data=data,
             runs={loss: {str(s): r for s, r in by_seed.items()} for loss, by_seed in rows.items()},
             searches={str(s): dict(selection=b.get('selection'), raw_theta=b.get('raw_theta'),
                                    theta=b.get('theta'), retrain_config=b.get('retrain_config'))
-                      for s, b in searches.items()}))
+                      for s, b in searches.items()},
+            reevaluated={str(s): r for s, r in reevals.items()}))
 
-    for seed in args.seeds:
-        d = os.path.join(work, f'seed{seed}')
-        if 'chosen' in losses:
-            searches[seed] = run_search(args.scale, seed, os.path.join(d, 'search'),
-                                        opts + list(args.search_options), args.workers,
-                                        args.gpus, args.search_config)
+    lock = threading.RLock()  # rows, reevals and the files, with --jobs > 1
+    stop = threading.Event()  # set when this command stops: running trainings stop too
+    pool = ThreadPoolExecutor(max_workers=args.jobs) if args.jobs > 1 else None
+    futures = []
+
+    def train(seed, label, config, run_dir, record):
+        """Train ``config`` in ``run_dir`` (skipped when done there already), then
+        ``record(result)`` and rewrite the table."""
+        print(f'[camvid] seed {seed}: {label} (log: {run_dir}/train.log)', flush=True)
+
+        def beat(elapsed, log):  # an exception here stops the training (run_logged)
+            if stop.is_set():
+                raise Stopped(f'{label}, seed {seed}: stopped')
+        r = run_training(config, run_dir, seed, opts + list(args.train_options), nproc=nproc,
+                         heartbeat=beat if pool is not None else None, heartbeat_s=1.0)
+        with lock:
+            record(r)
+            state = f'mIoU {r.metrics["mIoU"]:.2f}' if r.ok else f'FAILED ({r.reason})'
+            print(f'[camvid] seed {seed}: {label}: ' + ('done already, ' if r.reused else '')
+                  + state, flush=True)
             write()
-        for loss in losses:
-            config = (searches[seed]['retrain_config'] if loss == 'chosen'
-                      else baseline_config(args.scale, loss))
-            run_dir = os.path.join(d, loss)
-            print(f'[camvid] seed {seed}: {labels[loss]} (log: {run_dir}/train.log)',
-                  flush=True)
-            r = run_training(config, run_dir, seed, opts + list(args.train_options),
-                             nproc=nproc)
+
+    def submit(*job):
+        if pool is None:
+            train(*job)
+        else:
+            futures.append(pool.submit(train, *job))
+
+    def loss_record(loss, seed):
+        def record(r):
             rows.setdefault(loss, {})[seed] = dict(status=r.status, metrics=r.metrics,
                                                    reason=r.reason, wall_s=r.wall_s)
-            state = (f'mIoU {r.metrics["mIoU"]:.2f}' if r.ok else f'FAILED ({r.reason})')
-            print(f'[camvid] seed {seed}: {labels[loss]}: '
-                  + ('done already, ' if r.reused else '') + state, flush=True)
-            write()
+        return record
+
+    def reeval_record(entry):
+        def record(r):
+            entry.update(status=r.status, mIoU=r.metrics.get('mIoU') if r.ok else None,
+                         reason=r.reason)
+        return record
+
+    search_error = None
+    try:
+        for seed in args.seeds:
+            d = os.path.join(work, f'seed{seed}')
+            if 'chosen' in losses:
+                try:
+                    best = run_search(args.scale, seed, os.path.join(d, 'search'),
+                                      opts + list(args.search_options), args.workers,
+                                      args.gpus, args.search_config)
+                except SearchFailed as e:  # the re-trainings started go on to their end
+                    search_error = str(e)
+                    break
+                with lock:
+                    searches[seed] = best
+                    write()
+            for loss in losses:
+                config = (searches[seed]['retrain_config'] if loss == 'chosen'
+                          else baseline_config(args.scale, loss))
+                submit(seed, labels[loss], config, os.path.join(d, loss),
+                       loss_record(loss, seed))
+            if args.retrain_reevaluated and 'chosen' in losses:
+                search = load_search(os.path.join(d, 'search'))
+                with lock:
+                    reevals[seed] = []
+                for e in reevaluated(search):
+                    entry = dict(source=e['source'], proxy=e['proxy'], chosen=e['chosen'],
+                                 raw=e['raw'], status=None)
+                    with lock:
+                        reevals[seed].append(entry)
+                    if e['chosen']:  # the chosen loss's re-training gives its result
+                        continue
+                    config = write_retrain_config(search, e['raw'],
+                                                  os.path.join(d, f'reeval{e["n"]}.py'))
+                    submit(seed, f're-evaluated result {e["source"]} (proxy '
+                                 f'{e["proxy"]:.4f})', config,
+                           os.path.join(d, f'reeval{e["n"]}'), reeval_record(entry))
+        for f in wait(futures, return_when=FIRST_EXCEPTION).done:
+            f.result()  # the first error of a training thread, if any
+        for f in futures:
+            f.result()
+    except BaseException:
+        stop.set()  # the trainings of the other threads stop within a second
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     write()
     with open(os.path.join(work, 'results.md')) as f:
         print(f.read())
     print(f'[camvid] {os.path.join(work, "results.md")} ({(time.time() - t0) / 60:.1f} min)')
     failed = [(loss, s) for loss, by in rows.items() for s, r in by.items() if r['status'] != 'ok']
+    failed += [(f'reevaluated {e["source"]}', s) for s, es in reevals.items() for e in es
+               if e['status'] != 'ok']
     if failed:
         print(f'{len(failed)} run(s) failed: {failed}; run the command again to retry them',
               file=sys.stderr)
-        return 1
-    return 0
+    if search_error:
+        print(f'error: {search_error}', file=sys.stderr)
+    return 1 if failed or search_error else 0
 
 
 if __name__ == '__main__':

@@ -30,7 +30,8 @@ from typing import Dict, List
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from asl.search.analysis import SearchRun, load_search, spearman  # noqa: E402
+from asl.search.analysis import (SearchRun, load_search, spearman,  # noqa: E402
+                                 write_retrain_config)
 from asl.search.retrain import (DEMO_SEARCH_CONFIG, demo_retrain_config,  # noqa: E402
                                 retrain_and_test, run_or_exit)
 from asl.search.state import mean_reward, own_reward  # noqa: E402
@@ -50,20 +51,6 @@ def step_rows(run: SearchRun) -> List[Dict]:
         rows.append(dict(step=k + 1, own=own_reward(rewards, baseline),
                          mean=mean_reward(rewards), rollback=bool(stats.get('rollback'))))
     return rows
-
-
-def loss_config(run: SearchRun, raw: List[float], path: str) -> str:
-    """A re-training config (written to ``path``) of the search ``run`` with its loss at
-    the raw parameters ``raw``, as the search writes its own ``retrain_config.py``."""
-    from asl.search.report import retrain_config_text
-    from asl.search.trial import settings_surrogate
-    info = run.info()
-    sur = settings_surrogate(run.settings, raw)
-    text = retrain_config_text(info, info.retrain_base, sur.coordinates(), sur.num_pieces,
-                               dict(selection=f'raw parameters {raw}'))
-    with open(path, 'w') as f:
-        f.write(text)
-    return path
 
 
 def main(argv=None) -> int:
@@ -111,7 +98,7 @@ def main(argv=None) -> int:
             else:
                 rd = os.path.join(d, f'retrain_reeval{n}')
                 os.makedirs(rd, exist_ok=True)
-                cfg = loss_config(run, sc['raw'], os.path.join(rd, 'retrain_config.py'))
+                cfg = write_retrain_config(run, sc['raw'], os.path.join(rd, 'retrain_config.py'))
                 miou = retrain(f're-evaluated result {n}', cfg, f'retrain_reeval{n}')['mIoU']
             res['reeval'].append(dict(source=sc['source'], proxy=sc['mean'], miou=miou))
             pairs.append((sc['mean'], miou))
