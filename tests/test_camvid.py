@@ -289,11 +289,11 @@ def test_camvid_boundary_search_beside_cross_entropy():
         assert asl['type'] == 'AutoSegLoss' and asl['target_metric'] == 'BF1'
         assert ce['type'] == 'CrossEntropyLoss'
     tool = camvid_table()
-    assert tool.chosen_label(path) == 'Auto Seg-Loss BF1 (searched) + CE'
-    assert tool.chosen_label(path.replace('_search-bf1+ce_', '_search-miou+ce+lovasz_')) == \
-        'Auto Seg-Loss mIoU (searched) + CE + Lovász-softmax'
-    assert tool.chosen_label(CPU_SEARCH, ['search.ce_weight=1.0', 'train_cfg.max_iters=3']) \
-        == 'Auto Seg-Loss mIoU (searched) + CE'
+    assert tool.search_summary(path) == ('Auto Seg-Loss BF1 (searched) + CE', 'BF1')
+    assert tool.search_summary(path.replace('_search-bf1+ce_', '_search-miou+ce+lovasz_')) \
+        == ('Auto Seg-Loss mIoU (searched) + CE + Lovász-softmax', 'mIoU')
+    assert tool.search_summary(CPU_SEARCH, ['search.ce_weight=1.0', 'train_cfg.max_iters=3']) \
+        == ('Auto Seg-Loss mIoU (searched) + CE', 'mIoU')
 
 
 # ------------------------------------------------------------------------- the table
@@ -333,6 +333,18 @@ def test_table_means_spreads_and_differences():
     named = tool.render(rows, searches, [1, 2], ['chosen', 'ce'], '# T', 'Auto Seg-Loss BF1 '
                         '(searched) + CE')
     assert '| Auto Seg-Loss BF1 (searched) + CE | 2 | +6.00 ± 1.41 |' in named
+    # a BF1 search's re-evaluated results: ranked by their re-trained BF1, not mIoU
+    reevals = {1: [dict(source=f'policy mean of step {k}', proxy=p, chosen=k == 3,
+                        status='ok', metrics=dict(_result(60.0 - k, BF1=b)['metrics']))
+                   for k, p, b in ((3, 0.5, 50.0), (2, 0.4, 45.0), (1, 0.3, 47.0))],
+               2: [dict(source='policy mean of step 1', proxy=0.2, chosen=True, status=None)]}
+    text = tool.render(rows, searches, [1, 2], ['chosen'], '# T', None, reevals, 'BF1')
+    assert '## Proxy reward against re-trained BF1 (the re-evaluated results)' in text
+    assert '| 1 | policy mean of step 3 (chosen) | 0.5000 | 50.00 |' in text
+    assert '| 2 | policy mean of step 1 (chosen) | 0.2000 | pending |' in text
+    assert 'within each seed (the search chooses among these) seed 1 0.50; pooled over 3 ' \
+           'results 0.50.' in text  # BF1 ranks 3 1 2 against the proxy's 3 2 1
+    assert '## The searches (rewards: hold-out BF1 as a fraction)' in text
     with pytest.raises(ValueError, match="unknown loss 'focal'"):
         tool.parse_losses('ce,focal')
     assert tool.parse_losses('') == list(tool.LOSSES)
@@ -453,10 +465,10 @@ def test_table_end_to_end_then_resumed(segnet, tmp_path, capsys, monkeypatch):
     settings = load_search(str(work / 'seed1' / 'search')).settings
     assert list(loss.theta) == pytest.approx(
         settings_surrogate(settings, entries[other]['raw']).coordinates(), abs=1e-7)
-    assert entries[done['chosen']]['mIoU'] == results['runs']['chosen']['1']['metrics']['mIoU']
+    assert entries[done['chosen']]['metrics'] == results['runs']['chosen']['1']['metrics']
     assert 'Proxy reward against re-trained mIoU' in text
     assert f'| 1 | {entries[other]["source"]} | {entries[other]["proxy"]:.4f} | ' \
-           f'{entries[other]["mIoU"]:.2f} |' in text
+           f'{entries[other]["metrics"]["mIoU"]:.2f} |' in text
     stamps = {p: os.path.getmtime(p) for p in (work / 'seed1' / 'chosen' / 'result.json',
                                                work / 'seed1' / f'reeval{other}' / 'result.json',
                                                work / 'seed1' / 'search' / 'best.json',

@@ -17,7 +17,7 @@ For each seed:
 
 With ``--retrain-reevaluated`` it also re-trains, in ``D/seed<S>/reeval<N>``, every
 other result the search re-evaluated (``search.reevaluate``) and reports their proxy
-rewards against their re-trained mIoU, with the rank correlation (Spearman) within each
+rewards against the target metric of their re-trainings, with the rank correlation (Spearman) within each
 seed and pooled: does the proxy reward order losses as the re-training does?
 
 Then writes ``D/results.md`` (per loss, mean and sample standard deviation over the
@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
@@ -192,21 +192,23 @@ EXTRA_NAMES = {'CrossEntropyLoss': 'CE', 'LovaszLoss': 'Lovász-softmax', 'DiceL
                'JaccardMetricLoss': 'Jaccard metric loss'}
 
 
-def chosen_label(config: str, options: Sequence[str] = ()) -> str:
-    """The searched row's label, from the search config (``--search-options`` applied):
-    its target metric and the losses trained beside the searched one, e.g. ``'Auto
-    Seg-Loss mIoU (searched) + CE + Lovász-softmax'``."""
+def search_summary(config: str, options: Sequence[str] = ()) -> Tuple[str, str]:
+    """The searched row's label and the search's target metric, from the search config
+    (``--search-options`` applied): the label names the target and the losses trained
+    beside the searched one, e.g. ``'Auto Seg-Loss mIoU (searched) + CE +
+    Lovász-softmax'``."""
     from mmengine.config import Config, DictAction
     cfg = Config.fromfile(config)
     cfg.merge_from_dict({k: DictAction._parse_iterable(v) for k, v in
                          (o.split('=', 1) for o in options if o.startswith('search.'))})
     search = cfg.get('search', {})
-    label = f'Auto Seg-Loss {search.get("target_metric", "mIoU")} (searched)'
+    target = str(search.get('target_metric', 'mIoU'))
+    label = f'Auto Seg-Loss {target} (searched)'
     if search.get('ce_weight'):
         label += ' + CE'
     for extra in search.get('extra_losses') or []:
         label += ' + ' + EXTRA_NAMES.get(extra.get('type'), str(extra.get('type')))
-    return label
+    return label, target
 
 
 def _cell(values: List[float]) -> str:
@@ -216,7 +218,7 @@ def _cell(values: List[float]) -> str:
 
 def render(rows: Dict[str, Dict[int, Dict]], searches: Dict[int, Dict], seeds: Sequence[int],
            losses: Sequence[str], header: str, chosen: Optional[str] = None,
-           reevals: Optional[Dict[int, List[Dict]]] = None) -> str:
+           reevals: Optional[Dict[int, List[Dict]]] = None, target: str = 'mIoU') -> str:
     """``results.md``: means ± sample standard deviations over the seeds.
 
     Args:
@@ -226,8 +228,9 @@ def render(rows: Dict[str, Dict[int, Dict]], searches: Dict[int, Dict], seeds: S
         header: the text above the tables.
         chosen: the searched row's label (default: ``LOSSES['chosen']``).
         reevals: seed -> the search's re-evaluated results re-trained
-            (``dict(source=, proxy=, status=, mIoU=, reason=)`` each), for the rank
-            correlation of proxy reward and re-trained mIoU.
+            (``dict(source=, proxy=, status=, metrics=, reason=)`` each), for the rank
+            correlation of proxy reward and the re-trained target metric.
+        target: the search's target metric (the reward).
     """
     labels = dict(LOSSES, chosen=chosen or LOSSES['chosen'])
     def done(loss):
@@ -279,37 +282,40 @@ def render(rows: Dict[str, Dict[int, Dict]], searches: Dict[int, Dict], seeds: S
         lines += ['', '## mIoU minus cross-entropy, same seed', '',
                   '| loss | seeds | difference |', '|:--|--:|--:|', *diffs]
     if searches:
-        lines += ['', '## The searches (rewards: hold-out mIoU as a fraction)', '',
+        lines += ['', f'## The searches (rewards: hold-out {target} as a fraction)', '',
                   '| seed | chosen |', '|--:|:--|']
         lines += [f'| {s} | {searches[s].get("selection", "?")} |' for s in seeds
                   if s in searches]
     if reevals:
-        lines += _render_reevals(reevals, seeds)
+        lines += _render_reevals(reevals, seeds, target)
     return '\n'.join(lines) + '\n'
 
 
-def _render_reevals(reevals: Dict[int, List[Dict]], seeds: Sequence[int]) -> List[str]:
-    """The re-evaluated results' proxy rewards against their re-trained mIoU, and the rank
-    correlations (Spearman) within each seed (where the search chooses) and pooled."""
-    lines = ['', '## Proxy reward against re-trained mIoU (the re-evaluated results)', '',
-             '| seed | result | proxy reward (mean) | re-trained mIoU |', '|--:|:--|--:|--:|']
+def _render_reevals(reevals: Dict[int, List[Dict]], seeds: Sequence[int],
+                    target: str = 'mIoU') -> List[str]:
+    """The re-evaluated results' proxy rewards against the target metric of their
+    re-trainings (mIoU for a formula), and the rank correlations (Spearman) within each
+    seed (where the search chooses) and pooled."""
+    m = target if target in METRICS else 'mIoU'
+    lines = ['', f'## Proxy reward against re-trained {m} (the re-evaluated results)', '',
+             f'| seed | result | proxy reward (mean) | re-trained {m} |', '|--:|:--|--:|--:|']
     pooled, within = [], []
     for s in seeds:
         pairs = []
         for e in reevals.get(s, []):
             ok = e.get('status') == 'ok'
-            cell = (f'{e["mIoU"]:.2f}' if ok else
+            cell = (f'{e["metrics"][m]:.2f}' if ok else
                     'pending' if e.get('status') is None else 'failed')
             lines.append(f'| {s} | {e["source"]}{" (chosen)" if e.get("chosen") else ""} | '
                          f'{e["proxy"]:.4f} | {cell} |')
             if ok:
-                pairs.append((e['proxy'], e['mIoU']))
+                pairs.append((e['proxy'], e['metrics'][m]))
         pooled += pairs
         rho = spearman([a for a, _ in pairs], [b for _, b in pairs])
         if rho is not None:
             within.append(f'seed {s} {rho:.2f}')
     rho = spearman([a for a, _ in pooled], [b for _, b in pooled])
-    lines += ['', 'Spearman rank correlation of proxy reward and re-trained mIoU: within '
+    lines += ['', f'Spearman rank correlation of proxy reward and re-trained {m}: within '
               'each seed (the search chooses among these) '
               + (', '.join(within) if within else 'n/a') + f'; pooled over '
               f'{len(pooled)} results ' + ('n/a' if rho is None else f'{rho:.2f}') + '.']
@@ -364,11 +370,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.jobs < 1 or (args.jobs > 1 and (args.gpus or 1) > 1):
         p.error(f'--jobs must be at least 1, and 1 when a re-training takes several GPUs '
                 f'(--gpus {args.gpus}); got {args.jobs}')
-    labels = dict(LOSSES)
+    labels, target = dict(LOSSES), 'mIoU'
     if 'chosen' in losses:
         config = args.search_config or search_config(args.scale)
         try:
-            labels['chosen'] = chosen_label(config, args.search_options)
+            labels['chosen'], target = search_summary(config, args.search_options)
         except Exception as e:  # noqa: BLE001 (any error of reading the config)
             p.error(f'--search-config {config!r} (with --search-options) cannot be read: '
                     f'{type(e).__name__}: {e}')
@@ -406,11 +412,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             r = rows.get('chosen', {}).get(seed)
             for e in entries:
                 if e['chosen'] and r is not None:
-                    e.update(status=r['status'], mIoU=r['metrics'].get('mIoU'),
-                             reason=r['reason'])
+                    e.update(status=r['status'], metrics=r['metrics'], reason=r['reason'])
         atomic_write_text(os.path.join(work, 'results.md'),
                           render(rows, searches, args.seeds, losses, header,
-                                 labels['chosen'], reevals))
+                                 labels['chosen'], reevals, target))
         atomic_write_json(os.path.join(work, 'results.json'), dict(
             scale=args.scale, seeds=args.seeds, losses=losses, data=data,
             runs={loss: {str(s): r for s, r in by_seed.items()} for loss, by_seed in rows.items()},
@@ -455,8 +460,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     def reeval_record(entry):
         def record(r):
-            entry.update(status=r.status, mIoU=r.metrics.get('mIoU') if r.ok else None,
-                         reason=r.reason)
+            entry.update(status=r.status, metrics=r.metrics, reason=r.reason)
         return record
 
     search_error = None
