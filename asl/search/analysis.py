@@ -161,6 +161,17 @@ class SearchRun:
                           retrain_base=best.get('retrain_base'))
 
 
+def reevaluated(run: SearchRun) -> List[Dict]:
+    """The results the search ``run`` re-evaluated (``search.reevaluate``), in the order of
+    its ``reeval_finished`` event: ``dict(n=, source=, proxy=, raw=, chosen=)`` each,
+    ``proxy`` the mean hold-out reward over its proxy trainings, ``chosen`` whether the
+    search chose it; results whose proxy trainings all failed are left out."""
+    done = run.state.reeval_done or {}
+    return [dict(n=n, source=sc.get('source', f'result {n}'), proxy=sc['mean'], raw=sc['raw'],
+                 chosen=n == done.get('chosen'))
+            for n, sc in enumerate(done.get('scores') or []) if sc.get('mean') is not None]
+
+
 def write_retrain_config(run: SearchRun, raw: List[float], path: str) -> str:
     """Write to ``path`` (and return it) a re-training config of the search ``run`` with
     its loss at the raw parameters ``raw``, as the search writes its own

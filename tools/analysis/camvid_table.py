@@ -17,8 +17,9 @@ For each seed:
 
 With ``--retrain-reevaluated`` it also re-trains, in ``D/seed<S>/reeval<N>``, every
 other result the search re-evaluated (``search.reevaluate``) and reports their proxy
-rewards against the target metric of their re-trainings, with the rank correlation (Spearman) within each
-seed and pooled: does the proxy reward order losses as the re-training does?
+rewards against the target metric of their re-trainings, with the rank correlation
+(Spearman) within each seed and pooled: does the proxy reward order losses as the
+re-training does?
 
 Then writes ``D/results.md`` (per loss, mean and sample standard deviation over the
 seeds of each metric, the mIoU of every seed, the differences to cross-entropy, the
@@ -46,7 +47,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from asl.data.camvid import CamVidError, ensure_camvid, is_segnet_layout  # noqa: E402
-from asl.search.analysis import load_search, spearman, write_retrain_config  # noqa: E402
+from asl.search.analysis import (load_search, reevaluated, spearman,  # noqa: E402
+                                 write_retrain_config)
 from asl.search.retrain import METRICS, mean_sd, run_logged, run_training  # noqa: E402
 from asl.utils import atomic_write_json, atomic_write_text, read_json_or_none  # noqa: E402
 
@@ -175,16 +177,6 @@ class SearchFailed(RuntimeError):
 
 class Stopped(Exception):
     """This command stops (Ctrl-C, SIGTERM, an error): a training of another thread too."""
-
-
-def reevaluated(run) -> List[Dict]:
-    """The re-evaluated results of the search ``run`` (:class:`asl.search.analysis.SearchRun`):
-    ``dict(n=, source=, proxy=, raw=, chosen=)`` each, ``proxy`` the mean hold-out reward
-    over its proxy trainings (results whose proxy trainings all failed are left out)."""
-    done = run.state.reeval_done or {}
-    return [dict(n=n, source=sc.get('source', f'result {n}'), proxy=sc['mean'], raw=sc['raw'],
-                 chosen=n == done.get('chosen'))
-            for n, sc in enumerate(done.get('scores') or []) if sc.get('mean') is not None]
 
 
 #: MMSeg loss type -> its short name in the searched row's label
@@ -341,8 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
                         'searches)')
     p.add_argument('--retrain-reevaluated', action='store_true',
                    help='also re-train every other result the search re-evaluated (with '
-                        '"chosen"), for the rank correlation of proxy reward and re-trained '
-                        'mIoU')
+                        '"chosen"), for the rank correlation of proxy reward and the re-trained '
+                        'target metric')
     p.add_argument('--gpus', type=int, default=None,
                    help='GPUs of the search (default: all visible) and processes of each '
                         're-training, 8 images each (default: 1; the GPU-scale configs '
@@ -403,28 +395,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     reevals: Dict[int, List[Dict]] = {}
     t0 = time.time()
 
+    lock = threading.RLock()  # rows, reevals and the files, with --jobs > 1
+
     def write():
         with lock:
-            _write()
+            for seed, entries in reevals.items():  # the chosen result: its re-training's
+                r = rows.get('chosen', {}).get(seed)
+                for e in entries:
+                    if e['chosen'] and r is not None:
+                        e.update(status=r['status'], metrics=r['metrics'], reason=r['reason'])
+            atomic_write_text(os.path.join(work, 'results.md'),
+                              render(rows, searches, args.seeds, losses, header,
+                                     labels['chosen'], reevals, target))
+            atomic_write_json(os.path.join(work, 'results.json'), dict(
+                scale=args.scale, seeds=args.seeds, losses=losses, data=data,
+                runs={loss: {str(s): r for s, r in by_seed.items()}
+                      for loss, by_seed in rows.items()},
+                searches={str(s): dict(selection=b.get('selection'),
+                                       raw_theta=b.get('raw_theta'), theta=b.get('theta'),
+                                       retrain_config=b.get('retrain_config'))
+                          for s, b in searches.items()},
+                reevaluated={str(s): r for s, r in reevals.items()}))
 
-    def _write():
-        for seed, entries in reevals.items():  # the chosen result: its re-training's
-            r = rows.get('chosen', {}).get(seed)
-            for e in entries:
-                if e['chosen'] and r is not None:
-                    e.update(status=r['status'], metrics=r['metrics'], reason=r['reason'])
-        atomic_write_text(os.path.join(work, 'results.md'),
-                          render(rows, searches, args.seeds, losses, header,
-                                 labels['chosen'], reevals, target))
-        atomic_write_json(os.path.join(work, 'results.json'), dict(
-            scale=args.scale, seeds=args.seeds, losses=losses, data=data,
-            runs={loss: {str(s): r for s, r in by_seed.items()} for loss, by_seed in rows.items()},
-            searches={str(s): dict(selection=b.get('selection'), raw_theta=b.get('raw_theta'),
-                                   theta=b.get('theta'), retrain_config=b.get('retrain_config'))
-                      for s, b in searches.items()},
-            reevaluated={str(s): r for s, r in reevals.items()}))
-
-    lock = threading.RLock()  # rows, reevals and the files, with --jobs > 1
     stop = threading.Event()  # set when this command stops: running trainings stop too
     pool = ThreadPoolExecutor(max_workers=args.jobs) if args.jobs > 1 else None
     futures = []

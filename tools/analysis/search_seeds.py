@@ -30,8 +30,8 @@ from typing import Dict, List
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from asl.search.analysis import (SearchRun, load_search, spearman,  # noqa: E402
-                                 write_retrain_config)
+from asl.search.analysis import (SearchRun, load_search, reevaluated,  # noqa: E402
+                                 spearman, write_retrain_config)
 from asl.search.retrain import (DEMO_SEARCH_CONFIG, demo_retrain_config,  # noqa: E402
                                 retrain_and_test, run_or_exit)
 from asl.search.state import mean_reward, own_reward  # noqa: E402
@@ -89,19 +89,17 @@ def main(argv=None) -> int:
         res['ce'] = retrain('cross-entropy', demo_retrain_config('ce'), 'retrain_ce')
         res['lovasz'] = retrain('Lovasz', demo_retrain_config('lovasz'), 'retrain_lovasz')
         res['reeval'] = []
-        done = run.state.reeval_done
-        for n, sc in enumerate((done or {}).get('scores') or []):
-            if not args.retrain_reevaluated or sc.get('mean') is None:
-                continue
-            if n == done.get('chosen'):
+        for e in reevaluated(run) if args.retrain_reevaluated else []:
+            n = e['n']
+            if e['chosen']:
                 miou = res['chosen']['mIoU']
             else:
                 rd = os.path.join(d, f'retrain_reeval{n}')
                 os.makedirs(rd, exist_ok=True)
-                cfg = write_retrain_config(run, sc['raw'], os.path.join(rd, 'retrain_config.py'))
+                cfg = write_retrain_config(run, e['raw'], os.path.join(rd, 'retrain_config.py'))
                 miou = retrain(f're-evaluated result {n}', cfg, f'retrain_reeval{n}')['mIoU']
-            res['reeval'].append(dict(source=sc['source'], proxy=sc['mean'], miou=miou))
-            pairs.append((sc['mean'], miou))
+            res['reeval'].append(dict(source=e['source'], proxy=e['proxy'], miou=miou))
+            pairs.append((e['proxy'], miou))
         rows.append(res)
         report = render(rows, pairs, args)
         with open(os.path.join(work, 'results.md'), 'w') as f:
