@@ -4,6 +4,7 @@ the one-command table (``tools/analysis/camvid_table.py``) end to end, then resu
 import json
 import os
 import re
+import shutil
 import sys
 import time
 
@@ -394,7 +395,53 @@ def test_a_run_is_reused_only_when_done_with_the_same_settings(tmp_path):
     assert not r.ok and 'RuntimeError: the training broke' in r.reason
     assert (work / 'keep').exists() and len(calls()) == 3
     r = run_training(config, str(work), 2, ['a=2'], python=str(python))
-    assert r.ok and not r.reused and len(calls()) == 4      # another seed
+    assert r.ok and not r.reused and len(calls()) == 4      # another seed ...
+    kept = tmp_path / 'runs' / 'ce.superseded1'             # the finished a=1 run kept aside,
+    assert json.loads((kept / 'run.json').read_text())['options'] == ['a=1']
+    assert json.loads((kept / 'result.json').read_text())['metrics']['mIoU'] == 50.0
+    assert (kept / 'keep').exists()                         # ... whole
+    assert not (tmp_path / 'runs' / 'ce.superseded2').exists()  # the failed one: removed
+
+
+def test_a_finished_run_is_found_by_config_content_and_never_deleted(tmp_path):
+    """A moved checkout (the same config tree at another path) reuses its finished runs; an
+    edit to a base config trains again and keeps the finished run aside."""
+    from asl.search.retrain import config_digest, run_training
+    fake = tmp_path / 'fake_train.py'
+    fake.write_text(
+        'import json, os, sys\n'
+        'work = sys.argv[sys.argv.index("--work-dir") + 1]\n'
+        'open(os.path.join(work, "..", "calls"), "a").write("x\\n")\n'
+        'metrics = dict(mIoU=50.0, FWIoU=60.0, mAcc=55.0, gAcc=80.0, BIoU=30.0, BF1=40.0)\n'
+        'json.dump(dict(metrics=metrics, iter=2, max_iters=2),'
+        ' open(os.path.join(work, "result.json"), "w"))\n')
+    python = tmp_path / 'python'
+    python.write_text(f'#!/bin/sh\nshift\nexec {sys.executable} {fake} "$@"\n')
+    python.chmod(0o755)
+    old = tmp_path / 'old' / 'configs'
+    (old / '_base_').mkdir(parents=True)
+    (old / '_base_' / 'data.py').write_text('crop = (8, 8)\n')
+    (old / 'run.py').write_text("_base_ = ['./_base_/data.py']\nlr = 0.01  # step\n")
+    work = tmp_path / 'runs' / 'ce'
+    calls = lambda: (tmp_path / 'runs' / 'calls').read_text().splitlines()  # noqa: E731
+    assert run_training(str(old / 'run.py'), str(work), 1, python=str(python)).ok
+    assert len(calls()) == 1
+
+    new = tmp_path / 'moved' / 'configs'                    # the checkout moved
+    shutil.copytree(old, new)
+    shutil.rmtree(tmp_path / 'old')
+    (new / 'run.py').write_text("_base_ = ['./_base_/data.py']\n\nlr = 0.01\n")  # layout only
+    assert config_digest(str(new / 'run.py')) == \
+        json.loads((work / 'run.json').read_text())['config_digest']
+    r = run_training(str(new / 'run.py'), str(work), 1, python=str(python))
+    assert r.ok and r.reused and len(calls()) == 1
+
+    (new / '_base_' / 'data.py').write_text('crop = (16, 16)\n')  # a base edited
+    r = run_training(str(new / 'run.py'), str(work), 1, python=str(python))
+    assert r.ok and not r.reused and len(calls()) == 2
+    kept = tmp_path / 'runs' / 'ce.superseded1'
+    assert (kept / 'result.json').exists() and (work / 'result.json').exists()
+    assert json.loads((work / 'run.json').read_text())['config'] == str(new / 'run.py')
 
 
 TINY = ['train_dataloader.batch_size=2', f'model.data_preprocessor.size=({H},{W})',

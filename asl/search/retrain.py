@@ -3,10 +3,13 @@
 A run trains a config with a seed in its own work directory; the training validates
 once at its end and :class:`~asl.mmseg.hooks.ASLTrialHook` writes that validation's
 metrics to ``result.json`` (see :mod:`asl.protocol`). ``run.json`` records what the run
-is (config, seed, options, command); a run whose ``result.json`` is complete and whose
-``run.json`` matches is reused, not retrained, so a table's command can be run again
-after an interruption. A killed training continues from its last checkpoint
-(``--resume``). No MMSeg import here: the training is a subprocess.
+is (config path and content digest, seed, options, command); a run whose ``result.json``
+is complete and whose ``run.json`` matches is reused, not retrained, so a table's command
+can be run again after an interruption, from a moved checkout too (the config is matched
+by content, :func:`config_digest`). A killed training continues from its last checkpoint
+(``--resume``). A folder holding a finished run of other settings is moved aside
+(``<folder>.superseded<N>``), never deleted. No MMSeg import here: the training is a
+subprocess.
 
 The demo's re-trainings (``tools/demo.py``, ``tools/analysis/search_seeds.py``) train and
 then test the last checkpoint (:func:`retrain_and_test`, metrics in ``metrics.json``);
@@ -14,6 +17,9 @@ then test the last checkpoint (:func:`retrain_and_test`, metrics in ``metrics.js
 """
 from __future__ import annotations
 
+import ast
+import hashlib
+import json
 import os
 import shutil
 import statistics
@@ -21,13 +27,13 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..protocol import FAILURE_FILE, RESULT_FILE
 from ..utils import (REPO_ROOT, atomic_write_json, atomic_write_text, read_json,
                      read_json_or_none, train_entry)
 
-__all__ = ['RunResult', 'run_training', 'completed_run', 'training_command',
+__all__ = ['RunResult', 'run_training', 'completed_run', 'training_command', 'config_digest',
            'wrapper_config_text', 'run_logged', 'mean_sd', 'METRICS', 'RUN_FILE', 'RUN_CONFIG',
            'RUN_LOG', 'DEMO_SEARCH_CONFIG', 'demo_retrain_config', 'run_or_exit',
            'retrain_and_test']
@@ -139,9 +145,90 @@ def run_logged(cmd: Sequence[str], log_file: Optional[str],
     return code, time.time() - t0
 
 
+def _base_files(tree: ast.Module, path: str) -> Tuple[List[str], List[ast.stmt]]:
+    """The ``_base_`` entries of a parsed config (resolved against its folder when they are
+    plain paths) and the config's other statements."""
+    bases: List[str] = []
+    rest: List[ast.stmt] = []
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == '_base_' for t in stmt.targets):
+            values = stmt.value.elts if isinstance(stmt.value, (ast.List, ast.Tuple)) \
+                else [stmt.value]
+            for v in values:
+                if isinstance(v, ast.Constant) and isinstance(v.value, str):
+                    name = v.value
+                    bases.append(name if '::' in name else
+                                 os.path.normpath(os.path.join(os.path.dirname(path), name)))
+                else:  # not a literal: kept as written
+                    bases.append(ast.dump(v))
+        else:
+            rest.append(stmt)
+    return bases, rest
+
+
+def config_digest(config: str, _seen: Optional[Set[str]] = None) -> str:
+    """A digest of what ``config`` defines: its statements (comments and layout aside) and,
+    in place of its ``_base_`` paths, the digests of those files, recursively. Two copies of
+    a config tree at different places (a moved checkout) have the same digest; an edit to
+    the config or to any of its bases changes it. The file is parsed, never run."""
+    path = os.path.abspath(config)
+    seen = set() if _seen is None else _seen
+    if path in seen:  # a cycle: MMEngine refuses it; the digest only needs to end
+        return 'cycle:' + os.path.basename(path)
+    seen = seen | {path}
+    try:
+        with open(path, 'rb') as f:
+            data = f.read()
+    except OSError:
+        return 'missing:' + os.path.basename(path)
+    try:
+        tree = ast.parse(data, filename=path)
+    except (SyntaxError, ValueError):  # not Python (a YAML or JSON config): its bytes
+        return hashlib.sha256(data).hexdigest()
+    bases, rest = _base_files(tree, path)
+    parts = [ast.dump(ast.Module(body=rest, type_ignores=[]))]
+    parts += [config_digest(b, seen) if os.path.isabs(b) else b for b in bases]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
 def _describe(config: str, seed: int, options: Sequence[str], nproc: int) -> Dict:
-    return dict(config=os.path.abspath(config), seed=int(seed), options=list(options),
-                nproc=int(nproc))
+    return dict(config=os.path.abspath(config), config_digest=config_digest(config),
+                seed=int(seed), options=list(options), nproc=int(nproc))
+
+
+def _same_run(previous, desc: Dict) -> bool:
+    """Whether ``run.json``'s ``previous`` describes the run ``desc``: the same seed, options
+    and processes, and the same config by content (a run recorded before the digest
+    existed: by path)."""
+    if not isinstance(previous, dict):
+        return False
+    if any(previous.get(k) != desc[k] for k in ('seed', 'options', 'nproc')):
+        return False
+    if previous.get('config_digest') is not None:
+        return previous['config_digest'] == desc['config_digest']
+    return previous.get('config') == desc['config']
+
+
+def _difference(previous, desc: Dict) -> str:
+    """What differs between a recorded run and ``desc``, for a message."""
+    if not isinstance(previous, dict):
+        return f'no readable {RUN_FILE}'
+    keys = [k for k in ('config', 'config_digest', 'seed', 'options', 'nproc')
+            if previous.get(k) != desc[k]]
+    return ', '.join(f'{k} {previous.get(k)!r} -> {desc[k]!r}' for k in keys
+                     if k != 'config_digest') or \
+        ('the config\'s content' if 'config_digest' in keys else 'unknown')
+
+
+def _set_aside(work_dir: str) -> str:
+    """Move ``work_dir`` to the first free ``<work_dir>.superseded<N>``; the new name."""
+    n = 1
+    while os.path.exists(f'{work_dir}.superseded{n}'):
+        n += 1
+    dest = f'{work_dir}.superseded{n}'
+    os.rename(work_dir, dest)
+    return dest
 
 
 def _complete(work_dir: str) -> Optional[Dict[str, float]]:
@@ -175,7 +262,7 @@ def completed_run(config: str, work_dir: str, seed: int, options: Sequence[str] 
     work_dir = os.path.abspath(work_dir)
     desc = _describe(config, seed, options, nproc)
     previous = read_json_or_none(os.path.join(work_dir, RUN_FILE))
-    if not isinstance(previous, dict) or {k: previous.get(k) for k in desc} != desc:
+    if not _same_run(previous, desc):
         return None
     metrics = _complete(work_dir)
     if metrics is None:
@@ -189,6 +276,11 @@ def run_training(config: str, work_dir: str, seed: int, options: Sequence[str] =
                  heartbeat: Optional[Callable[[float, str], None]] = None,
                  heartbeat_s: float = 30.0) -> RunResult:
     """Train ``config`` with ``seed`` in ``work_dir`` unless that run is done already.
+
+    The run is the same when its seed, options, processes and config content
+    (:func:`config_digest`) are; an unfinished one continues from its checkpoint. A folder
+    holding a finished run of other settings is moved to ``<work_dir>.superseded<N>`` (with
+    a line on stderr), an unfinished one's leftovers are removed.
 
     Args:
         config (str): the config to train (its validation must run at the end).
@@ -212,9 +304,16 @@ def run_training(config: str, work_dir: str, seed: int, options: Sequence[str] =
         return done
     desc = _describe(config, seed, options, nproc)
     previous = read_json_or_none(os.path.join(work_dir, RUN_FILE))
-    if not (isinstance(previous, dict) and {k: previous.get(k) for k in desc} == desc) \
-            and os.path.isdir(work_dir):  # another run's leftovers (other config, seed...)
-        shutil.rmtree(work_dir)
+    if not _same_run(previous, desc) and os.path.isdir(work_dir):
+        # another run's folder (other config, seed, options...): a finished one is kept
+        # aside, never deleted; an unfinished one's leftovers are removed
+        if _complete(work_dir) is not None:
+            dest = _set_aside(work_dir)
+            print(f'{work_dir} held a finished run of other settings '
+                  f'({_difference(previous, desc)}); moved to {dest}', file=sys.stderr,
+                  flush=True)
+        else:
+            shutil.rmtree(work_dir)
     os.makedirs(work_dir, exist_ok=True)
     wrapper = os.path.join(work_dir, RUN_CONFIG)
     atomic_write_text(wrapper, wrapper_config_text(config))
