@@ -4,6 +4,7 @@ test), so nothing depends on a CPU's floating-point arithmetic, and each test ta
 seconds. The real searches (``test_search*.py``) check what only real trainings show."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -368,11 +369,71 @@ def test_the_reevaluation_trains_the_best_means_again_and_chooses_by_the_average
     assert 'after re-evaluation' in best['selection']
 
 
+def test_the_one_standard_error_rule_on_hand_made_scores():
+    """``one_se`` returns the earliest result within one standard error of the best mean;
+    the noise is pooled over the entries; with one reward each it chooses as ``best``."""
+    from asl.search.state import choose_reevaluated
+
+    def sc(step, rewards):
+        return dict(step=step, rewards=rewards, mean=float(np.mean(rewards)) if rewards else None)
+    # deviations +-0.01 in every entry: pooled s = sqrt(6 * 1e-4 / 6) = 0.01, se = 0.01 / sqrt(3)
+    scores = [sc(2, [0.39, 0.40, 0.41]), sc(1, [0.386, 0.396, 0.406]),
+              sc(0, [0.37, 0.38, 0.39])]
+    assert choose_reevaluated(scores, 'best') == (0, None)
+    chosen, se = choose_reevaluated(scores, 'one_se')
+    assert se == pytest.approx(0.01 / np.sqrt(3)) and chosen == 1  # 0.396 within, 0.38 not
+    wide = [sc(2, [0.35, 0.40, 0.45]), sc(0, [0.33, 0.38, 0.43])]  # s = 0.05: step 1 is near
+    assert choose_reevaluated(wide, 'one_se')[0] == 1
+    assert choose_reevaluated(wide, 'best')[0] == 0
+    single = [sc(2, [0.40]), sc(0, [0.399])]                      # no estimate of the noise
+    assert choose_reevaluated(single, 'one_se') == (0, None)
+    assert choose_reevaluated([sc(0, [])], 'one_se') == (None, None)
+    with pytest.raises(ValueError, match="'median'"):
+        choose_reevaluated(scores, 'median')
+
+
+def test_the_one_standard_error_rule_keeps_an_earlier_mean_within_the_noise(tmp_path):
+    """Step 3's mean has the best average, step 1's is below it by less than the proxies'
+    noise: ``best`` returns step 3's, ``one_se`` step 1's (journaled with its standard
+    error); a bad rule is refused before anything runs."""
+    def outcome(spec, raw):
+        if spec.step >= 0:
+            return {0: 0.51, 1: 0.40, 2: 0.52}[spec.step] + 1e-3 * peak_reward(raw)
+        seed_shift = {2: -0.03, 3: 0.03}[spec.seed]  # the re-evaluation's 2 other seeds
+        return (0.51 if raw == first_mu[0] else 0.52) + seed_shift  # se ~ 0.03 / sqrt(3)
+
+    first_mu = []
+
+    class Ex(SimExecutor):
+        def launch(self, spec):
+            if not first_mu:
+                first_mu.append(events(tmp_path / 'r', 'step_started')[0]['mu'])
+            return super().launch(spec)
+
+    chosen = {}
+    for rule in ('best', 'one_se'):
+        first_mu.clear()
+        best = sim_search(tmp_path / 'r', {'search.reevaluate': dict(top=2, seeds=2, rule=rule)},
+                          executor=Ex(outcome=outcome)).run()
+        done = events(tmp_path / 'r', 'reeval_finished')[0]
+        assert [s['source'] for s in done['scores']] == ['policy mean of step 3',
+                                                         'policy mean of step 1']
+        chosen[rule] = (done['chosen'], best['best_step'], best['selection'])
+        if rule == 'one_se':
+            assert done['rule'] == 'one_se' and 0.01 < done['se'] < 0.03
+        shutil.rmtree(tmp_path / 'r')
+    assert chosen['best'][:2] == (0, 3)
+    assert chosen['one_se'][:2] == (1, 1) and 'within one standard error' in chosen['one_se'][2]
+    with pytest.raises(SearchConfigError, match="search.reevaluate.rule.*'median'"):
+        sim_search(tmp_path / 'bad', {'search.reevaluate': dict(top=2, seeds=2, rule='median')})
+
+
 # ------------------------------------------------------------------ exact resume
 #: every journal point of a search that screens, stops trials early, retries a failure
 #: and re-evaluates: (when, kind, n)
 FULL = dict(EARLY, **{'search.prescreen': dict(threshold=0.99, steps=2),
-                      'search.reevaluate': dict(top=2, seeds=1), 'search.max_retries': 1,
+                      'search.reevaluate': dict(top=2, seeds=1, rule='one_se'),
+                      'search.max_retries': 1,
                       'search.rollback': 0.5})
 
 

@@ -32,8 +32,9 @@ from .journal import Journal
 from .policy import PolicyState, ppo_update, sample_truncnorm
 from .progress import Progress, fmt_time
 from .settings import SearchConfigError, parse_search_section
-from .state import (REEVAL, WARM, SearchState, StepRecord, apply, own_reward, reeval_entries,
-                    reeval_scores, replay, rollback_to, update_rewards)
+from .state import (REEVAL, WARM, SearchState, StepRecord, apply, choose_reevaluated,
+                    own_reward, reeval_entries, reeval_scores, replay, rollback_to,
+                    update_rewards)
 from .trial import (TrialOutcome, TrialSpec, check_extra_losses, check_surrogate, dump_config,
                     head_classes, make_trial_config, make_warm_start_config, read_probes,
                     read_trial_outcome, warm_start_iters)
@@ -666,13 +667,20 @@ class Search:
                              f'({", ".join(e["source"] for e in entries)})')
         self._run_trials(REEVAL, state.reeval)
         scores = reeval_scores(state, seeds)
-        valid = [n for n, sc in enumerate(scores) if sc['mean'] is not None]
-        chosen = max(valid, key=lambda n: scores[n]['mean']) if valid else None
-        self._log('reeval_finished', scores=scores, chosen=chosen)
+        rule = self.settings.reevaluate.get('rule', 'best')
+        chosen, se = choose_reevaluated(scores, rule)
+        extra = {} if rule == 'best' else dict(rule=rule, se=se)
+        self._log('reeval_finished', scores=scores, chosen=chosen, **extra)
         for sc in scores:
             self.logger.info(f're-evaluation: {sc["source"]}: rewards '
                              f'{[round(r, 4) for r in sc["rewards"]]}, mean '
                              f'{sc["mean"] if sc["mean"] is None else round(sc["mean"], 4)}')
+        if rule == 'one_se' and chosen is not None:
+            self.logger.info(
+                're-evaluation (one standard error rule): '
+                + (f'standard error {se:.4f}; ' if se is not None else
+                   'no estimate of the noise (one reward each): the best mean; ')
+                + f'chosen {scores[chosen]["source"]} (mean {scores[chosen]["mean"]:.4f})')
 
     def _request_stop(self, signum, frame) -> None:
         self._stop_signal = signum

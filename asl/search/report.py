@@ -79,8 +79,15 @@ def select_best(search: SearchInfo, state) -> Dict:
     if done is not None and done.get('chosen') is not None:
         sc = done['scores'][done['chosen']]
         best_step = sc['step'] + 1
-        how = (f'{sc["source"]}: the best average reward after re-evaluation '
-               f'({sc["mean"]:.4f} over {len(sc["rewards"])} proxy training(s))')
+        if done.get('rule') == 'one_se' and done.get('se') is not None:
+            top = max(x['mean'] for x in done['scores'] if x['mean'] is not None)
+            how = (f'{sc["source"]}: the earliest result within one standard error '
+                   f'({done["se"]:.4f}) of the best average reward ({top:.4f}) after '
+                   f're-evaluation ({sc["mean"]:.4f} over {len(sc["rewards"])} proxy '
+                   f'training(s))')
+        else:
+            how = (f'{sc["source"]}: the best average reward after re-evaluation '
+                   f'({sc["mean"]:.4f} over {len(sc["rewards"])} proxy training(s))')
         return dict(best_step=best_step, raw_theta=[float(x) for x in sc['raw']], selection=how,
                     steps=steps, reevaluation=done['scores'])
     if search.searcher == 'random':

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from .state import REEVAL_RULES
+
 __all__ = ['SearchSettings', 'SearchConfigError', 'parse_search_section', 'amp_dtype',
            'EARLY_STOP_DEFAULTS', 'PRESCREEN_DEFAULTS', 'HALVING_DEFAULTS',
            'WARM_START_DEFAULTS']
@@ -68,7 +70,10 @@ class SearchSettings:
             the K steps with the highest mean reward (random search: the K best
             candidates) are trained again with S other proxy seeds, and the result is the
             one with the best average reward over all its trainings; None = the paper's
-            choice from one proxy training each.
+            choice from one proxy training each. ``rule='one_se'`` (default ``'best'``)
+            chooses instead the earliest result whose average is within one standard
+            error of the best (:func:`asl.search.state.choose_reevaluated`): a later
+            policy mean must beat an earlier one by more than the proxies' noise.
         holdout: ``dict(num=..., seed=...)``: images carved from the training split for
             the rewards; proxy models never train on them.
         trial_time_limit: seconds a proxy training may run before it is stopped and
@@ -272,11 +277,13 @@ def parse_search_section(section: Any, config_path: str = '<config>') -> SearchS
            f'search.normalize_advantages must be True or False, got {s.normalize_advantages!r}')
     if s.reevaluate is not None:
         r = s.reevaluate
-        _check(isinstance(r, dict) and set(r) == {'top', 'seeds'} and
-               all(isinstance(r[k], int) and not isinstance(r[k], bool) and r[k] >= 1
-                   for k in ('top', 'seeds')),
-               f'search.reevaluate must be dict(top=<positive int>, seeds=<positive int>) or '
-               f'None, got {r!r}')
+        _check(isinstance(r, dict) and {'top', 'seeds'} <= set(r) <= {'top', 'seeds', 'rule'}
+               and all(isinstance(r[k], int) and not isinstance(r[k], bool) and r[k] >= 1
+                       for k in ('top', 'seeds')),
+               f'search.reevaluate must be dict(top=<positive int>, seeds=<positive int>'
+               f'[, rule=...]) or None, got {r!r}')
+        _check(r.get('rule', 'best') in REEVAL_RULES,
+               f'search.reevaluate.rule must be one of {REEVAL_RULES}, got {r.get("rule")!r}')
     if s.prescreen is not None:
         p = s.prescreen = _options('prescreen', s.prescreen, PRESCREEN_DEFAULTS)
         _positive_int('prescreen.images', p['images'])

@@ -41,11 +41,14 @@ Journal events and their fields:
 * ``reeval_started``: ``entries`` (the vectors re-evaluated: ``raw``, ``source``,
   ``rewards`` already known), ``candidates`` and ``seeds`` (one proxy training each).
 * ``trial_*`` events of the re-evaluation carry ``phase='reeval'`` and ``step=-1``.
-* ``reeval_finished``: ``scores`` (per entry: all its rewards and their mean), ``chosen``.
+* ``reeval_finished``: ``scores`` (per entry: all its rewards and their mean), ``chosen``,
+  and with ``search.reevaluate.rule='one_se'`` the ``rule`` and its ``se`` (the standard
+  error it allowed below the best mean).
 * ``search_finished``: ``best``.
 
 The reward rules of the update (:func:`own_reward`, :func:`settled_reward`,
-:func:`rollback_to`, :func:`reeval_entries`) are pure functions of this state.
+:func:`rollback_to`, :func:`reeval_entries`, :func:`choose_reevaluated`) are pure functions
+of this state.
 """
 from __future__ import annotations
 
@@ -57,7 +60,8 @@ import numpy as np
 from .policy import PolicyState
 
 __all__ = ['TrialRecord', 'StepRecord', 'SearchState', 'apply', 'replay', 'REEVAL', 'WARM',
-           'mean_reward', 'own_reward', 'settled_reward', 'rollback_to', 'reeval_entries']
+           'mean_reward', 'own_reward', 'settled_reward', 'rollback_to', 'reeval_entries',
+           'reeval_scores', 'choose_reevaluated', 'REEVAL_RULES']
 
 #: The ``step`` of the re-evaluation's trials.
 REEVAL = -1
@@ -338,3 +342,39 @@ def reeval_scores(state: SearchState, seeds: int) -> List[Dict]:
         scores.append(dict(source=e['source'], step=e['step'], raw=e['raw'], rewards=allr,
                            mean=float(np.mean(allr)) if allr else None))
     return scores
+
+
+#: The re-evaluation's choices: ``best``, the highest mean reward; ``one_se``, the earliest
+#: result whose mean is within one standard error of the highest (the "one standard error
+#: rule" of model selection).
+REEVAL_RULES = ('best', 'one_se')
+
+
+def choose_reevaluated(scores: List[Dict], rule: str = 'best'):
+    """The re-evaluated entry the search returns: ``(index or None, se or None)``.
+
+    ``best``: the highest mean reward (ties: the first entry). ``one_se``: among the entries
+    whose mean is at least the highest mean minus one standard error, the one of the
+    earliest step (the fewest policy updates from the start; ties: the higher mean). The
+    standard error is that of the best entry's mean, ``s / sqrt(n)``, with ``s`` the
+    standard deviation of the rewards about their own entry's mean pooled over every entry
+    (each entry's proxy trainings differ only in their seed, so they share one noise), ``n``
+    the best entry's number of rewards. Without two rewards for any entry there is no
+    estimate of the noise: ``one_se`` chooses as ``best``."""
+    if rule not in REEVAL_RULES:
+        raise ValueError(f're-evaluation rule must be one of {REEVAL_RULES}, got {rule!r}')
+    valid = [n for n, sc in enumerate(scores) if sc['mean'] is not None]
+    if not valid:
+        return None, None
+    best = max(valid, key=lambda n: scores[n]['mean'])
+    if rule == 'best':
+        return best, None
+    sq = sum(float(np.sum((np.asarray(scores[n]['rewards'], dtype=float) -
+                           scores[n]['mean']) ** 2)) for n in valid)
+    dof = sum(len(scores[n]['rewards']) - 1 for n in valid)
+    if dof < 1:
+        return best, None
+    se = float(np.sqrt(sq / dof) / np.sqrt(len(scores[best]['rewards'])))
+    near = [n for n in valid if scores[n]['mean'] >= scores[best]['mean'] - se]
+    chosen = min(near, key=lambda n: (scores[n]['step'], -scores[n]['mean'], n))
+    return chosen, se
