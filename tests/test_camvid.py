@@ -335,16 +335,24 @@ def test_table_means_spreads_and_differences():
                         '(searched) + CE')
     assert '| Auto Seg-Loss BF1 (searched) + CE | 2 | +6.00 ± 1.41 |' in named
     # a BF1 search's re-evaluated results: ranked by their re-trained BF1, not mIoU
-    reevals = {1: [dict(source=f'policy mean of step {k}', proxy=p, chosen=k == 3,
-                        status='ok', metrics=dict(_result(60.0 - k, BF1=b)['metrics']))
-                   for k, p, b in ((3, 0.5, 50.0), (2, 0.4, 45.0), (1, 0.3, 47.0))],
+    # (step 2's mean is within one standard error, 0.01 / sqrt(3), of step 3's)
+    reevals = {1: [dict(source=f'policy mean of step {k}', step=k - 1, proxy=p,
+                        rewards=[p - 0.01, p, p + 0.01], chosen=k == 3, status='ok',
+                        metrics=dict(_result(60.0 - k, BF1=b)['metrics']))
+                   for k, p, b in ((3, 0.5, 50.0), (2, 0.497, 45.0), (1, 0.3, 47.0))],
                2: [dict(source='policy mean of step 1', proxy=0.2, chosen=True, status=None)]}
     text = tool.render(rows, searches, [1, 2], ['chosen'], '# T', None, reevals, 'BF1')
     assert '## Proxy reward against re-trained BF1 (the re-evaluated results)' in text
-    assert '| 1 | policy mean of step 3 (chosen) | 0.5000 | 50.00 |' in text
-    assert '| 2 | policy mean of step 1 (chosen) | 0.2000 | pending |' in text
+    assert '| 1 | policy mean of step 3 (chosen) | 0.4900 0.5000 0.5100 | 0.5000 | best | ' \
+           '50.00 |' in text
+    assert '| 1 | policy mean of step 2 | 0.4870 0.4970 0.5070 | 0.4970 | one_se | 45.00 |' \
+        in text
+    assert '| 1 | policy mean of step 1 | 0.2900 0.3000 0.3100 | 0.3000 | - | 47.00 |' in text
+    assert '| 2 | policy mean of step 1 (chosen) | - | 0.2000 | - | pending |' in text
     assert 'within each seed (the search chooses among these) seed 1 0.50; pooled over 3 ' \
            'results 0.50.' in text  # BF1 ranks 3 1 2 against the proxy's 3 2 1
+    assert 'picks, mean over the seeds where it is known: best 50.00 (seed 1 50.00); one_se ' \
+           '45.00 (seed 1 45.00).' in text
     assert '## The searches (rewards: hold-out BF1 as a fraction)' in text
     with pytest.raises(ValueError, match="unknown loss 'focal'"):
         tool.parse_losses('ce,focal')
@@ -497,8 +505,9 @@ def test_table_end_to_end_then_resumed(segnet, tmp_path, capsys, monkeypatch):
               (work / 'seed1' / 'search' / 'journal.jsonl').read_text().splitlines()]
     (done, ) = [e for e in events if e['event'] == 'reeval_finished']
     entries = results['reevaluated']['1']
-    assert [(e['source'], e['proxy'], e['raw']) for e in entries] == \
-        [(sc['source'], sc['mean'], sc['raw']) for sc in done['scores']]
+    assert [(e['source'], e['step'], e['proxy'], e['rewards'], e['raw']) for e in entries] == \
+        [(sc['source'], sc['step'], sc['mean'], sc['rewards'], sc['raw'])
+         for sc in done['scores']]
     assert [e['chosen'] for e in entries] == [n == done['chosen'] for n in range(2)]
     assert all(e['status'] == 'ok' for e in entries)
     (other, ) = [n for n in range(2) if n != done['chosen']]
@@ -514,8 +523,11 @@ def test_table_end_to_end_then_resumed(segnet, tmp_path, capsys, monkeypatch):
         settings_surrogate(settings, entries[other]['raw']).coordinates(), abs=1e-7)
     assert entries[done['chosen']]['metrics'] == results['runs']['chosen']['1']['metrics']
     assert 'Proxy reward against re-trained mIoU' in text
-    assert f'| 1 | {entries[other]["source"]} | {entries[other]["proxy"]:.4f} | ' \
-           f'{entries[other]["metrics"]["mIoU"]:.2f} |' in text
+    assert f'| 1 | {entries[other]["source"]} | ' \
+           f'{" ".join(f"{r:.4f}" for r in entries[other]["rewards"])} | ' \
+           f'{entries[other]["proxy"]:.4f} | ' in text
+    assert f' | {entries[other]["metrics"]["mIoU"]:.2f} |' in text
+    assert 'each choice rule of the re-evaluation' in text
     stamps = {p: os.path.getmtime(p) for p in (work / 'seed1' / 'chosen' / 'result.json',
                                                work / 'seed1' / f'reeval{other}' / 'result.json',
                                                work / 'seed1' / 'search' / 'best.json',

@@ -163,11 +163,13 @@ class SearchRun:
 
 def reevaluated(run: SearchRun) -> List[Dict]:
     """The results the search ``run`` re-evaluated (``search.reevaluate``), in the order of
-    its ``reeval_finished`` event: ``dict(n=, source=, proxy=, raw=, chosen=)`` each,
-    ``proxy`` the mean hold-out reward over its proxy trainings, ``chosen`` whether the
-    search chose it; results whose proxy trainings all failed are left out."""
+    its ``reeval_finished`` event: ``dict(n=, source=, step=, proxy=, rewards=, raw=,
+    chosen=)`` each, ``proxy`` the mean of its hold-out ``rewards`` over its proxy
+    trainings, ``chosen`` whether the search chose it; results whose proxy trainings all
+    failed are left out."""
     done = run.state.reeval_done or {}
-    return [dict(n=n, source=sc.get('source', f'result {n}'), proxy=sc['mean'], raw=sc['raw'],
+    return [dict(n=n, source=sc.get('source', f'result {n}'), step=sc.get('step'),
+                 proxy=sc['mean'], rewards=list(sc.get('rewards') or []), raw=sc['raw'],
                  chosen=n == done.get('chosen'))
             for n, sc in enumerate(done.get('scores') or []) if sc.get('mean') is not None]
 

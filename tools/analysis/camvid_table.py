@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -50,6 +51,7 @@ from asl.data.camvid import CamVidError, ensure_camvid, is_segnet_layout  # noqa
 from asl.search.analysis import (load_search, reevaluated, spearman,  # noqa: E402
                                  write_retrain_config)
 from asl.search.retrain import METRICS, mean_sd, run_logged, run_training  # noqa: E402
+from asl.search.state import REEVAL_RULES, choose_reevaluated  # noqa: E402
 from asl.utils import atomic_write_json, atomic_write_text, read_json_or_none  # noqa: E402
 
 #: scale -> model and schedule tokens of the re-training configs, data size (H, W),
@@ -290,18 +292,27 @@ def _render_reevals(reevals: Dict[int, List[Dict]], seeds: Sequence[int],
     seed (where the search chooses) and pooled."""
     m = target if target in METRICS else 'mIoU'
     lines = ['', f'## Proxy reward against re-trained {m} (the re-evaluated results)', '',
-             f'| seed | result | proxy reward (mean) | re-trained {m} |', '|--:|:--|--:|--:|']
+             f'| seed | result | proxy rewards | proxy reward (mean) | chosen by the rule '
+             f'| re-trained {m} |', '|--:|:--|:--|--:|:--|--:|']
     pooled, within = [], []
+    by_rule: Dict[str, List[Tuple[int, float]]] = {r: [] for r in REEVAL_RULES}
     for s in seeds:
         pairs = []
-        for e in reevals.get(s, []):
+        entries = reevals.get(s, [])
+        picks = _rule_choices(entries)
+        for n, e in enumerate(entries):
             ok = e.get('status') == 'ok'
             cell = (f'{e["metrics"][m]:.2f}' if ok else
                     'pending' if e.get('status') is None else 'failed')
+            rules = ', '.join(r for r in REEVAL_RULES if picks.get(r) == n)
+            rewards = ' '.join(f'{r:.4f}' for r in e.get('rewards') or [])
             lines.append(f'| {s} | {e["source"]}{" (chosen)" if e.get("chosen") else ""} | '
-                         f'{e["proxy"]:.4f} | {cell} |')
+                         f'{rewards or "-"} | {e["proxy"]:.4f} | {rules or "-"} | {cell} |')
             if ok:
                 pairs.append((e['proxy'], e['metrics'][m]))
+        for r, n in picks.items():
+            if n is not None and entries[n].get('status') == 'ok':
+                by_rule[r].append((s, entries[n]['metrics'][m]))
         pooled += pairs
         rho = spearman([a for a, _ in pairs], [b for _, b in pairs])
         if rho is not None:
@@ -311,7 +322,23 @@ def _render_reevals(reevals: Dict[int, List[Dict]], seeds: Sequence[int],
               'each seed (the search chooses among these) '
               + (', '.join(within) if within else 'n/a') + f'; pooled over '
               f'{len(pooled)} results ' + ('n/a' if rho is None else f'{rho:.2f}') + '.']
+    if any(by_rule.values()):
+        lines += ['', f'Re-trained {m} of the result each choice rule of the re-evaluation '
+                  '(`search.reevaluate.rule`, from the same proxy rewards) picks, mean over '
+                  'the seeds where it is known: ' + '; '.join(
+                      f'{r} {statistics.fmean(v for _, v in by_rule[r]):.2f} ('
+                      + ', '.join(f'seed {s} {v:.2f}' for s, v in by_rule[r]) + ')'
+                      for r in REEVAL_RULES if by_rule[r]) + '.']
     return lines
+
+
+def _rule_choices(entries: List[Dict]) -> Dict[str, Optional[int]]:
+    """The entry each re-evaluation rule picks among a seed's re-evaluated ``entries``
+    (from their proxy rewards; none for entries written before the rewards were kept)."""
+    if not entries or any(not e.get('rewards') or e.get('step') is None for e in entries):
+        return {}
+    scores = [dict(step=e['step'], rewards=e['rewards'], mean=e['proxy']) for e in entries]
+    return {r: choose_reevaluated(scores, r)[0] for r in REEVAL_RULES}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -480,8 +507,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 with lock:
                     reevals[seed] = []
                 for e in reevaluated(search):
-                    entry = dict(source=e['source'], proxy=e['proxy'], chosen=e['chosen'],
-                                 raw=e['raw'], status=None)
+                    entry = dict(source=e['source'], step=e['step'], proxy=e['proxy'],
+                                 rewards=e['rewards'], chosen=e['chosen'], raw=e['raw'],
+                                 status=None)
                     with lock:
                         reevals[seed].append(entry)
                     if e['chosen']:  # the chosen loss's re-training gives its result
