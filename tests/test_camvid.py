@@ -243,6 +243,26 @@ def test_camvid_search_config_and_its_holdout(converted, tmp_path):
     assert holdout['pipeline'] == cfg.test_pipeline
 
 
+@pytest.mark.parametrize('loss', ['ce', 'ce+lovasz', 'jml', 'dice', 'lovasz'])
+def test_cpu_retraining_runs_3600_iterations(loss):
+    """The CPU-scale re-trainings (every baseline, and the searches' written configs,
+    which inherit the cross-entropy one) train 3600 iterations of one poly schedule that
+    ends there, validate once at its end and checkpoint every 600 iterations; the search
+    configs' result configs inherit it."""
+    pytest.importorskip('mmseg')
+    from mmengine.config import Config
+    tool = camvid_table()
+    cfg = Config.fromfile(tool.baseline_config('cpu', loss))
+    assert cfg.train_cfg.max_iters == cfg.train_cfg.val_interval == 3600
+    assert [(p['type'], p['begin'], p['end']) for p in cfg.param_scheduler] == \
+        [('PolyLR', 0, 3600)]
+    assert cfg.default_hooks.checkpoint.interval == 600
+    search = Config.fromfile(CPU_SEARCH)
+    assert os.path.realpath(os.path.join(os.path.dirname(CPU_SEARCH),
+                                         search.search.retrain_config)) == \
+        os.path.realpath(tool.baseline_config('cpu', 'ce'))
+
+
 def test_camvid_search_beside_cross_entropy_and_lovasz():
     """The search config that adds the searched loss to cross-entropy + Lovasz: the same
     proxy training on the re-training's schedule, both losses in every head of a trial
@@ -260,7 +280,7 @@ def test_camvid_search_beside_cross_entropy_and_lovasz():
     assert s.ce_weight == 1.0 and s.num_samples == 4
     ce_lovasz = Config.fromfile(os.path.join(
         ROOT, 'configs', 'retrain', 'camvid',
-        'deeplabv3plus_r18tiny-d8_ce+lovasz_1xb8-1200_camvid-96x128.py'))
+        'deeplabv3plus_r18tiny-d8_ce+lovasz_1xb8-3600_camvid-96x128.py'))
     set_trial_loss(cfg.model, s, [0.5] * 12)
     for head in ('decode_head', 'auxiliary_head'):
         asl, *rest = cfg.model[head].loss_decode
@@ -382,7 +402,7 @@ def test_a_run_is_reused_only_when_done_with_the_same_settings(tmp_path):
     python.write_text(f'#!/bin/sh\nshift\nexec {sys.executable} {fake} "$@"\n')
     python.chmod(0o755)
     config = os.path.join(CONFIGS, 'retrain', 'camvid',
-                          'deeplabv3plus_r18tiny-d8_ce_1xb8-1200_camvid-96x128.py')
+                          'deeplabv3plus_r18tiny-d8_ce_1xb8-3600_camvid-96x128.py')
     work = tmp_path / 'runs' / 'ce'
     calls = lambda: (tmp_path / 'runs' / 'calls').read_text().splitlines()  # noqa: E731
 

@@ -57,7 +57,7 @@ from asl.utils import atomic_write_json, atomic_write_text, read_json_or_none  #
 #: scale -> model and schedule tokens of the re-training configs, data size (H, W),
 #: search config
 SCALES = {
-    'cpu': dict(model='deeplabv3plus_r18tiny-d8', schedule='1xb8-1200_camvid-96x128',
+    'cpu': dict(model='deeplabv3plus_r18tiny-d8', schedule='1xb8-3600_camvid-96x128',
                 size=(96, 128),
                 search='deeplabv3plus_r18tiny-d8_search-miou_1xb8-300_camvid-96x128.py'),
     'gpu': dict(model='deeplabv3plus_r101-d8', schedule='4xb8-10k_camvid-360x480',

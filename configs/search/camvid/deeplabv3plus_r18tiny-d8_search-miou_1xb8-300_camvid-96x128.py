@@ -30,5 +30,5 @@ search = dict(
     trial_time_limit=1200,       # seconds per proxy training
     max_retries=1,
     # the re-training config the search's result config inherits (relative to this file)
-    retrain_config='../../retrain/camvid/deeplabv3plus_r18tiny-d8_ce_1xb8-1200_camvid-96x128.py',
+    retrain_config='../../retrain/camvid/deeplabv3plus_r18tiny-d8_ce_1xb8-3600_camvid-96x128.py',
 )
