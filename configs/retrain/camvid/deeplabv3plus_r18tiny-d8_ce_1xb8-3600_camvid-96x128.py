@@ -6,7 +6,7 @@
 # 52.31 at 3600 and 52.89 at 4800 (docs/results.md): 3600 is the shortest schedule at
 # which it has mostly stopped improving, so a comparison with it is not decided by which
 # loss converges faster. A checkpoint every 600 iterations (the last two kept) lets an
-# interrupted re-training resume (about 11 minutes on one CPU thread).
+# interrupted re-training resume (about 12 minutes on one CPU thread).
 _base_ = [
     '../../_base_/models/deeplabv3plus_r18tiny-d8.py',
     '../../_base_/datasets/camvid_96x128.py',

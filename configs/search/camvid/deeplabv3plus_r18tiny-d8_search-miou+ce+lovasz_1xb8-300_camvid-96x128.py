@@ -4,7 +4,7 @@
 # 300-iteration proxies train the first quarter of a 1200-iteration poly schedule (the
 # reward is read on a schedule of the re-training's shape, not after a decay to zero).
 # The searches in docs/results.md ran with these proxies; their losses are re-trained
-# with the re-training config's 3600 iterations (1200 before 2026-12-05).
+# with the re-training config's 3600 iterations (1200 before commit 95b769e, 2026-12-05).
 _base_ = './deeplabv3plus_r18tiny-d8_search-miou_1xb8-300_camvid-96x128.py'
 param_scheduler = [
     dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=1200, by_epoch=False)
