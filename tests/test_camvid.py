@@ -314,6 +314,34 @@ def test_camvid_boundary_search_beside_cross_entropy():
         == ('Auto Seg-Loss mIoU (searched) + CE', 'mIoU')
 
 
+
+def test_camvid_boundary_search_beside_cross_entropy_and_lovasz():
+    """The boundary search beside cross-entropy + Lovasz: the bf1+ce search's surrogate,
+    proxies and warm start, with the ce+lovasz re-training config's terms in every head."""
+    pytest.importorskip('mmseg')
+    from mmengine.config import Config
+
+    from asl.search.settings import parse_search_section
+    from asl.search.trial import check_extra_losses, set_trial_loss
+    path = CPU_SEARCH.replace('_search-miou_', '_search-bf1+ce+lovasz_')
+    cfg = Config.fromfile(path)
+    s = parse_search_section(cfg.search.to_dict(), path)
+    check_extra_losses(s)
+    assert (s.target_metric, s.num_pieces, s.tol, s.ce_weight) == ('BF1', 1, 2, 1.0)
+    assert s.warm_start == dict(iters=300)
+    assert cfg.train_cfg.max_iters == 300 and cfg.param_scheduler[0]['end'] == 1200
+    ce_lovasz = Config.fromfile(os.path.join(
+        ROOT, 'configs', 'retrain', 'camvid',
+        'deeplabv3plus_r18tiny-d8_ce+lovasz_1xb8-3600_camvid-96x128.py'))
+    set_trial_loss(cfg.model, s, [0.5] * 8)
+    for head in ('decode_head', 'auxiliary_head'):
+        asl, *rest = cfg.model[head].loss_decode
+        assert asl['type'] == 'AutoSegLoss' and asl['target_metric'] == 'BF1'
+        assert [dict(d) for d in rest] == [dict(d) for d in ce_lovasz.model[head].loss_decode]
+    assert camvid_table().search_summary(path) == \
+        ('Auto Seg-Loss BF1 (searched) + CE + Lovász-softmax', 'BF1')
+
+
 # ------------------------------------------------------------------------- the table
 def camvid_table():
     """The module of ``tools/analysis/camvid_table.py``."""
