@@ -260,16 +260,17 @@ def test_cpu_retraining_runs_3600_iterations(loss):
     assert cfg.default_hooks.checkpoint.interval == 600
 
 
-def test_camvid_search_beside_cross_entropy_and_lovasz():
-    """The search config that adds the searched loss to cross-entropy + Lovasz: the same
-    proxy training on the re-training's schedule, both losses in every head of a trial
-    (the re-training config's terms: cross-entropy at 1, Lovasz as in ce+lovasz)."""
+def _search_beside_ce_lovasz(token, metric, dim):
+    """Load the CamVid search config ``..._search-<token>_...`` and check what every
+    search beside cross-entropy + Lovasz shares: proxies on the first quarter of a
+    1200-iteration poly, and in every head of a trial the surrogate of ``metric``
+    followed by exactly the ce+lovasz re-training config's terms. Returns (path, settings)."""
     pytest.importorskip('mmseg')
     from mmengine.config import Config
 
     from asl.search.settings import parse_search_section
     from asl.search.trial import check_extra_losses, set_trial_loss
-    path = CPU_SEARCH.replace('_search-miou_', '_search-miou+ce+lovasz_')
+    path = CPU_SEARCH.replace('_search-miou_', f'_search-{token}_')
     cfg = Config.fromfile(path)
     s = parse_search_section(cfg.search.to_dict(), path)
     check_extra_losses(s)
@@ -278,11 +279,19 @@ def test_camvid_search_beside_cross_entropy_and_lovasz():
     ce_lovasz = Config.fromfile(os.path.join(
         ROOT, 'configs', 'retrain', 'camvid',
         'deeplabv3plus_r18tiny-d8_ce+lovasz_1xb8-3600_camvid-96x128.py'))
-    set_trial_loss(cfg.model, s, [0.5] * 12)
+    set_trial_loss(cfg.model, s, [0.5] * dim)
     for head in ('decode_head', 'auxiliary_head'):
         asl, *rest = cfg.model[head].loss_decode
-        assert asl['type'] == 'AutoSegLoss'
+        assert asl['type'] == 'AutoSegLoss' and asl['target_metric'] == metric
         assert [dict(d) for d in rest] == [dict(d) for d in ce_lovasz.model[head].loss_decode]
+    return path, s
+
+
+def test_camvid_search_beside_cross_entropy_and_lovasz():
+    """The search config that adds the searched loss to cross-entropy + Lovasz: the same
+    proxy training on the re-training's schedule, both losses in every head of a trial
+    (the re-training config's terms: cross-entropy at 1, Lovasz as in ce+lovasz)."""
+    _search_beside_ce_lovasz('miou+ce+lovasz', 'mIoU', 12)
 
 
 def test_camvid_boundary_search_beside_cross_entropy():
@@ -318,26 +327,8 @@ def test_camvid_boundary_search_beside_cross_entropy():
 def test_camvid_boundary_search_beside_cross_entropy_and_lovasz():
     """The boundary search beside cross-entropy + Lovasz: the bf1+ce search's surrogate,
     proxies and warm start, with the ce+lovasz re-training config's terms in every head."""
-    pytest.importorskip('mmseg')
-    from mmengine.config import Config
-
-    from asl.search.settings import parse_search_section
-    from asl.search.trial import check_extra_losses, set_trial_loss
-    path = CPU_SEARCH.replace('_search-miou_', '_search-bf1+ce+lovasz_')
-    cfg = Config.fromfile(path)
-    s = parse_search_section(cfg.search.to_dict(), path)
-    check_extra_losses(s)
-    assert (s.target_metric, s.num_pieces, s.tol, s.ce_weight) == ('BF1', 1, 2, 1.0)
-    assert s.warm_start == dict(iters=300)
-    assert cfg.train_cfg.max_iters == 300 and cfg.param_scheduler[0]['end'] == 1200
-    ce_lovasz = Config.fromfile(os.path.join(
-        ROOT, 'configs', 'retrain', 'camvid',
-        'deeplabv3plus_r18tiny-d8_ce+lovasz_1xb8-3600_camvid-96x128.py'))
-    set_trial_loss(cfg.model, s, [0.5] * 8)
-    for head in ('decode_head', 'auxiliary_head'):
-        asl, *rest = cfg.model[head].loss_decode
-        assert asl['type'] == 'AutoSegLoss' and asl['target_metric'] == 'BF1'
-        assert [dict(d) for d in rest] == [dict(d) for d in ce_lovasz.model[head].loss_decode]
+    path, s = _search_beside_ce_lovasz('bf1+ce+lovasz', 'BF1', 8)
+    assert (s.num_pieces, s.tol) == (1, 2) and s.warm_start == dict(iters=300)
     assert camvid_table().search_summary(path) == \
         ('Auto Seg-Loss BF1 (searched) + CE + Lovász-softmax', 'BF1')
 
