@@ -323,7 +323,6 @@ def test_camvid_boundary_search_beside_cross_entropy():
         == ('Auto Seg-Loss mIoU (searched) + CE', 'mIoU')
 
 
-
 def test_camvid_boundary_search_beside_cross_entropy_and_lovasz():
     """The boundary search beside cross-entropy + Lovasz: the bf1+ce search's surrogate,
     proxies and warm start, with the ce+lovasz re-training config's terms in every head."""
