@@ -278,6 +278,14 @@ def test_halving_compare_runs_both_searches_and_the_promoted_end_as_uninterrupte
     text = open(run_dir / 'halving.md').read()
     assert '| halving | 54 | 0.45x |' in text and 'Projection' in text
     assert 'iteration 6 (20%): seed 1' in text
+    # what the step-choice rules read: every candidate's first-rung score in both
+    # variants (the plain trials' probes), the full-length rewards the journals hold
+    p_step, h_step = data['ppo']['1']['steps'][0], data['halving']['1']['steps'][0]
+    assert p_step['first_rung_n'] == h_step['first_rung_n'] == 4
+    assert h_step['first_rung_mean'] == pytest.approx(p_step['first_rung_mean'])
+    assert p_step['mean_full'] == pytest.approx(sum(reward[plain].values()) / 4)
+    assert h_step['mean_full'] == h_step['mu_reward'] == reward[half][0]
+    assert h_step['mean_update'] <= h_step['mean_full']  # stopped ones never above it
 
 
 def test_packed_trials_pause_and_resume_and_the_mean_ends_as_in_the_reference(
@@ -300,3 +308,27 @@ def test_packed_trials_pause_and_resume_and_the_mean_ends_as_in_the_reference(
     assert [(e['index'], e['reward']) for e in finished] == [
         (0, next(e['reward'] for e in events(ref, 'trial_finished')
                  if e['step'] == 0 and e['index'] == 0))]
+
+
+def test_step_choice_rules_pick_by_their_own_statistic():
+    """``halving_compare --retrain-steps``: each rule picks the step its statistic ranks
+    first (the first on ties, steps with nothing to read left out), and the table reports
+    each rule's re-trained result beside the hindsight best."""
+    from search_fixtures import load_tool
+    hc = load_tool('halving_compare')
+
+    def step(k, full, upd, own, first, retrained):
+        return dict(step=k, mu=[0.0], mean_full=full, mean_update=upd, mu_reward=own,
+                    first_rung_mean=first, first_rung_n=4, retrained=retrained)
+
+    steps = [step(1, 0.30, 0.20, 0.25, 0.10, 50.0), step(2, 0.35, 0.18, None, 0.12, 52.0),
+             step(3, 0.30, 0.20, 0.24, 0.11, 55.0)]
+    picks = hc.rule_picks(steps)
+    assert [picks[label] for label in hc.RULES] == [2, 1, 1, 2, 3]
+    res = {'ppo': {1: dict(steps=steps)}, 'halving': {1: dict(steps=steps[:2])}}
+    text = '\n'.join(hc.render_steps(res, [1], ['ppo', 'halving']))
+    assert '| the search\'s rule (mean full-length reward) | 52.00 (52.00) | 52.00 (52.00) |' \
+        in text
+    assert '| last step | 55.00 (55.00) | 52.00 (52.00) |' in text
+    assert '| best re-trained (hindsight) | 55.00 (55.00) | 52.00 (52.00) |' in text
+    assert '| halving | 1 | 2 | 0.3500 | 0.1800 | n/a | 0.1200 | 52.00 |' in text

@@ -3,6 +3,7 @@
 
     python tools/analysis/halving_compare.py [--seeds 1 2 3] [--steps 3] [--samples 16]
         [--iters 150] [--rungs 0.2 0.4] [--eta 2] [--workers 2] [--no-retrain]
+        [--retrain-steps]
         [--search-options KEY=VALUE ...] [--run-dir work_dirs/benchmark_search/halving]
         [--name halving]
 
@@ -25,7 +26,12 @@ proxy iterations spent (a leg counts the iterations it trained; a failed attempt
 its whole leg), the best and mean full-length reward, the re-trained mIoU against
 cross-entropy (means over seeds, and per seed); the rank correlations per rung; the
 projection for the paper's search (M=32, T=12, 1000 iterations) from the promotion counts
-measured here. Every stage resumes (run the same command again).
+measured here. With ``--retrain-steps`` every step's policy mean of both variants is
+re-trained too, and the table says which step each choice rule (the search's: the step
+with the highest mean full-length reward; the mean of the update's rewards; the policy
+mean's own reward; the mean first-rung score; the last step) would have picked and what
+it re-trained to: whether a variant's result comes from its search or from its choice.
+Every stage resumes (run the same command again).
 """
 from __future__ import annotations
 
@@ -39,9 +45,10 @@ from typing import Dict, List, Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from asl.search.analysis import load_search, spearman  # noqa: E402
+from asl.search.analysis import load_search, spearman, write_retrain_config  # noqa: E402
 from asl.search.halving import iterations_fraction, planned_counts, rung_iters  # noqa: E402
 from asl.search.retrain import DEMO_SEARCH_CONFIG, demo_retrain_config, run_logged  # noqa: E402
+from asl.search.state import update_rewards  # noqa: E402
 
 DEFAULT_RUN_DIR = 'work_dirs/benchmark_search/halving'
 #: the paper's search: M, T, proxy iterations
@@ -93,13 +100,61 @@ def analyse(work: str, rung_its: List[int]) -> Dict:
                 pairs[p['iter']].append((p['score'], t.reward))
     counts = [[len(legs.get(k, {}).get(g, ())) for g in range(len(rung_its) + 1)]
               for k in sorted(legs)]
+    steps = [step_summary(k, run.state.steps[k], rung_its[0] if rung_its else None)
+             for k in sorted(run.state.steps)]
     best = run.best()
     return dict(work=run.work_dir, iterations=spent, failed_attempts=failed,
                 best=max(full) if full else None,
                 mean=statistics.mean(full) if full else None, full=len(full),
                 leg_counts=counts, rung_pairs={str(k): v for k, v in pairs.items()},
                 retrain_config=(best or {}).get('retrain_config'),
-                selection=(best or {}).get('selection'))
+                selection=(best or {}).get('selection'),
+                best_step=(best or {}).get('best_step'), steps=steps)
+
+
+def step_summary(k: int, rec, first_rung: Optional[int]) -> Dict:
+    """What each choice rule of :func:`rule_picks` reads of one step: its policy mean
+    (``mu``, raw), the mean of its trials' own full-length rewards (the search's rule),
+    the mean of the rewards its update used (a stopped candidate's from its rung score),
+    the policy mean's own reward, and the mean hold-out score of every candidate at the
+    first rung (halving: the rung's score; plain runs: the probe at that iteration)."""
+    own = [r for r in rec.rewards() if r is not None]
+    upd = [r for r in update_rewards(rec) if r is not None]
+    first = []
+    for t in rec.trials.values():
+        if first_rung is None:
+            break
+        if 0 in t.rungs:
+            first.append(t.rungs[0]['score'])
+        else:
+            first += [p['score'] for p in t.probes if p['iter'] == first_rung]
+    return dict(step=k + 1, mu=[float(x) for x in rec.mu],
+                mean_full=_mean(own), mean_update=_mean(upd),
+                mu_reward=rec.trial(0).reward, first_rung_mean=_mean(first),
+                first_rung_n=len(first))
+
+
+#: the step-choice rules compared by ``--retrain-steps``: label -> the step's key
+#: (the highest wins) or a special rule
+RULES = {
+    'the search\'s rule (mean full-length reward)': 'mean_full',
+    'mean of the update\'s rewards': 'mean_update',
+    'the policy mean\'s own reward': 'mu_reward',
+    'mean first-rung score': 'first_rung_mean',
+    'last step': 'last',
+}
+
+
+def rule_picks(steps: List[Dict]) -> Dict[str, Optional[int]]:
+    """The step each rule of :data:`RULES` picks (first on ties; None: nothing to read)."""
+    out = {}
+    for label, key in RULES.items():
+        if key == 'last':
+            out[label] = steps[-1]['step'] if steps else None
+            continue
+        scored = [s for s in steps if s.get(key) is not None]
+        out[label] = max(scored, key=lambda s: s[key])['step'] if scored else None
+    return out
 
 
 def retrain(config: str, work: str, seed: int, log) -> Optional[float]:
@@ -110,6 +165,56 @@ def retrain(config: str, work: str, seed: int, log) -> Optional[float]:
         print(f'[halving] re-training in {work} failed: {res.reason}', file=log, flush=True)
         return None
     return float(res.metrics['mIoU'])
+
+
+def retrain_steps(work: str, r: Dict, seed: int, log) -> None:
+    """Re-train the policy mean of every step of the search in ``work`` (its chosen step
+    has been: its result is reused), into ``work/stepK``; the mIoU goes to the step's
+    summary as ``retrained``."""
+    run = None
+    for st in r['steps']:
+        if st['step'] == r.get('best_step') and r.get('retrained') is not None:
+            st['retrained'] = r['retrained']
+            continue
+        out = os.path.join(work, f'step{st["step"]}')
+        os.makedirs(out, exist_ok=True)
+        run = run or load_search(work)
+        config = write_retrain_config(run, st['mu'], os.path.join(out, 'retrain_config.py'))
+        st['retrained'] = retrain(config, os.path.join(out, 'retrain'), seed, log)
+
+
+def render_steps(res: Dict, seeds: List[int], variants: List[str]) -> List[str]:
+    """The per-step table and what each step-choice rule would have re-trained."""
+    lines = ['', 'Every step\'s policy mean re-trained (`--retrain-steps`; mean full-length '
+             'reward / mean of the update\'s rewards / the mean\'s own reward / mean '
+             'first-rung score -> re-trained mIoU):', '',
+             '| variant | seed | step | mean full | mean update | own | first rung | '
+             're-trained |', '|---|---:|---:|---:|---:|---:|---:|---:|']
+    for v in variants:
+        for s in seeds:
+            for st in res[v][s]['steps']:
+                lines.append(f'| {v} | {s} | {st["step"]} | {_f(st["mean_full"])} | '
+                             f'{_f(st["mean_update"])} | {_f(st["mu_reward"])} | '
+                             f'{_f(st["first_rung_mean"])} | {_f(st.get("retrained"), ".2f")} |')
+    lines += ['', 'Re-trained mIoU of the step each rule picks (mean over the seeds; per seed):',
+              '', '| rule | ' + ' | '.join(variants) + ' |',
+              '|---|' + '---:|' * len(variants)]
+    for label in list(RULES) + ['best re-trained (hindsight)']:
+        cells = []
+        for v in variants:
+            vals = []
+            for s in seeds:
+                steps = res[v][s]['steps']
+                by_step = {st['step']: st.get('retrained') for st in steps}
+                if label in RULES:
+                    vals.append(by_step.get(rule_picks(steps)[label]))
+                else:
+                    got = [x for x in by_step.values() if x is not None]
+                    vals.append(max(got) if got else None)
+            cells.append(f'{_f(_mean(vals), ".2f")} ('
+                         + ', '.join(_f(x, '.2f') for x in vals) + ')')
+        lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+    return lines
 
 
 def _mean(xs):
@@ -194,6 +299,9 @@ def main(argv=None) -> int:
     p.add_argument('--eta', type=float, default=2.0)
     p.add_argument('--workers', type=int, default=2, help='trials at once (1 thread each)')
     p.add_argument('--no-retrain', dest='retrain', action='store_false')
+    p.add_argument('--retrain-steps', action='store_true',
+                   help='also re-train every step\'s policy mean of both variants, and '
+                        'compare the rules that choose a step (the choice, not the search)')
     p.add_argument('--name', default='halving',
                    help='the halving runs\' folder in RUN_DIR (another name compares other '
                         'rungs with the same plain runs, which are reused)')
@@ -228,8 +336,15 @@ def main(argv=None) -> int:
                     run_dir, v, f'seed{seed}', 'retrain'), seed, log)
             res['ce'][seed] = retrain(demo_retrain_config('ce'),
                                       os.path.join(run_dir, 'ce', f'seed{seed}'), seed, log)
+        if args.retrain_steps:
+            for seed in args.seeds:
+                for v in variants:
+                    retrain_steps(os.path.join(run_dir, v, f'seed{seed}'), res[v][seed],
+                                  seed, log)
     res['halving'] = res[args.name]
     text = render(res, args.seeds, args, rung_its)
+    if args.retrain and args.retrain_steps:
+        text += '\n'.join(render_steps(res, args.seeds, list(variants))) + '\n'
     with open(os.path.join(run_dir, f'{args.name}.md'), 'w') as f:
         f.write(text)
     with open(os.path.join(run_dir, f'{args.name}.json'), 'w') as f:
