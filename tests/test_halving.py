@@ -332,3 +332,26 @@ def test_step_choice_rules_pick_by_their_own_statistic():
     assert '| last step | 55.00 (55.00) | 52.00 (52.00) |' in text
     assert '| best re-trained (hindsight) | 55.00 (55.00) | 52.00 (52.00) |' in text
     assert '| halving | 1 | 2 | 0.3500 | 0.1800 | n/a | 0.1200 | 52.00 |' in text
+
+
+def test_halving_table_reports_the_same_seed_difference_with_its_standard_error():
+    """The table's same-seed difference of re-trained mIoU (halving - ppo) over the seeds:
+    mean, sample sd and standard error, per seed (a seed without both results left out)."""
+    import argparse
+
+    from search_fixtures import load_tool
+    hc = load_tool('halving_compare')
+
+    def r(it, retrained):
+        return dict(iterations=it, retrained=retrained, best=0.3, mean=0.2,
+                    leg_counts=[[4, 1]], selection='policy mean of step 1',
+                    rung_pairs={'10': [(0.1, 0.2), (0.2, 0.3), (0.3, 0.1)]})
+
+    res = {'ppo': {1: r(120, 50.0), 2: r(120, 52.0), 3: r(120, 51.0)},
+           'halving': {1: r(60, 51.0), 2: r(60, 49.0), 3: r(60, None)},
+           'ce': {1: 40.0, 2: 41.0, 3: 40.5}}
+    args = argparse.Namespace(steps=1, samples=4, iters=30, rungs=[1 / 3], eta=4.0, name='h')
+    text = hc.render(res, [1, 2, 3], args, [10])
+    assert ('h - ppo on the same seed: -1.00 (sd 2.83, standard error 2.00, 2 seeds; per seed '
+            '+1.00, -3.00)') in text
+    assert '| h | 60 | 0.50x |' in text

@@ -252,6 +252,15 @@ def render(res: Dict, seeds: List[int], args, rung_its: List[int]) -> str:
                      f'{_f(_mean([r["mean"] for r in rs]))} | {_f(_mean(mi), ".2f")}'
                      + (f' ({_sd(mi):.2f})' if _sd(mi) is not None else '')
                      + f' | {_f(_mean(ce), ".2f")} | {_f(_mean(diff), "+.2f")} |')
+    paired = [res['halving'][s].get('retrained') - res['ppo'][s].get('retrained')
+              for s in seeds if res['halving'][s].get('retrained') is not None
+              and res['ppo'][s].get('retrained') is not None]
+    if len(paired) > 1:
+        sd = _sd(paired)
+        lines += ['', f'Re-trained mIoU, {args.name} - ppo on the same seed: '
+                      f'{_mean(paired):+.2f} (sd {sd:.2f}, standard error '
+                      f'{sd / len(paired) ** 0.5:.2f}, {len(paired)} seeds; per seed '
+                      + ', '.join(f'{d:+.2f}' for d in paired) + ').']
     lines += ['', 'Per seed (re-trained mIoU: ppo / halving / cross-entropy; proxy iterations: '
               'ppo / halving):', '']
     for s in seeds:
