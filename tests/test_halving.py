@@ -64,7 +64,7 @@ def test_stopped_candidates_take_rewards_below_the_lowest_full_length_one_in_ord
 
 def test_halving_settings_are_checked():
     s = parse_search_section(dict(halving=dict(eta=3)))
-    assert s.halving == dict(rungs=[0.2, 0.4], eta=3)
+    assert s.halving == dict(rungs=[pytest.approx(1 / 3)], eta=3)
     for bad, what in ((dict(rungs=[0.5, 0.2]), 'rungs'), (dict(rungs=[0.2, 1.0]), 'rungs'),
                       (dict(rungs=[]), 'rungs'), (dict(eta=1), 'eta'),
                       (dict(eta='2'), 'eta'), (dict(rung=[0.2]), 'keys')):

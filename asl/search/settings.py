@@ -18,7 +18,7 @@ PRESCREEN_DEFAULTS = dict(images=4, steps=10, lr=0.5, threshold=0.5, seed=0)
 #: ``search.early_stop`` entries left out take these values.
 EARLY_STOP_DEFAULTS = dict(at=[1 / 3, 2 / 3], quantile=0.5, min_trials=3)
 #: ``search.halving`` entries left out take these values.
-HALVING_DEFAULTS = dict(rungs=[0.2, 0.4], eta=2)
+HALVING_DEFAULTS = dict(rungs=[1 / 3], eta=4)
 #: ``search.warm_start`` entries left out take these values (iters None: the proxy's length).
 WARM_START_DEFAULTS = dict(iters=None)
 
@@ -103,7 +103,7 @@ class SearchSettings:
             trial's reward in the update: :func:`asl.search.state.settled_reward`. The
             thresholds are fixed when the step starts, so a resumed search decides the
             same. Not for the re-evaluation. None = off.
-        halving: ``dict(rungs=[0.2, 0.4], eta=2)`` (entries left out take these values):
+        halving: ``dict(rungs=[1 / 3], eta=4)`` (entries left out take these values):
             synchronous successive halving inside each step (:mod:`asl.search.halving`).
             Every candidate trains to the first rung (that fraction of the proxy's
             iterations, on the full proxy schedule), is scored on the hold-out and saves a

@@ -45,7 +45,7 @@ Two modes::
     python tools/analysis/benchmark_search.py --compare [--seeds 1 2 3] [--false-sample 6]
 
     # successive halving against plain PPO at M=16 (runs tools/analysis/halving_compare.py;
-    # 150-iteration proxies, 3 steps, rungs at 20% and 40%, eta 2, re-trainings included)
+    # 150-iteration proxies, 3 steps, one rung at 1/3, eta 4, re-trainings included)
     python tools/analysis/benchmark_search.py --halving [--seeds 1 2 3] [--samples 16]
 
 Interrupting a run (Ctrl-C, SIGTERM) stops the search and still analyses the trials

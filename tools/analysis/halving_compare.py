@@ -2,7 +2,7 @@
 """Successive halving against plain PPO at the paper's shape of a step (M >= 16).
 
     python tools/analysis/halving_compare.py [--seeds 1 2 3] [--steps 3] [--samples 16]
-        [--iters 150] [--rungs 0.2 0.4] [--eta 2] [--workers 2] [--no-retrain]
+        [--iters 150] [--rungs 0.3333] [--eta 4] [--workers 2] [--no-retrain]
         [--retrain-steps]
         [--search-options KEY=VALUE ...] [--run-dir work_dirs/benchmark_search/halving]
         [--name halving]
@@ -304,8 +304,9 @@ def main(argv=None) -> int:
     p.add_argument('--steps', type=int, default=3)
     p.add_argument('--samples', type=int, default=16)
     p.add_argument('--iters', type=int, default=150)
-    p.add_argument('--rungs', type=float, nargs='+', default=[0.2, 0.4])
-    p.add_argument('--eta', type=float, default=2.0)
+    p.add_argument('--rungs', type=float, nargs='+', default=[0.3333],
+                   help='fractions of the proxy (default: the shipped default, 1/3)')
+    p.add_argument('--eta', type=float, default=4.0)
     p.add_argument('--workers', type=int, default=2, help='trials at once (1 thread each)')
     p.add_argument('--no-retrain', dest='retrain', action='store_false')
     p.add_argument('--retrain-steps', action='store_true',
