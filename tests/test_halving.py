@@ -242,7 +242,7 @@ def test_halving_compare_runs_both_searches_and_the_promoted_end_as_uninterrupte
     out = run([sys.executable, os.path.join(ROOT, 'tools', 'analysis', 'halving_compare.py'),
                '--run-dir', str(run_dir), '--seeds', '1',
                '--steps', '1', '--samples', '4', '--iters', '30', '--rungs', '0.2', '0.4',
-               '--workers', '1', '--no-retrain', '--search-options', 'search.holdout.num=16',
+               '--eta', '2', '--workers', '1', '--no-retrain', '--search-options', 'search.holdout.num=16',
                'optim_wrapper.optimizer.type=RMSprop', 'optim_wrapper.optimizer.lr=0.001',
                'default_hooks.logger.interval=1'], env=env())
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -297,7 +297,8 @@ def test_packed_trials_pause_and_resume_and_the_mean_ends_as_in_the_reference(
     ref, _ = reference_search
     work = tmp_path / 'packed'
     out = run(search_cmd(work, '--trials-per-gpu', '3', options=[
-        'search.num_steps=1', 'search.reevaluate=None', 'search.halving.rungs=[0.3,0.6]']))
+        'search.num_steps=1', 'search.reevaluate=None', 'search.halving.rungs=[0.3,0.6]',
+        'search.halving.eta=2']))
     assert out.returncode == 0, tail(out)
     assert '3 CPU trial(s) at once (3 per worker)' in open(work / 'search.log').read()
     assert [e['iter'] for e in events(work, 'rung_decided')] == [9, 18]
