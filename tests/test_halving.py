@@ -242,7 +242,8 @@ def test_halving_compare_runs_both_searches_and_the_promoted_end_as_uninterrupte
     out = run([sys.executable, os.path.join(ROOT, 'tools', 'analysis', 'halving_compare.py'),
                '--run-dir', str(run_dir), '--seeds', '1',
                '--steps', '1', '--samples', '4', '--iters', '30', '--rungs', '0.2', '0.4',
-               '--eta', '2', '--workers', '1', '--no-retrain', '--search-options', 'search.holdout.num=16',
+               '--eta', '2', '--workers', '1', '--no-retrain',
+               '--search-options', 'search.holdout.num=16',
                'optim_wrapper.optimizer.type=RMSprop', 'optim_wrapper.optimizer.lr=0.001',
                'default_hooks.logger.interval=1'], env=env())
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -48,6 +48,7 @@ sys.path.insert(0, ROOT)
 from asl.search.analysis import load_search, spearman, write_retrain_config  # noqa: E402
 from asl.search.halving import iterations_fraction, planned_counts, rung_iters  # noqa: E402
 from asl.search.retrain import DEMO_SEARCH_CONFIG, demo_retrain_config, run_logged  # noqa: E402
+from asl.search.settings import HALVING_DEFAULTS  # noqa: E402
 from asl.search.state import update_rewards  # noqa: E402
 
 DEFAULT_RUN_DIR = 'work_dirs/benchmark_search/halving'
@@ -121,13 +122,12 @@ def step_summary(k: int, rec, first_rung: Optional[int]) -> Dict:
     own = [r for r in rec.rewards() if r is not None]
     upd = [r for r in update_rewards(rec) if r is not None]
     first = []
-    for t in rec.trials.values():
-        if first_rung is None:
-            break
-        if 0 in t.rungs:
-            first.append(t.rungs[0]['score'])
-        else:
-            first += [p['score'] for p in t.probes if p['iter'] == first_rung]
+    if first_rung is not None:
+        for t in rec.trials.values():
+            if 0 in t.rungs:
+                first.append(t.rungs[0]['score'])
+            else:
+                first += [p['score'] for p in t.probes if p['iter'] == first_rung]
     return dict(step=k + 1, mu=[float(x) for x in rec.mu],
                 mean_full=_mean(own), mean_update=_mean(upd),
                 mu_reward=rec.trial(0).reward, first_rung_mean=_mean(first),
@@ -304,9 +304,10 @@ def main(argv=None) -> int:
     p.add_argument('--steps', type=int, default=3)
     p.add_argument('--samples', type=int, default=16)
     p.add_argument('--iters', type=int, default=150)
-    p.add_argument('--rungs', type=float, nargs='+', default=[0.3333],
-                   help='fractions of the proxy (default: the shipped default, 1/3)')
-    p.add_argument('--eta', type=float, default=4.0)
+    p.add_argument('--rungs', type=float, nargs='+', default=list(HALVING_DEFAULTS['rungs']),
+                   help='fractions of the proxy (default: search.halving\'s, one rung at 1/3)')
+    p.add_argument('--eta', type=float, default=float(HALVING_DEFAULTS['eta']),
+                   help='default: search.halving\'s (4)')
     p.add_argument('--workers', type=int, default=2, help='trials at once (1 thread each)')
     p.add_argument('--no-retrain', dest='retrain', action='store_false')
     p.add_argument('--retrain-steps', action='store_true',
