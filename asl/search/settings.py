@@ -126,7 +126,9 @@ class SearchSettings:
             (``dict(type='LovaszLoss', ..., loss_weight=1.0)``), after the cross-entropy
             of ``ce_weight``, in the proxy trainings and in the re-training config (the
             auxiliary head(s) at ``aux_weight`` times their ``loss_weight``): the searched
-            loss added to a hand-designed combination. None = none.
+            loss added to a hand-designed combination. An ``AutoSegLoss`` there is a
+            fixed surrogate (its ``theta`` given, its own ``loss_name``), never searched.
+            None = none.
         warm_start: ``dict(iters=N)``: before the first step the search trains the proxy
             model once with cross-entropy (weight 1, the auxiliary head(s) at
             ``aux_weight``) for ``N`` iterations (None: the proxy's length) on the proxy
@@ -334,10 +336,19 @@ def parse_search_section(section: Any, config_path: str = '<config>') -> SearchS
         x = s.extra_losses
         _check(isinstance(x, (list, tuple)) and len(x) >= 1
                and all(isinstance(d, dict) and isinstance(d.get('type'), str) and d['type']
-                       and d['type'] != 'AutoSegLoss' for d in x),
+                       for d in x),
                f'search.extra_losses must be None or a list of MMSeg loss dicts with a '
-               f"'type' (not AutoSegLoss: that is the searched loss), got {x!r}")
+               f"'type', got {x!r}")
         for d in x:
+            # a surrogate beside the searched one is a fixed loss: its curves are named
+            _check(d['type'] != 'AutoSegLoss' or d.get('theta') is not None
+                   or d.get('raw_theta') is not None,
+                   f'search.extra_losses: an AutoSegLoss there is a fixed surrogate trained '
+                   f'beside the searched one and must name its curves (theta=[...] or '
+                   f"theta='paper'; the searched loss is the search's own), got {d!r}")
+            _check(d['type'] != 'AutoSegLoss' or d.get('loss_name', 'loss_asl') != 'loss_asl',
+                   f"search.extra_losses: a fixed AutoSegLoss needs its own loss_name (not "
+                   f"'loss_asl', the searched loss's name in the log), got {d!r}")
             w = d.get('loss_weight', 1.0)
             _check(isinstance(w, (int, float)) and not isinstance(w, bool)
                    and math.isfinite(w) and w >= 0,
