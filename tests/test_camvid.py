@@ -332,6 +332,41 @@ def test_camvid_boundary_search_beside_cross_entropy_and_lovasz():
         ('Auto Seg-Loss BF1 (searched) + CE + Lovász-softmax', 'BF1')
 
 
+def test_camvid_miou_search_beside_a_fixed_boundary_term():
+    """The mIoU search beside a fixed BF1 term: the searched mIoU surrogate (reward: the
+    hold-out mIoU), then cross-entropy, the BF1 surrogate at its identity curves (one Bezier
+    piece, 2-pixel tolerance, its own log name, never searched) and Lovasz as in the
+    ce+lovasz re-training config, in every head at the head's weight; warm start."""
+    pytest.importorskip('mmseg')
+    from mmengine.config import Config
+
+    from asl.search.settings import parse_search_section
+    from asl.search.trial import check_extra_losses, set_trial_loss
+    path = CPU_SEARCH.replace('_search-miou_', '_search-miou+bf1+ce+lovasz_')
+    cfg = Config.fromfile(path)
+    s = parse_search_section(cfg.search.to_dict(), path)
+    check_extra_losses(s)
+    assert (s.target_metric, s.num_pieces, s.ce_weight) == ('mIoU', 2, 1.0)
+    assert s.warm_start == dict(iters=300)
+    assert cfg.train_cfg.max_iters == 300 and cfg.param_scheduler[0]['end'] == 1200
+    ce_lovasz = Config.fromfile(os.path.join(
+        ROOT, 'configs', 'retrain', 'camvid',
+        'deeplabv3plus_r18tiny-d8_ce+lovasz_1xb8-3600_camvid-96x128.py'))
+    set_trial_loss(cfg.model, s, [0.3] * 12)
+    for head, weight in (('decode_head', 1.0), ('auxiliary_head', 0.4)):
+        asl, ce, bf1, lovasz = cfg.model[head].loss_decode
+        assert asl['type'] == 'AutoSegLoss' and asl['target_metric'] == 'mIoU'
+        assert asl['raw_theta'] == [0.3] * 12 and asl['loss_weight'] == weight
+        assert bf1['type'] == 'AutoSegLoss' and bf1['target_metric'] == 'BF1'
+        assert bf1['theta'] == [0.5] * 8 and (bf1['num_pieces'], bf1['tol']) == (1, 2)
+        assert bf1['loss_name'] == 'loss_asl_bf1'
+        assert bf1['loss_weight'] == pytest.approx(weight)
+        assert [dict(ce), dict(lovasz)] == [dict(d) for d in ce_lovasz.model[head].loss_decode]
+    assert camvid_table().search_summary(path) == (
+        'Auto Seg-Loss mIoU (searched) + CE + Auto Seg-Loss BF1 (fixed) + Lovász-softmax',
+        'mIoU')
+
+
 # ------------------------------------------------------------------------- the table
 def camvid_table():
     """The module of ``tools/analysis/camvid_table.py``."""

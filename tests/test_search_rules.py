@@ -191,6 +191,44 @@ def test_hand_designed_losses_beside_the_surrogate(tmp_path):
         sim_search(tmp_path / 'bad3', options={'search.extra_losses': 'LovaszLoss'})
 
 
+def test_a_fixed_surrogate_beside_the_searched_one(tmp_path):
+    """search.extra_losses may hold an AutoSegLoss with named curves and its own log name:
+    a fixed surrogate, copied unchanged (but its weight) into every proxy training and into
+    the re-training config, which builds; one without curves (it would look searched) or
+    under the searched loss's log name is refused, naming it."""
+    from mmengine.config import Config
+    fixed = dict(type='AutoSegLoss', target_metric='BF1', theta=[0.5] * 8, num_pieces=1,
+                 tol=2, loss_name='loss_asl_bf1', loss_weight=0.5)
+    work = tmp_path / 's'
+    opts = {'search.extra_losses': [fixed], 'search.num_steps': 1,
+            'search.retrain_config': os.path.join(
+                ROOT, 'configs', 'retrain', 'demo',
+                'deeplabv3plus_r18tiny-d8_ce_1xb8-1200_asldemo-64x64.py')}
+    search = sim_search(work, options=opts)
+    best = search.run()
+    trial = Config.fromfile(str(work / 'trials' / 'step00' / 'cand01' / 'attempt1' /
+                                'config.py'))
+    retrain = Config.fromfile(best['retrain_config'])
+    for cfg in (trial, retrain):
+        for head, weight in (('decode_head', 1.0), ('auxiliary_head', 0.4)):
+            searched, bf1 = cfg.model[head].loss_decode
+            assert searched['target_metric'] == 'mIoU' and 'loss_name' not in searched
+            assert dict(bf1, loss_weight=None) == dict(fixed, loss_weight=None)
+            assert bf1['loss_weight'] == pytest.approx(0.5 * weight)
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+    register_all_modules(init_default_scope=True)
+    model = MODELS.build(retrain.model)
+    names = [m.loss_name for m in model.decode_head.loss_decode]
+    assert names == ['loss_asl', 'loss_asl_bf1']
+    unnamed = {k: v for k, v in fixed.items() if k != 'theta'}
+    with pytest.raises(SearchConfigError, match='must name its curves'):
+        sim_search(tmp_path / 'bad1', options={'search.extra_losses': [unnamed]})
+    with pytest.raises(SearchConfigError, match="own loss_name"):
+        sim_search(tmp_path / 'bad2', options={
+            'search.extra_losses': [dict(fixed, loss_name='loss_asl')]})
+
+
 # ------------------------------------------------------------------ failures, retries
 def test_failures_are_retried_then_excluded_from_the_update(tmp_path):
     """Candidate 1 of step 1 crashes once, then trains; candidate 2 fails on every attempt

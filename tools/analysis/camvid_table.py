@@ -201,7 +201,10 @@ def search_summary(config: str, options: Sequence[str] = ()) -> Tuple[str, str]:
     if search.get('ce_weight'):
         label += ' + CE'
     for extra in search.get('extra_losses') or []:
-        label += ' + ' + EXTRA_NAMES.get(extra.get('type'), str(extra.get('type')))
+        if extra.get('type') == 'AutoSegLoss':  # a fixed surrogate beside the searched one
+            label += f" + Auto Seg-Loss {extra.get('target_metric', 'mIoU')} (fixed)"
+        else:
+            label += ' + ' + EXTRA_NAMES.get(extra.get('type'), str(extra.get('type')))
     return label, target
 
 
