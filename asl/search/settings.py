@@ -340,15 +340,15 @@ def parse_search_section(section: Any, config_path: str = '<config>') -> SearchS
                f'search.extra_losses must be None or a list of MMSeg loss dicts with a '
                f"'type', got {x!r}")
         for d in x:
-            # a surrogate beside the searched one is a fixed loss: its curves are named
-            _check(d['type'] != 'AutoSegLoss' or d.get('theta') is not None
-                   or d.get('raw_theta') is not None,
-                   f'search.extra_losses: an AutoSegLoss there is a fixed surrogate trained '
-                   f'beside the searched one and must name its curves (theta=[...] or '
-                   f"theta='paper'; the searched loss is the search's own), got {d!r}")
-            _check(d['type'] != 'AutoSegLoss' or d.get('loss_name', 'loss_asl') != 'loss_asl',
-                   f"search.extra_losses: a fixed AutoSegLoss needs its own loss_name (not "
-                   f"'loss_asl', the searched loss's name in the log), got {d!r}")
+            if d['type'] == 'AutoSegLoss':  # a fixed surrogate beside the searched one
+                _check(d.get('theta') is not None or d.get('raw_theta') is not None,
+                       f'search.extra_losses: an AutoSegLoss there is a fixed surrogate '
+                       f'trained beside the searched one and must name its curves '
+                       f"(theta=[...] or theta='paper'; the searched loss is the search's "
+                       f'own), got {d!r}')
+                _check(d.get('loss_name', 'loss_asl') != 'loss_asl',
+                       f"search.extra_losses: a fixed AutoSegLoss needs its own loss_name "
+                       f"(not 'loss_asl', the searched loss's name in the log), got {d!r}")
             w = d.get('loss_weight', 1.0)
             _check(isinstance(w, (int, float)) and not isinstance(w, bool)
                    and math.isfinite(w) and w >= 0,
